@@ -1,0 +1,70 @@
+"""The ``reslab`` command line: a thin layer that turns flags into library calls.
+
+Each command group lives in its own module with a ``register(subparsers)`` function. Errors a
+user can cause (:class:`reslab.errors.ReslabError`) end in one line on stderr and exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from reslab import __version__
+from reslab.errors import ReslabError
+
+# Modules that add commands, in the order `reslab --help` lists them.
+COMMAND_MODULES = (
+    "reslab.cli.experiments",
+    "reslab.cli.train",
+    "reslab.cli.models",
+    "reslab.cli.bench",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with code 2 and one line, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="reslab",
+        description="Residual networks, their plain twins, and the experiments that show why "
+        "shortcuts work.",
+    )
+    parser.add_argument("--version", action="version", version=f"reslab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ReslabError as exc:
+        print(f"reslab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reslab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

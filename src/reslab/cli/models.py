@@ -1,0 +1,84 @@
+"""``reslab models`` and ``reslab explain``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from reslab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from reslab.models import ResNet
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("models", help="list the registered models with depth, params, MACs")
+    p.add_argument("--filter", default=None, help="regular expression on the model name")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("explain", help="the residual idea, worked through a real module")
+    p.add_argument("--x", default=None, help="input vector, e.g. 2.0,1.5,0.8")
+    p.add_argument("--target", default=None, help="desired H(x), same length as --x")
+    p.add_argument("--figure", default=None, metavar="PNG", help="also draw the block diagram")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from reslab.models import ResNet, count_macs, count_params, create_model, list_models
+
+    rows: list[tuple[str, ...]] = []
+    for name in list_models(args.filter):
+        model = create_model(name)
+        assert isinstance(model, ResNet)
+        rows.append(
+            (
+                name,
+                str(_depth_of(model)),
+                f"{count_params(model):,}",
+                f"{count_params(model) / 1e6:.3f}M",
+                f"{count_macs(model) / 1e6:,.1f}M",
+                "x".join(map(str, model.input_size[1:])),
+                "none (plain)" if model.plain else model.shortcut_option,
+            )
+        )
+    header = ("model", "depth", "params", "≈", "MACs", "input", "shortcut")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return 0
+
+
+def _depth_of(model: ResNet) -> int:
+    """Weighted layers on the longest path: stem, every conv in every branch, and fc."""
+    per_block = 3 if hasattr(model.blocks()[0], "conv3") else 2
+    return 2 + per_block * len(model.blocks())
+
+
+def _parse_vector(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"{flag} must be numbers separated by commas, got {text!r}") from exc
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from reslab.explain import SEED_H, SEED_H2, SEED_WS, SEED_X, describe, worked_example
+
+    x = _parse_vector(args.x, "--x") if args.x else list(SEED_X)
+    target = _parse_vector(args.target, "--target") if args.target else list(SEED_H)
+    if len(x) != len(target):
+        raise ConfigError(f"--x has {len(x)} values but --target has {len(target)}")
+    same = worked_example(x, target)
+    changed = worked_example(SEED_X, SEED_H2, projection=SEED_WS)
+    print(describe(same, changed))
+    if args.figure:
+        from reslab.report import explain_figure
+
+        path = explain_figure(same.x, same.target, same.correction, same.y, args.figure)
+        print(f"\nblock diagram written to {path}")
+    return 0

@@ -1,0 +1,47 @@
+"""`reslab models` and `reslab explain`."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from reslab.cli import main
+from reslab.explain import SEED_H, SEED_X, worked_example
+
+
+def test_models_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--filter", "^(resnet20|plain56|resnet50)$"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"resnet20\s+20\s+269,722\s+0\.270M\s+40\.6M\s+32x32\s+A", out)
+    assert re.search(r"plain56\s+56\s+853,018.*none \(plain\)", out)
+    assert re.search(r"resnet50\s+50\s+25,557,032.*4,089\.2M\s+224x224\s+B", out)
+
+
+def test_explain_prints_the_seed_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain"]) == 0
+    out = capsys.readouterr().out
+    assert "x    = [2.00, 1.50, 0.80]" in out
+    assert "F(x) = [0.30, -0.10, 0.20]" in out
+    assert "y    = [2.30, 1.40, 1.00]" in out
+    for step in ["1. Input", "2. Main path", "3. Skip path", "4. Addition", "5. Output", "6. "]:
+        assert step in out
+    assert "W_s x = [1.75, 1.15]" in out
+
+
+def test_explain_numbers_come_from_the_module(capsys: pytest.CaptureFixture[str]) -> None:
+    # Other inputs give other, correct numbers: nothing is typed in.
+    assert main(["explain", "--x", "1,0", "--target", "0.5,0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "F(x) = [-0.50, 0.25]" in out and "y    = [0.50, 0.25]" in out
+    example = worked_example(SEED_X, SEED_H)
+    for x, f, y, h in zip(example.x, example.correction, example.y, SEED_H, strict=True):
+        assert abs(f - (h - x)) < 1e-9 and abs(y - h) < 1e-9
+
+
+def test_explain_rejects_bad_vectors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "--x", "1,zwei", "--target", "1,2"]) == 2
+    assert main(["explain", "--x", "1,2", "--target", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("reslab: error: --x must be numbers")
+    assert err[1] == "reslab: error: --x has 2 values but --target has 1"
