@@ -350,6 +350,21 @@ def test_figures_are_labelled_and_styled_without_colour_alone() -> None:
     assert len(widths) == 2  # thin training error, bold test error
 
 
+def test_error_curves_cope_with_missing_measurements() -> None:
+    runs = [_run("plain", 20, 0, None, 6), _run("residual", 20, 0, "A", 6)]
+    runs[0]["curves"]["clean_train_error"] = [None] * 6  # not tracked: running error instead
+    runs[0]["curves"]["test_error"] = [None, 20.0, None, 10.0, None, 8.0]  # every other epoch
+    runs[1]["curves"]["step"] = [None] * 6  # no iteration counts: x falls back to epochs
+    fig = error_curves(runs)
+    _check_axes(fig)
+    plain, residual = fig.axes
+    assert [np.size(line.get_xdata()) for line in plain.get_lines()] == [6, 3]
+    assert plain.get_xlabel() == residual.get_xlabel() == "epochs"
+    legend = plain.get_legend()
+    assert legend is not None
+    assert "running, augmented" in " ".join(t.get_text() for t in legend.get_texts())
+
+
 def test_same_data_gives_same_png_bytes() -> None:
     summary = synthetic_results(epochs=3)["summary"]
     assert figure_png(error_vs_depth(summary)) == figure_png(error_vs_depth(copy.deepcopy(summary)))
@@ -358,7 +373,7 @@ def test_same_data_gives_same_png_bytes() -> None:
 def test_explain_figure_writes_a_png(tmp_path: Path) -> None:
     x, f = [2.0, 1.5, 0.8], [0.3, -0.1, 0.2]
     y = [a + b for a, b in zip(x, f, strict=True)]
-    path = explain_figure(x, [0.5, 0.0, 1.2], f, y, tmp_path / "sub" / "explain.png")
+    path = explain_figure(x, [2.3, 1.4, 1.0], f, y, tmp_path / "sub" / "explain.png")
     assert path == tmp_path / "sub" / "explain.png"
     width, height = png_size(path.read_bytes())
     assert width > 500 and height > 200

@@ -626,6 +626,11 @@ def _array(values: Any) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
+def _has_values(values: Any) -> bool:
+    """True if ``values`` is a list with at least one number (not all null)."""
+    return isinstance(values, list) and any(_is_number(v) for v in values)
+
+
 def _finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = min(len(x), len(y))
     x, y = x[:n], y[:n]
@@ -690,7 +695,11 @@ def error_curves(
     fig = _new_figure(5.6 * len(families), 4.4)
     axes = fig.subplots(1, len(families), sharey=True, squeeze=False)[0]
     top = 0.0
-    x_label = "iterations (optimiser steps)"
+    # One x axis for the whole figure: iterations if every run has them, else epochs.
+    with_steps = all(_has_values(m["curves"].get("step")) for g in groups.values() for m in g)
+    x_name, x_label = (
+        ("step", "iterations (optimiser steps)") if with_steps else ("epoch", "epochs")
+    )
     for ax, family in zip(axes, families, strict=True):
         style = _style_of(family)
         handles: list[Any] = []
@@ -700,19 +709,16 @@ def error_curves(
                 continue
             colour = colours[_colour_key(key, several)]
             curves = [m["curves"] for m in members]
-            x_name = "step" if all(c.get("step") for c in curves) else "epoch"
-            if x_name == "epoch":
-                x_label = "epochs"
             train_key = (
                 "clean_train_error"
-                if all(c.get("clean_train_error") for c in curves)
+                if all(_has_values(c.get("clean_train_error")) for c in curves)
                 else "train_error"
             )
             if train_key == "train_error":
                 train_name = "training error (running, augmented)"
             x = _array(curves[0].get(x_name))
             for metric, width, size in ((train_key, 1.0, 3.0), ("test_error", 2.6, 5.0)):
-                arrays = [_array(c.get(metric)) for c in curves if c.get(metric)]
+                arrays = [_array(c.get(metric)) for c in curves if _has_values(c.get(metric))]
                 if not arrays:
                     continue
                 n = min(len(x), *(len(a) for a in arrays))
@@ -1016,9 +1022,11 @@ def explain_figure(
 ) -> Path:
     """Draw a residual block's worked example, ``y = x + F(x)``, and save it as a PNG.
 
-    ``x`` enters; the main path (two weight layers, hidden activation ``h`` between them, which
-    may be ``None``) computes ``F(x)``; the identity shortcut carries ``x`` around it to the
-    addition ⊕; ``y`` leaves. The numbers are drawn on the diagram as given. Returns ``path``.
+    ``x`` enters; the main path (weight layers) computes the correction ``f`` = F(x); the
+    identity shortcut carries ``x`` around it to the addition ⊕; ``y`` leaves. ``h`` is the
+    mapping the block is asked for, H(x) (drawn under the output; ``None`` leaves it out), so
+    the figure shows that the layers only learn F(x) = H(x) − x. The numbers are drawn as
+    given, never recomputed. Returns ``path``.
     """
     if not len(x) == len(f) == len(y):
         raise ValueError(f"x, F(x) and y must have one length, got {len(x)}, {len(f)}, {len(y)}")
@@ -1070,8 +1078,6 @@ def explain_figure(
         box(5.8, 1.4, "weight layer", vermillion, "#FBE7DA")
         arrow(1.85, 2.35)
         arrow(3.85, 5.05)
-        if h is not None:
-            ax.text(4.45, cy + 0.1, f"h = {_fmt_vector(h)}", ha="center", va="bottom", fontsize=9)
         arrow(6.55, 8.1)
         ax.text(
             7.45, cy - 0.12, f"F(x) =\n{_fmt_vector(f)}", ha="center", va="top", color=vermillion
@@ -1081,6 +1087,16 @@ def explain_figure(
         ax.text(8.4, cy, "+", ha="center", va="center", fontsize=16, fontweight="bold")
         arrow(8.7, 9.35)
         box(10.6, 2.2, f"output y = x + F(x)\n{_fmt_vector(y)}", green, "#DDF2EC")
+        if h is not None:
+            ax.text(
+                10.6,
+                cy - 0.6,
+                f"asked for H(x) = {_fmt_vector(h)}\nthe layers learn F(x) = H(x) \N{MINUS SIGN} x",
+                ha="center",
+                va="top",
+                color="0.25",
+                fontsize=9,
+            )
         # the skip path: identity, curving over F into the addition
         ax.add_patch(
             FancyArrowPatch(
@@ -1338,7 +1354,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[i
     )
 
 
-def _verdict_html(verdict: Mapping[str, Any]) -> str:
+def _verdict_html(verdict: Mapping[str, Any], experiment: str) -> str:
     text = verdict.get("text") or "no verdict recorded"
     items = []
     for key, value in verdict.items():
@@ -1351,14 +1367,19 @@ def _verdict_html(verdict: Mapping[str, Any]) -> str:
             items.append(f"residual nets train as well when deeper: <b>{answer}</b>")
         elif key in ("plain_gap", "residual_gap") and _is_number(value):
             family = key.split("_")[0]
+            how = (
+                "deepest minus shallowest"
+                if experiment == "degradation"
+                else "plain minus the best shortcut option"
+            )
             items.append(
                 f"{family} gap: <b>{value:+.2f}</b> percentage points "
-                "(final clean training error, deepest minus shallowest)"
+                f"(final clean training error, {how})"
             )
         elif key == "tolerance" and _is_number(value):
             items.append(f"tolerance: {value:.2f} percentage points")
         else:
-            items.append(f"{_e(key)}: <b>{_e(_short(value))}</b>")
+            items.append(f"{_e(key.replace('_', ' '))}: <b>{_e(_short(value))}</b>")
     lst = "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if items else ""
     return (
         '<section class="verdict" id="verdict"><h2>Verdict</h2>'
@@ -1604,7 +1625,7 @@ def _render_html(results: Mapping[str, Any], figures: Sequence[_RenderedFigure])
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">{meta}</p>',
-        _verdict_html(verdict),
+        _verdict_html(verdict, experiment),
         f'<p class="intro">{_e(_INTROS.get(experiment, ""))}</p>',
         nav,
         results_part,
