@@ -93,10 +93,14 @@ def test_eval_writes_confusion_matrix(
     assert result["error"] == pytest.approx(expected)
     assert f"top-1 error {result['error']:.2f} %" in printed
     # With an explicit model name and dataset, too.
-    assert main(["eval", "--model", "resnet20", "--weights", str(weights), "--dataset", "digits"]) == 0
+    assert (
+        main(["eval", "--model", "resnet20", "--weights", str(weights), "--dataset", "digits"]) == 0
+    )
 
 
-def test_eval_of_missing_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_eval_of_missing_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     line = _one_line_error(capsys, main(["eval", "--weights", str(tmp_path / "nope.safetensors")]))
     assert "does not exist" in line
 
@@ -191,7 +195,6 @@ def test_torchrun_two_cpu_ranks_agree(tmp_path: Path) -> None:
     assert one.returncode == 0, one.stderr
 
     ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
-    single = json.loads((tmp_path / "single" / "result.json").read_text())
     assert ddp["world_size"] == 2
     sums = ddp["rank_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]  # DDP kept both ranks' weights identical
@@ -219,7 +222,9 @@ def test_command_line_wins_over_toml(tmp_path: Path) -> None:
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     # The saved config.json reproduces the run elsewhere (out on the command line wins).
     again = tmp_path / "again"
-    assert main(["train", "--config", str(out / "config.json"), "--out", str(again), "--quiet"]) == 0
+    assert (
+        main(["train", "--config", str(out / "config.json"), "--out", str(again), "--quiet"]) == 0
+    )
     assert (again / "result.json").is_file()
     a = load_file(out / "checkpoints" / "last.safetensors")
     b = load_file(again / "checkpoints" / "last.safetensors")
@@ -258,7 +263,9 @@ def test_invalid_values_exit_2_and_write_nothing(
 def test_device_cuda_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = _one_line_error(capsys, main(["train", "--device", "cuda", "--out", str(tmp_path / "x")]))
+    line = _one_line_error(
+        capsys, main(["train", "--device", "cuda", "--out", str(tmp_path / "x")])
+    )
     assert "CUDA is not available" in line
 
 

@@ -42,7 +42,12 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--milestones", "milestones", "floats", "multistep milestones as fractions, e.g. 0.5,0.75"),
     ("--gamma", "gamma", float, "multistep factor at each milestone"),
     ("--warmup-steps", "warmup_steps", int, "linear warm-up steps"),
-    ("--warmup-until-error", "warmup_until_error", float, "use --warmup-lr until the train error (percent) is below"),
+    (
+        "--warmup-until-error",
+        "warmup_until_error",
+        float,
+        "use --warmup-lr until the training error (percent) is below this (paper: 80)",
+    ),
     ("--warmup-lr", "warmup_lr", float, "learning rate while --warmup-until-error is active"),
     ("--label-smoothing", "label_smoothing", float, "cross-entropy label smoothing"),
     ("--ema", "ema", float, "evaluate an EMA of the weights with this decay, e.g. 0.999"),
@@ -50,7 +55,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     # system
     ("--device", "device", str, "auto (default), cpu or cuda"),
     ("--precision", "precision", str, "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16"),
-    ("--channels-last", "channels_last", bool, "NHWC activations (default: on for CUDA only)"),
+    ("--channels-last", "channels_last", bool, "NHWC activations (default: on; measured faster on CPU too)"),
     ("--compile", "compile", bool, "torch.compile the model (default: on for CUDA only)"),
     ("--cuda-graphs", "cuda_graphs", bool, "compile with CUDA graphs (mode reduce-overhead)"),
     ("--sync-bn", "sync_bn", bool, "synchronise BatchNorm statistics across torchrun ranks"),
