@@ -148,8 +148,8 @@ def main() -> None:
                 row = f"reslab + torch.compile, {label}"
                 print(f"{name:<10} {row:<34} {comp:>8.1f}  {first:.1f} s (compiling)")
         print(
-            f"{name:<10} reslab (NCHW) / DataLoader = {nchw / base:.2f}x; "
-            f"NHWC / NCHW = {nhwc / nchw:.2f}x\n"
+            f"{name:<10} reslab / DataLoader: {nchw / base:.2f}x same layout (NCHW), "
+            f"{nhwc / base:.2f}x with reslab's default NHWC; NHWC / NCHW = {nhwc / nchw:.2f}x\n"
         )
 
 

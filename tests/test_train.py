@@ -74,6 +74,12 @@ def test_explicit_epochs_replace_recipe_steps() -> None:
     assert c.steps == 10
 
 
+def test_device_names() -> None:
+    assert resolve({"device": "cuda:1"}).device == "cuda:1"  # a study worker's GPU
+    with pytest.raises(ConfigError, match="cuda:N"):
+        resolve({"device": "gpu"})
+
+
 def test_recipes_are_valid_configs() -> None:
     for name in RECIPES:
         assert resolve({"recipe": name}).recipe == name

@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import random
+import re
 import sys
 import time
 import types
@@ -94,7 +95,10 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 AUGMENTS = ("cifar", "flip", "none")
 # Fields that may differ when a run is resumed: they change neither the math nor the files.
-RESUME_OVERRIDABLE = frozenset({"quiet", "threads", "tensorboard", "detect_anomaly", "data_dir"})
+# (device too: a study may resume a run on another GPU; only bit-identity across devices is lost)
+RESUME_OVERRIDABLE = frozenset(
+    {"quiet", "threads", "tensorboard", "detect_anomaly", "data_dir", "device"}
+)
 # Warm-up until error (He et al. 2015 §4.2) reads the training error of the last this-many
 # steps: one host sync per window, and only while warming up.
 WARMUP_CHECK_EVERY = 20
@@ -138,7 +142,7 @@ class TrainConfig:
     ema: float | None = None  # decay of an exponential moving average of weights used for eval
     grad_clip: float | None = None  # clip the global gradient norm to this
     # system
-    device: str = "auto"  # auto (cuda if available), cpu or cuda
+    device: str = "auto"  # auto (cuda if available), cpu, cuda or cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
     channels_last: bool | None = None  # NHWC activations; None = on (faster on CPU and CUDA)
     compile: bool | None = None  # torch.compile the model; None = on for CUDA, off on CPU
@@ -249,7 +253,11 @@ def _check_values(c: TrainConfig) -> None:
     need(c.augment is None or c.augment in AUGMENTS, "augment", f"one of {', '.join(AUGMENTS)}")
     need(c.width > 0, "width", "a positive number")
     need(c.shortcut is None or c.shortcut.upper() in "ABC", "shortcut", "A, B or C")
-    need(c.device in DEVICES, "device", f"one of {', '.join(DEVICES)}")
+    need(
+        c.device in DEVICES or re.fullmatch(r"cuda:\d+", c.device) is not None,
+        "device",
+        "auto, cpu, cuda or cuda:N",
+    )
     need(c.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(c.threads is None or c.threads >= 1, "threads", "a positive integer")
     need(c.eval_every >= 1, "eval_every", "a positive integer")
@@ -807,7 +815,9 @@ def _init_distributed(config: TrainConfig) -> _Dist:
             f"batch_size {config.batch_size} is the global batch and must divide evenly over "
             f"{world_size} ranks"
         )
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    use_cuda = config.device.startswith("cuda") or (
+        config.device == "auto" and torch.cuda.is_available()
+    )
     if use_cuda:
         torch.cuda.set_device(local_rank)
     torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -835,14 +845,23 @@ class History:
 
 
 def _pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
+    """``auto``/``cpu``/``cuda``/``cuda:N``; under torchrun, CUDA ranks use their local rank."""
+    if name not in DEVICES and re.fullmatch(r"cuda:\d+", name) is None:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise ReslabError(
-            "--device cuda was asked for but CUDA is not available (no GPU or a CPU-only "
+            f"--device {name} was asked for but CUDA is not available (no GPU or a CPU-only "
             "PyTorch build); use --device cpu"
         )
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    index = local_rank if distributed or ":" not in name else int(name.split(":")[1])
+    if index >= torch.cuda.device_count():
+        raise ReslabError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return torch.device("cuda", index)
 
 
 class _EMA:
@@ -1160,6 +1179,8 @@ def _fit(
     if config.zero_init_residual:
         model_kwargs["zero_init_residual"] = True
     raw = create_model(config.model, **model_kwargs)
+    if config.sync_bn and dist.enabled and not cuda:
+        raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel")
     if config.sync_bn and dist.enabled:
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw.to(device)

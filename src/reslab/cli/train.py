@@ -53,9 +53,14 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--ema", "ema", float, "evaluate an EMA of the weights with this decay, e.g. 0.999"),
     ("--grad-clip", "grad_clip", float, "clip the global gradient norm"),
     # system
-    ("--device", "device", str, "auto (default), cpu or cuda"),
+    ("--device", "device", str, "auto (default: cuda if available), cpu, cuda or cuda:N"),
     ("--precision", "precision", str, "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16"),
-    ("--channels-last", "channels_last", bool, "NHWC activations (default: on; measured faster on CPU too)"),
+    (
+        "--channels-last",
+        "channels_last",
+        bool,
+        "NHWC activations (default: on; measured faster on CPU too)",
+    ),
     ("--compile", "compile", bool, "torch.compile the model (default: on for CUDA only)"),
     ("--cuda-graphs", "cuda_graphs", bool, "compile with CUDA graphs (mode reduce-overhead)"),
     ("--sync-bn", "sync_bn", bool, "synchronise BatchNorm statistics across torchrun ranks"),
@@ -147,7 +152,7 @@ def register(sub: Any) -> None:
     e.add_argument("--dataset", metavar="NAME", help="dataset (default: the run's, or digits)")
     e.add_argument("--data-dir", metavar="DIR", help="data folder")
     e.add_argument("--split", choices=("test", "train"), default="test", help="split to score")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device")
+    e.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     e.add_argument("--batch-size", type=int, default=1024, metavar="N", help="eval batch size")
     e.add_argument("--out", metavar="FILE", help="also write the result as JSON here")
     e.set_defaults(func=run_eval)
