@@ -352,3 +352,41 @@ def test_steps_override_epochs_mid_epoch(tmp_path: Path) -> None:
     history = fit(small(tmp_path, steps=30, checkpoint_every_steps=7))
     assert history.final["steps"] == 30
     assert [r["step"] for r in history.records] == [22, 30]
+
+
+def test_hot_path_reads_nothing_back_per_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host reads of tensor values (item, float, bool, tolist) don't grow with the step count."""
+    counts = {"n": 0}
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *a: Any, _real: Any = real, **kw: Any) -> Any:
+            counts["n"] += 1
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads(steps: int) -> int:
+        counts["n"] = 0
+        config = small(tmp_path, f"s{steps}", steps=steps, augment="flip", ema=0.9, grad_clip=1.0)
+        fit(config)
+        return counts["n"]
+
+    assert reads(4) == reads(20)  # both within the first epoch of 22 steps
+
+
+def test_optional_tensorboard_and_anomaly_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = fit(small(tmp_path, steps=2, tensorboard=True, detect_anomaly=True, quiet=False))
+    assert history.final["steps"] == 2
+    assert not torch.is_anomaly_enabled()
+    out = capsys.readouterr().out
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard is not installed" in out
+    else:
+        assert (history.run_dir / "tb").is_dir()
