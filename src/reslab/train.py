@@ -252,7 +252,7 @@ def _check_values(c: TrainConfig) -> None:
     need(c.val_split >= 0, "val_split", "zero or a positive number of images")
     need(c.augment is None or c.augment in AUGMENTS, "augment", f"one of {', '.join(AUGMENTS)}")
     need(c.width > 0, "width", "a positive number")
-    need(c.shortcut is None or c.shortcut.upper() in "ABC", "shortcut", "A, B or C")
+    need(c.shortcut is None or c.shortcut.upper() in ("A", "B", "C"), "shortcut", "A, B or C")
     need(
         c.device in DEVICES or re.fullmatch(r"cuda:\d+", c.device) is not None,
         "device",
@@ -660,10 +660,14 @@ class RunFolder:
             if old.name not in files:
                 old.unlink(missing_ok=True)
 
-    def load_checkpoint(self) -> tuple[dict[str, Any], Path, dict[str, Tensor]] | None:
+    def load_checkpoint(
+        self, *, repair: bool = True
+    ) -> tuple[dict[str, Any], Path, dict[str, Tensor]] | None:
         """(state, weights path, optimizer tensors) of the committed checkpoint, or None.
 
         Every referenced file is checked against the size and SHA-256 recorded at commit.
+        With ``repair`` (rank 0 only), stale ``last.*`` links and temporary files left by a
+        crash are fixed.
         """
         if not self.last_json.is_file():
             return None
@@ -689,7 +693,9 @@ class RunFolder:
                     f"{want['size']} written, SHA-256 differs); restore it or delete "
                     f"{self.ckpt_dir} to restart the run"
                 )
-        tensors = read_state_dict(optim) if optim.stat().st_size > 8 else {}
+        tensors = read_state_dict(optim)
+        if not repair:
+            return state, weights, tensors
         # Repair the convenience links if a crash came between the commit and the link.
         for src, alias in ((weights, "last.safetensors"), (optim, "last.optim.safetensors")):
             dst = self.ckpt_dir / alias
@@ -1295,7 +1301,7 @@ def _train(
     wall_before = 0.0  # wall time of earlier sessions of this run
 
     # -- resume ----------------------------------------------------------------------------------
-    checkpoint = folder.load_checkpoint()
+    checkpoint = folder.load_checkpoint(repair=dist.main)
     if checkpoint is not None:
         state, weights_path, tensors = checkpoint
         load_weights(raw, weights_path)
