@@ -143,10 +143,10 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this
     # system
     device: str = "auto"  # auto (cuda if available), cpu, cuda or cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and AMX CPUs, else fp32), fp32, bf16
     channels_last: bool | None = None  # NHWC activations; None = on (faster on CPU and CUDA)
     compile: bool | None = None  # torch.compile the model; None = on for CUDA, off on CPU
-    cuda_graphs: bool | None = None  # compile with CUDA graphs (mode reduce-overhead)
+    cuda_graphs: bool | None = None  # CUDA graphs when compiling; None = on for CUDA
     sync_bn: bool = False  # synchronise BN statistics across ranks
     seed: int = 0  # weights, data order and augmentation
     deterministic: bool = False  # deterministic kernels (bit-identical resume on CPU)
@@ -841,6 +841,78 @@ def _param_checksum(model: nn.Module) -> str:
 # --- 5. the training loop ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """How a run uses its device. The fast path is the default; each part has a flag to turn
+    it off (``--no-channels-last``, ``--precision fp32``, ``--no-compile``, ``--no-cuda-graphs``).
+    """
+
+    channels_last: bool  # NHWC activations and weights
+    compile: bool  # torch.compile the model
+    cuda_graphs: bool  # compile with CUDA graphs (mode reduce-overhead)
+    amp_dtype: torch.dtype | None  # autocast dtype, None for fp32
+
+
+def _cpu_has_bf16_matmul() -> bool:
+    """AMX tiles (Sapphire Rapids and later): oneDNN runs bf16 convolutions on them."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def runtime(config: TrainConfig, device: torch.device) -> Runtime:
+    """The settings ``config`` resolves to on ``device`` (``None`` fields pick the fast path).
+
+    * channels_last: on everywhere; tensor-core convolutions want NHWC, and on this project's
+      CPU it measured 1.14-1.21x faster too (docs/PERFORMANCE.md).
+    * compile: on for CUDA; off on CPU, where it paid back for resnet20 after a ~19 s compile
+      but made resnet56 slower.
+    * CUDA graphs: on for compiled CUDA runs. A ResNet-56 step is ~600 kernel launches around
+      ~0.1 ms of arithmetic, so replaying one captured graph removes the launch-bound time.
+    * bf16 autocast: on CUDA devices that support it, and on CPUs with AMX tiles, where
+      oneDNN's bf16 convolutions measured 2.6x faster for resnet20 at 32x32.
+    """
+    cuda = device.type == "cuda"
+    use_compile = config.compile if config.compile is not None else cuda
+    graphs = config.cuda_graphs if config.cuda_graphs is not None else True
+    if config.precision == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if cuda else _cpu_has_bf16_matmul()
+    else:
+        bf16 = config.precision == "bf16"
+    return Runtime(
+        channels_last=config.channels_last if config.channels_last is not None else True,
+        compile=use_compile,
+        cuda_graphs=graphs and cuda and use_compile,
+        amp_dtype=torch.bfloat16 if bf16 else None,
+    )
+
+
+def compile_mode(cuda_graphs: bool) -> str:
+    """torch.compile mode: CUDA graphs for launch-bound nets, else autotuned kernels."""
+    return "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    autocast: contextlib.AbstractContextManager[Any],
+    label_smoothing: float = 0.0,
+    grad_clip: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One SGD step; returns (loss, logits) as device tensors, with no host sync."""
+    with autocast:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    optimizer.step()
+    return loss, logits
+
+
 @dataclass
 class History:
     """What :func:`fit` returns: the run folder, one record per epoch, and the final result."""
@@ -1109,6 +1181,7 @@ def fit(
     try:
         return _fit(config, dist, resume=resume, explicit=explicit)
     finally:
+        torch.set_flush_denormal(False)
         torch.set_num_threads(torch_state[0])
         torch.use_deterministic_algorithms(torch_state[1])
         torch.autograd.set_detect_anomaly(torch_state[2])
@@ -1135,20 +1208,17 @@ def _fit(
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
         torch.backends.cudnn.allow_tf32 = True
     torch.autograd.set_detect_anomaly(config.detect_anomaly)
+    if not cuda:
+        # Deep plain nets produce denormal activations and gradients, which x86 CPUs process
+        # tens of times slower; flushing them to zero is invisible at fp32 training precision.
+        torch.set_flush_denormal(True)
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
-    # channels_last: on for CUDA (tensor-core convolutions want NHWC) and on CPU too, where it
-    # measured 1.14-1.21x faster for resnet20/56 at 32×32 and ~1.18x on 8×8 digits
-    # (docs/PERFORMANCE.md).
-    channels_last = config.channels_last if config.channels_last is not None else True
-    use_compile = config.compile if config.compile is not None else cuda
-    cuda_graphs = bool(config.cuda_graphs) and cuda
-    bf16 = config.precision == "bf16" or (
-        config.precision == "auto" and cuda and torch.cuda.is_bf16_supported()
-    )
-    amp_dtype = torch.bfloat16 if bf16 else None
+    fast = runtime(config, device)
+    channels_last, use_compile = fast.channels_last, fast.compile
+    cuda_graphs, amp_dtype = fast.cuda_graphs, fast.amp_dtype
 
     # -- data ----------------------------------------------------------------------------------
     full = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
@@ -1334,9 +1404,9 @@ def _train(
     # -- wrappers: compile, DDP --------------------------------------------------------------------
     model: nn.Module = raw
     if use_compile:
-        mode = "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
-        model = typing.cast(nn.Module, torch.compile(raw, mode=mode))
-    eval_model = model
+        model = typing.cast(nn.Module, torch.compile(raw, mode=compile_mode(cuda_graphs)))
+    # Evaluation runs eagerly under CUDA graphs: each eval batch shape would need its own graph.
+    eval_model = raw if cuda_graphs else model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -1417,14 +1487,9 @@ def _train(
             lr = config.warmup_lr if warming else lr_at(config, step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(params, config.grad_clip, foreach=True)
-            optimizer.step()
+            loss, logits = train_step(
+                model, optimizer, x, y, autocast, config.label_smoothing, config.grad_clip
+            )
             if ema is not None:
                 ema.update(raw)
             running.add(loss, logits, y)

@@ -54,7 +54,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--grad-clip", "grad_clip", float, "clip the global gradient norm"),
     # system
     ("--device", "device", str, "auto (default: cuda if available), cpu, cuda or cuda:N"),
-    ("--precision", "precision", str, "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16"),
+    ("--precision", "precision", str, "auto (bf16 on CUDA and on AMX CPUs, else fp32), fp32 or bf16"),
     (
         "--channels-last",
         "channels_last",
@@ -62,7 +62,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
         "NHWC activations (default: on; measured faster on CPU too)",
     ),
     ("--compile", "compile", bool, "torch.compile the model (default: on for CUDA only)"),
-    ("--cuda-graphs", "cuda_graphs", bool, "compile with CUDA graphs (mode reduce-overhead)"),
+    ("--cuda-graphs", "cuda_graphs", bool, "CUDA graphs when compiling (default on for CUDA)"),
     ("--sync-bn", "sync_bn", bool, "synchronise BatchNorm statistics across torchrun ranks"),
     ("--seed", "seed", int, "seed of weights, data order and augmentation"),
     ("--deterministic", "deterministic", bool, "deterministic kernels: bit-identical resume"),
