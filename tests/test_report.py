@@ -392,7 +392,8 @@ def test_degradation_verdict_gaps() -> None:
     ]
     verdict = degradation_verdict(summary)
     assert verdict["text"] == (
-        "plain-56 trains worse than plain-20 (degradation); resnet-56 trains as well as resnet-20"
+        "plain-56 trains worse than plain-20 (degradation): 8.0 % vs 5.0 % training error; "
+        "resnet-56 trains as well as resnet-20: 4.0 % vs 5.0 % training error"
     )
     assert verdict["degradation"] is True and verdict["residual_ok"] is True
     assert verdict["plain_gap"] == 3.0 and verdict["residual_gap"] == -1.0

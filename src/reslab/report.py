@@ -558,15 +558,23 @@ def degradation_verdict(
     degradation = plain_gap > tolerance
     residual_ok = residual_gap <= tolerance
     (ps, pd), (rs, rd) = ends["plain"], ends["residual"]
+
+    def errors(deep: Mapping[str, Any], shallow: Mapping[str, Any]) -> str:
+        return (
+            f"{float(deep['clean_train_error_mean']):.1f} % vs "
+            f"{float(shallow['clean_train_error_mean']):.1f} % training error"
+        )
+
     plain_text = (
-        f"{name(pd)} trains worse than {name(ps)} (degradation)"
+        f"{name(pd)} trains worse than {name(ps)} (degradation): {errors(pd, ps)}"
         if degradation
-        else f"{name(pd)} trains as well as {name(ps)} (no degradation at these depths)"
+        else f"{name(pd)} trains as well as {name(ps)} (no degradation at these depths): "
+        f"{errors(pd, ps)}"
     )
     residual_text = (
-        f"{name(rd)} trains as well as {name(rs)}"
+        f"{name(rd)} trains as well as {name(rs)}: {errors(rd, rs)}"
         if residual_ok
-        else f"{name(rd)} also trains worse than {name(rs)}"
+        else f"{name(rd)} also trains worse than {name(rs)}: {errors(rd, rs)}"
     )
     return {
         "text": f"{plain_text}; {residual_text}",
@@ -577,6 +585,8 @@ def degradation_verdict(
         "tolerance": tolerance,
     }
 
+
+_WHEN_TITLES = {"init": "gradients at initialisation", "trained": "gradients after training"}
 
 # --- figure helpers -------------------------------------------------------------------------------
 
@@ -944,7 +954,7 @@ def gradient_norm(entries: Sequence[Mapping[str, Any]]) -> Figure:
             _get("input_grad_norm"),
             True,
         )
-        ax.set_title(f"gradients at {when}" if when else "gradients")
+        ax.set_title(_WHEN_TITLES.get(when, f"gradients at {when}") if when else "gradients")
         ax.set_xlabel("block index (input → output)")
         ax.set_ylabel(_GRAD_LABEL)
         ax.tick_params(labelleft=True)
