@@ -65,7 +65,7 @@ from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from reslab.models import count_params, create_model
 from reslab.recipes import RECIPES, default_recipe, recipe_values
-from reslab.weights import CONFIG_KEY, load_weights, read_metadata, read_state_dict, save_weights
+from reslab.weights import load_weights, read_model_config, read_state_dict, save_weights
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -408,7 +408,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _autocast(dev, autocast_dtype):
+        with torch.no_grad(), autocast_context(dev, autocast_dtype):
             for x, y in eval_batches(images, labels, batch_size, mean, std, dev, channels_last):
                 logits = model(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
@@ -431,7 +431,7 @@ def evaluate(
     )
 
 
-def _autocast(
+def autocast_context(
     device: torch.device, dtype: torch.dtype | None
 ) -> contextlib.AbstractContextManager[Any]:
     if dtype is None:
@@ -463,7 +463,7 @@ def eval_run(
         dataset = str(run_config.get("dataset", "digits")) if run_config else "digits"
     if split not in ("test", "train"):
         raise ConfigError(f"split must be test or train, got {split!r}")
-    dev = _pick_device(device, local_rank=0)
+    dev = pick_device(device, local_rank=0)
     ds = load_dataset(dataset, data_dir=data_dir or (run_config or {}).get("data_dir"))
     net = _model_for_weights(weights, model, ds)
     net.to(dev)
@@ -509,8 +509,7 @@ def _run_config_near(weights: Path) -> dict[str, Any] | None:
 def _model_for_weights(weights: Path, name: str | None, ds: Dataset) -> nn.Module:
     header: dict[str, Any] = {}
     if weights.suffix == ".safetensors":
-        raw = read_metadata(weights).get(CONFIG_KEY)
-        header = json.loads(raw) if raw else {}
+        header = read_model_config(weights) or {}  # CheckpointError if the entry is corrupt
     if name is None and not header:
         raise ConfigError(
             f"{weights} carries no model config; pass --model NAME (e.g. --model resnet20)"
@@ -546,8 +545,14 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # --out is a file, under a file, read-only, disk full...
+            raise ReslabError(
+                f"cannot use {self.run_dir} as a run folder: {exc.strerror or exc}; "
+                "choose another --out"
+            ) from exc
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -670,6 +675,9 @@ class RunFolder:
         crash are fixed.
         """
         if not self.last_json.is_file():
+            if repair:  # killed during the first checkpoint: only temp files are left
+                for tmp in self.ckpt_dir.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
             return None
         try:
             state = json.loads(self.last_json.read_text())
@@ -891,6 +899,19 @@ def compile_mode(cuda_graphs: bool) -> str:
     return "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
 
 
+def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum; one fused kernel on CUDA, multi-tensor (foreach) updates on CPU."""
+    # Weight decay on every parameter, BN scales and biases included, as He et al. 2015 did.
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        **({"fused": True} if device.type == "cuda" else {"foreach": True}),
+    )
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -922,7 +943,7 @@ class History:
     final: dict[str, Any]
 
 
-def _pick_device(name: str, local_rank: int) -> torch.device:
+def pick_device(name: str, local_rank: int) -> torch.device:
     """``auto``/``cpu``/``cuda``/``cuda:N``; under torchrun, CUDA ranks use their local rank."""
     if name not in DEVICES and re.fullmatch(r"cuda:\d+", name) is None:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
@@ -1196,7 +1217,7 @@ def _fit(
     report = _Reporter(config.quiet, enabled=dist.main)
 
     # -- environment -------------------------------------------------------------------------
-    device = _pick_device(config.device, dist.local_rank)
+    device = pick_device(config.device, dist.local_rank)
     cuda = device.type == "cuda"
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -1224,6 +1245,12 @@ def _fit(
     full = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
     ds = holdout(full, config.val_split, seed=config.seed) if config.val_split else full
     eval_key = "val_error" if config.val_split else "test_error"
+    if config.batch_size > len(ds.train_labels):
+        n_train = len(ds.train_labels)
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is more than the {n_train:,} training images of "
+            f"{ds.name}; use --batch-size {n_train} or less"
+        )
     loader = DeviceLoader(
         ds.train_images,
         ds.train_labels,
@@ -1262,16 +1289,7 @@ def _fit(
     raw.to(device)
     if channels_last:
         raw.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    params = list(raw.parameters())
-    # Weight decay on every parameter, BN scales and biases included, as He et al. 2015 did.
-    optimizer = torch.optim.SGD(
-        params,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-        **({"fused": True} if cuda else {"foreach": True}),
-    )
+    optimizer = build_optimizer(config, raw, device)
     ema = _EMA(raw, config.ema) if config.ema else None
 
     # -- run folder (rank 0 decides, every rank learns the verdict) ----------------------------
@@ -1453,27 +1471,25 @@ def _train(
             },
         )
 
+    def kept() -> str:
+        last = (
+            json.loads(folder.last_json.read_text())["step"] if folder.last_json.exists() else None
+        )
+        if last is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint (step {last}) is kept in {folder.ckpt_dir}"
+
     def check_finite() -> tuple[float, int, int]:
         loss_sum, errors, count, bad = running.totals(dist)
         if bad >= 0:
-            last = (
-                json.loads(folder.last_json.read_text())["step"]
-                if folder.last_json.exists()
-                else None
-            )
-            kept = (
-                f"the last good checkpoint (step {last}) is kept in {folder.ckpt_dir}"
-                if last is not None
-                else "no checkpoint was written"
-            )
             lr = config.warmup_lr if warming else lr_at(config, bad, total_steps)
             raise _NonFinite(
-                f"training loss became NaN/inf at step {bad} (lr {lr:.4g}); stopped, {kept}; "
+                f"training loss became NaN/inf at step {bad} (lr {lr:.4g}); stopped, {kept()}; "
                 "lower --lr, add --grad-clip or --warmup-steps"
             )
         return loss_sum, errors, count
 
-    autocast = _autocast(device, amp_dtype)
+    autocast = autocast_context(device, amp_dtype)
     start_epoch = loader.epoch
     lr = config.warmup_lr if warming else lr_at(config, step, total_steps)
     for epoch in range(start_epoch, num_epochs):
@@ -1487,9 +1503,18 @@ def _train(
             lr = config.warmup_lr if warming else lr_at(config, step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, logits = train_step(
-                model, optimizer, x, y, autocast, config.label_smoothing, config.grad_clip
-            )
+            try:
+                loss, logits = train_step(
+                    model, optimizer, x, y, autocast, config.label_smoothing, config.grad_clip
+                )
+            except RuntimeError as exc:
+                # --detect-anomaly's NaN report: autograd has printed the forward call above.
+                if not (config.detect_anomaly and "returned nan values" in str(exc)):
+                    raise
+                raise _NonFinite(
+                    f"--detect-anomaly: {str(exc).rstrip('.')} at step {step} (lr {lr:.4g}); "
+                    f"the forward call that made it is printed above; stopped, {kept()}"
+                ) from None
             if ema is not None:
                 ema.update(raw)
             running.add(loss, logits, y)

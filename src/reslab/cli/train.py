@@ -54,7 +54,12 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--grad-clip", "grad_clip", float, "clip the global gradient norm"),
     # system
     ("--device", "device", str, "auto (default: cuda if available), cpu, cuda or cuda:N"),
-    ("--precision", "precision", str, "auto (bf16 on CUDA and on AMX CPUs, else fp32), fp32 or bf16"),
+    (
+        "--precision",
+        "precision",
+        str,
+        "auto (bf16 on CUDA and on AMX CPUs, else fp32), fp32 or bf16",
+    ),
     (
         "--channels-last",
         "channels_last",

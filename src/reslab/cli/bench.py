@@ -1,0 +1,77 @@
+"""``reslab bench``: training and inference throughput, reslab vs a peer-style baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="training/inference images/s, step time and peak memory, next to a baseline",
+        description="Time reslab's training pipeline and a peer-style baseline (per-sample "
+        "DataLoader, eager fp32) on the same model, batch and device, in one run.",
+    )
+    p.add_argument("--model", default="resnet20", help="registry name (default resnet20)")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch (default 128)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--image-size", type=int, default=32, help="input side (224 for ImageNet)")
+    p.add_argument("--steps", type=int, default=30, help="timed training steps (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up steps, timed apart")
+    p.add_argument("--precision", default="auto", help="reslab pipeline: auto | fp32 | bf16")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reslab pipeline: torch.compile (default: on for CUDA, off on CPU)",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reslab pipeline: CUDA graphs when compiling (default on for CUDA)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reslab pipeline: NHWC memory format (default on)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="baseline DataLoader workers")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per pipeline")
+    p.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the baseline (default on)",
+    )
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from reslab.bench import BenchConfig, as_dict, format_results, run_bench
+
+    cfg = BenchConfig(
+        model=args.model,
+        batch_size=args.batch_size,
+        device=args.device,
+        image_size=args.image_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        precision=args.precision,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        channels_last=args.channels_last,
+        workers=args.workers,
+        threads=args.threads,
+        baseline=args.baseline,
+    )
+    results = run_bench(cfg)
+    print(format_results(cfg, results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(as_dict(cfg, results), indent=2) + "\n")
+    return 0
