@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from reslab import report
+from reslab.data import DATASETS
 from reslab.errors import ConfigError, ReslabError
 from reslab.models import ResNet, create_model
 from reslab.train import TrainConfig, fit, resolve
@@ -397,8 +398,12 @@ _TITLES = {
 def run_study(study: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) a study, save results.json and report.html, and return the results."""
     out = Path(study.out)
-    out.mkdir(parents=True, exist_ok=True)
     specs = plan(study)
+    for spec in specs:  # every run's settings are checked before anything is written
+        train_config(study, spec, None)
+    if study.dataset.strip().lower().replace("_", "-") not in DATASETS:
+        raise ConfigError(f"unknown dataset {study.dataset!r}; choose one of {', '.join(DATASETS)}")
+    out.mkdir(parents=True, exist_ok=True)
     log(f"{study.experiment}: {len(specs)} runs on {study.dataset} -> {out}")
     records = execute(study, specs, log)
     title = _TITLES[study.experiment].format(dataset=study.dataset, depth=max(study.depths))

@@ -59,8 +59,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafePickleError(
-            f"refused {path}: it asks to run code or build objects other than tensors when "
-            "unpickled; only load checkpoints you trust, converted to safetensors"
+            f"refused {path}: it is corrupt, or asks to run code or build objects other than "
+            "tensors when unpickled; only load checkpoints you trust, converted to safetensors"
         ) from exc
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
@@ -161,16 +161,32 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
 
 
+def read_model_config(path: str | Path) -> dict[str, Any] | None:
+    """The model config :func:`save_weights` put in a safetensors header, or None if absent."""
+    raw = read_metadata(path).get(CONFIG_KEY)
+    if raw is None:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError:
+        config = None
+    if not (isinstance(config, dict) and isinstance(config.get("name"), str)):
+        raise CheckpointError(
+            f"{path} has a corrupt {CONFIG_KEY} entry in its header ({raw[:40]!r}..., expected "
+            "a JSON object with the model name); the file is damaged or not written by reslab"
+        )
+    return config
+
+
 def load_model(path: str | Path) -> nn.Module:
     """Rebuild the model a :func:`save_weights` file describes and load its weights."""
     from reslab.models import create_model
 
-    config = read_metadata(path).get(CONFIG_KEY)
-    if config is None:
+    kwargs = read_model_config(path)
+    if kwargs is None:
         raise CheckpointError(
             f"{path} carries no reslab model config; build the model with create_model() and "
             "call load_weights(model, path)"
         )
-    kwargs = json.loads(config)
     model = create_model(kwargs.pop("name"), **kwargs)
     return load_weights(model, path)
