@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,12 @@ def test_explain_rejects_bad_vectors(capsys: pytest.CaptureFixture[str]) -> None
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("reslab: error: --x must be numbers")
     assert err[1] == "reslab: error: --x has 2 values but --target has 1"
+
+
+def test_explain_draws_the_block_diagram(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "explain.png"
+    assert main(["explain", "--figure", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"block diagram written to {png}" in capsys.readouterr().out
