@@ -677,8 +677,9 @@ def _safe_extract(archive: Path, dest: Path) -> None:
                 with src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        why = " ".join(str(exc).split())  # tarfile's "r:*" lists each method it tried, a line each
         raise DataError(
-            f"{archive} is not a readable .tar.gz archive ({exc}); delete it and download it again"
+            f"{archive} is not a readable .tar.gz archive ({why}); delete it and download it again"
         ) from exc
 
 
@@ -1266,7 +1267,7 @@ def _scan_split(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 def _decode_image(path: Path, size: int) -> np.ndarray:
     """RGB ``3×size×size`` uint8: shorter side resized to ``size``, then centre-cropped."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as opened:
@@ -1279,7 +1280,9 @@ def _decode_image(path: Path, size: int) -> np.ndarray:
             left, top = (new_w - size) // 2, (new_h - size) // 2
             img = img.crop((left, top, left + size, top + size))
         array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+    except Exception as exc:
+        # A damaged file makes Pillow raise more than OSError/ValueError: SyntaxError ("broken
+        # PNG file"), EOFError, struct.error... (found by tests/test_bad_input.py's fuzzer).
         raise DataError(
             f"{path} is not an image Pillow can read ({exc}); remove it or convert it to PNG/JPEG"
         ) from exc

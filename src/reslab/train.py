@@ -279,9 +279,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # TOML and JSON files are UTF-8
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from exc
     try:
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
@@ -312,6 +316,8 @@ def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
     unknown = sorted(k for k in explicit if k not in FIELDS)
     if unknown:
         raise ConfigError(f"unknown setting {', '.join(unknown)}")
+    hints = _field_types()  # types first: the recipe lookup below uses dataset, model, recipe
+    explicit = {k: _coerce(k, v, hints[k]) for k, v in explicit.items()}
     defaults = TrainConfig()
     dataset = str(explicit.get("dataset", defaults.dataset))
     model = str(explicit.get("model", defaults.model))

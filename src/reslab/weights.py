@@ -62,8 +62,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             f"refused {path}: it is corrupt, or asks to run code or build objects other than "
             "tensors when unpickled; only load checkpoints you trust, converted to safetensors"
         ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+    except Exception as exc:
+        # A malformed file makes torch.load raise almost anything (RuntimeError, EOFError,
+        # KeyError, IndexError, struct.error... found by tests/test_bad_input.py's fuzzer).
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     return _unwrap(obj, path)
 
 

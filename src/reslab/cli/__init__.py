@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ReslabError as exc:
-        print(f"reslab: error: {exc}", file=sys.stderr)
+        # One line even when a message quotes a multi-line library error (tarfile, TOML...).
+        print(f"reslab: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("reslab: interrupted", file=sys.stderr)
