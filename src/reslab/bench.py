@@ -23,7 +23,7 @@ import dataclasses
 import multiprocessing as mp
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +111,27 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _forever(loader: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, Tensor]]:
+    while True:
+        yield from loader
+
+
+def _time_steps(
+    step: Callable[[], None], cfg: BenchConfig, device: torch.device
+) -> tuple[float, float]:
+    """(warm-up seconds, steady-state seconds) of ``cfg.warmup`` then ``cfg.steps`` steps."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for n in (cfg.warmup, cfg.steps):
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times[0], times[1]
 
 
 def _inference(
@@ -203,28 +224,15 @@ def _reslab(cfg: BenchConfig) -> Measurement:
         model = torch.compile(raw, mode=compile_mode(fast.cuda_graphs))  # type: ignore[assignment]
     autocast = autocast_context(device, fast.amp_dtype)
 
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        while True:
-            yield from loader
-
-    stream = batches()
+    stream = _forever(loader)
     total = torch.zeros((), device=device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(cfg.warmup):
+
+    def step() -> None:
         x, y = next(stream)
         loss, _ = train_step(model, optimizer, x, y, autocast)
-        total += loss.detach()
-    _sync(device)
-    warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
-        x, y = next(stream)
-        loss, _ = train_step(model, optimizer, x, y, autocast)
-        total += loss.detach()  # on the device: no host sync inside the loop
-    _sync(device)
-    elapsed = time.perf_counter() - start
+        total.add_(loss.detach())  # on the device: no host sync inside the loop
+
+    warmup_s, elapsed = _time_steps(step, cfg, device)
     if not torch.isfinite(total):
         raise RuntimeError("the benchmark's loss became non-finite")
     settings = [
@@ -299,11 +307,7 @@ def _baseline(cfg: BenchConfig) -> Measurement:
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
 
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        while True:
-            yield from loader
-
-    stream = batches()
+    stream = _forever(loader)
 
     def step() -> None:
         x, y = next(stream)
@@ -314,18 +318,7 @@ def _baseline(cfg: BenchConfig) -> Measurement:
         optimizer.step()
         loss.item()  # the per-step logging read most training loops do
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(cfg.warmup):
-        step()
-    _sync(device)
-    warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
-        step()
-    _sync(device)
-    elapsed = time.perf_counter() - start
+    warmup_s, elapsed = _time_steps(step, cfg, device)
     infer = _inference(model, images, cfg, device, channels_last=False, amp_dtype=None)
     return Measurement(
         pipeline="baseline",
