@@ -463,13 +463,14 @@ def shortcut_verdict(summary: Sequence[dict[str, Any]], tolerance: float) -> dic
     if plain:
         residual = [r for r in rows if r["family"] == "residual"]
         if residual:
-            gap = plain[0]["clean_train_error_mean"] - min(
-                r["clean_train_error_mean"] for r in residual
-            )
+            p = plain[0]
+            fit = min(residual, key=lambda r: r["clean_train_error_mean"])
+            gap = p["clean_train_error_mean"] - fit["clean_train_error_mean"]
             verdict["plain_gap"] = round(gap, 4)
+            how = "trains worse than" if gap > tolerance else "trains as well as"
             parts.append(
-                f"the plain net's training error is {gap:+.1f} points from the best shortcut"
-                + (" (it trains worse)" if gap > tolerance else "")
+                f"{p['label']} {how} {fit['label']}: {p['clean_train_error_mean']:.1f} % vs "
+                f"{fit['clean_train_error_mean']:.1f} % training error"
             )
     spread = [r["test_error_mean"] for r in rows if r["family"] == "residual"]
     if len(spread) > 1:

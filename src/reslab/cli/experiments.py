@@ -17,7 +17,7 @@ _HELP = {
 }
 _DEFAULT_DEPTHS = {
     "degradation": "20,32,56",
-    "shortcuts": "20",
+    "shortcuts": "56",
     "gradients": "20,56",
     "responses": "20,56",
 }
