@@ -229,7 +229,7 @@ def _reslab(cfg: BenchConfig) -> Measurement:
 
     def step() -> None:
         x, y = next(stream)
-        loss, _ = train_step(model, optimizer, x, y, autocast)
+        loss, _ = train_step(model, optimizer, x, y, autocast, cuda_graphs=fast.cuda_graphs)
         total.add_(loss.detach())  # on the device: no host sync inside the loop
 
     warmup_s, elapsed = _time_steps(step, cfg, device)

@@ -926,8 +926,16 @@ def train_step(
     autocast: contextlib.AbstractContextManager[Any],
     label_smoothing: float = 0.0,
     grad_clip: float | None = None,
+    cuda_graphs: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """One SGD step; returns (loss, logits) as device tensors, with no host sync."""
+    """One SGD step; returns (loss, logits) as device tensors, with no host sync.
+
+    Under CUDA graphs the outputs live in the graph's memory pool and are overwritten by the
+    next replay: callers consume them (accumulate on the device) before the next step.
+    """
+    if cuda_graphs:
+        # A new iteration starts here, so the graph pool may reuse the last step's outputs.
+        torch.compiler.cudagraph_mark_step_begin()
     with autocast:
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
@@ -1511,7 +1519,14 @@ def _train(
                 group["lr"] = lr
             try:
                 loss, logits = train_step(
-                    model, optimizer, x, y, autocast, config.label_smoothing, config.grad_clip
+                    model,
+                    optimizer,
+                    x,
+                    y,
+                    autocast,
+                    config.label_smoothing,
+                    config.grad_clip,
+                    cuda_graphs=cuda_graphs,
                 )
             except RuntimeError as exc:
                 # --detect-anomaly's NaN report: autograd has printed the forward call above.
