@@ -38,6 +38,7 @@ import copy
 import csv
 import dataclasses
 import datetime
+import errno
 import hashlib
 import io
 import json
@@ -722,15 +723,24 @@ class RunFolder:
     # metrics ----------------------------------------------------------------------------------
 
     def append_metrics(self, record: dict[str, Any], columns: Sequence[str]) -> None:
-        with (self.path / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        csv_path = self.path / "metrics.csv"
-        new = not csv_path.exists()
-        with csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(record)
+        try:
+            with (self.path / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            csv_path = self.path / "metrics.csv"
+            new = not csv_path.exists()
+            with csv_path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerow(record)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            # The epoch's checkpoint is committed already; a resume rewrites both files from it.
+            raise ReslabError(
+                f"cannot write the metrics in {self.path}: {os.strerror(exc.errno)}; the "
+                "checkpoint is saved, free some space and resume"
+            ) from exc
 
     def rewrite_metrics(self, records: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         """Make the metrics files match the checkpoint's history (drops epochs run after it)."""
