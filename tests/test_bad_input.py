@@ -76,6 +76,7 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
 
 
 def _error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code: int | str | None
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse errors

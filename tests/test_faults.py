@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -189,7 +190,7 @@ def _points() -> list[object]:
 
 def _kill_at_temp_file(proc: subprocess.Popen[str], ckpt: Path, nth: int) -> list[str] | None:
     """SIGKILL as soon as the nth new ``.*.tmp`` appears in checkpoints/; the names left after."""
-    seen, before = 0, set()
+    seen, before = 0, set[str]()
     while proc.poll() is None:
         now = _tmp_files(ckpt)
         if now - before:
@@ -419,10 +420,10 @@ def test_full_disk_at_the_metrics_append_resumes(
     process: the moment is too short to hit from outside)."""
     real_open = Path.open
 
-    def full_disk_open(self: Path, mode: str = "r", *args: object, **kw: object) -> object:
+    def full_disk_open(self: Path, mode: str = "r", *args: Any, **kw: Any) -> Any:
         if self.name == "metrics.jsonl" and "a" in mode:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-        return real_open(self, mode, *args, **kw)  # type: ignore[arg-type]
+        return real_open(self, mode, *args, **kw)
 
     run = tmp_path / "run"
     monkeypatch.setattr(Path, "open", full_disk_open)
