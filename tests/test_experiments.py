@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from reslab import report
 from reslab.errors import ConfigError
@@ -137,3 +138,39 @@ def test_report_aggregates_run_folders(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path / "s")]) == 0
     saved = json.loads((tmp_path / "s" / "results.json").read_text())
     assert len(saved["runs"]) == 4 and "degradation" in saved["verdict"]
+
+
+def test_gradients_study_probes_chosen_steps(tmp_path: Path) -> None:
+    from reslab.experiments import run_study
+    from reslab.weights import load_model
+
+    study = StudyConfig(
+        experiment="gradients",
+        depths=(8,),
+        seeds=(0,),
+        epochs=2,
+        width=0.25,
+        jobs=1,
+        probe_steps=(0, 5),
+        out=str(tmp_path / "g"),
+    )
+    results = run_study(study, log=lambda _: None)
+    flows = results["probes"]["gradient_flow"]
+    assert [f["when"] for f in flows if f["family"] == "plain"] == ["init", "step 5", "trained"]
+    # The snapshots are the run's own weights at those steps: five SGD steps moved them.
+    ckpt = tmp_path / "g" / "runs" / "plain8-s0" / "checkpoints"
+    init, step5 = (load_model(ckpt / f"snapshot-{s:09d}.safetensors") for s in (0, 5))
+    differs = [
+        not torch.equal(a, b)
+        for a, b in zip(init.state_dict().values(), step5.state_dict().values(), strict=True)
+    ]
+    assert any(differs)
+    assert (tmp_path / "g" / "figures" / "gradient_norm.png").is_file()
+
+
+def test_snapshot_steps_must_increase() -> None:
+    from reslab.errors import ConfigError as TrainConfigError
+    from reslab.train import TrainConfig
+
+    with pytest.raises(TrainConfigError, match="snapshot_steps"):
+        TrainConfig(snapshot_steps=[10, 5])

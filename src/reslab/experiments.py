@@ -35,7 +35,7 @@ from reslab import report
 from reslab.data import DATASETS
 from reslab.errors import ConfigError, ReslabError
 from reslab.models import ResNet, create_model
-from reslab.train import TrainConfig, fit, resolve
+from reslab.train import RunFolder, TrainConfig, fit, resolve
 
 EXPERIMENTS = ("degradation", "shortcuts", "gradients", "responses")
 VARIANTS = ("plain", "A", "B", "C")
@@ -62,6 +62,7 @@ class StudyConfig:
     device: str = "auto"  # auto | cpu | cuda
     jobs: int | None = None  # parallel runs; None: one per GPU, or per two CPU cores... see _jobs
     probe_batch: int = 256  # images the probes look at
+    probe_steps: tuple[int, ...] = (0,)  # gradient flow also at these steps (0 = at init)
     tolerance: float = 1.0  # points of training error within which two nets "train as well"
     out: str = "runs/degradation"  # the study folder
 
@@ -73,6 +74,9 @@ class StudyConfig:
         self.depths = tuple(self.depths)
         self.seeds = tuple(self.seeds)
         self.families = tuple(self.families)
+        self.probe_steps = tuple(sorted(set(self.probe_steps)))
+        if any(s < 0 for s in self.probe_steps):
+            raise ConfigError(f"--probe-steps must be 0 or more, got {self.probe_steps}")
         self.variants = tuple(v if v == "plain" else v.upper() for v in self.variants)
         if not self.depths:
             raise ConfigError("--depths needs at least one depth, e.g. --depths 20,56")
@@ -163,6 +167,8 @@ def train_config(study: StudyConfig, spec: RunSpec, threads: int | None) -> Trai
         "out": str(Path(study.out) / "runs" / spec.name),
         **spec.overrides,
     }
+    if "gradient_flow" in _PROBES[study.experiment]:
+        fields["snapshot_steps"] = list(study.probe_steps)
     for key in ("epochs", "steps", "batch_size", "lr"):
         value = getattr(study, key)
         if value is not None:
@@ -330,9 +336,12 @@ def probe_runs(
         label = _label(record)
         meta = {"label": label, "family": record["family"], "depth": record["depth"]}
         if "gradient_flow" in kinds:
-            torch.manual_seed(record["seed"])
-            fresh = create_model(record["model"], **_model_config(trained))
-            for when, model in (("init", fresh), ("trained", trained)):
+            snapshots = [
+                ("init" if step == 0 else f"step {step}", RunFolder(run_dir).snapshot_path(step))
+                for step in study.probe_steps
+            ]
+            stages = [(when, load_model(path)) for when, path in snapshots if path.is_file()]
+            for when, model in [*stages, ("trained", trained)]:
                 flow = probes.gradient_flow(model.train(), x, y)
                 out["gradient_flow"].append(
                     {
@@ -366,12 +375,6 @@ def probe_runs(
                 }
             )
     return out
-
-
-def _model_config(model: torch.nn.Module) -> dict[str, Any]:
-    config = dict(getattr(model, "reslab_config", {}))
-    config.pop("name", None)
-    return config
 
 
 def _label(record: dict[str, Any]) -> str:

@@ -158,6 +158,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     eval_batch_size: int = 1024  # batch size of evaluation passes
     checkpoint_every_steps: int | None = None  # also checkpoint mid-epoch every N steps
+    snapshot_steps: list[int] = field(default_factory=list)  # keep weights at these steps
     quiet: bool = False  # one plain line per epoch, no progress bar
     tensorboard: bool = False  # also log to TensorBoard (if installed) under <out>/tb
 
@@ -241,6 +242,11 @@ def _check_values(c: TrainConfig) -> None:
     )
     need(0 < c.gamma <= 1, "gamma", "in (0, 1]")
     need(c.warmup_steps >= 0, "warmup_steps", "zero or positive")
+    need(
+        all(v >= 0 for v in c.snapshot_steps) and c.snapshot_steps == sorted(set(c.snapshot_steps)),
+        "snapshot_steps",
+        "increasing step numbers, 0 or more, e.g. [0, 50, 100]",
+    )
     need(
         c.warmup_until_error is None or 0 < c.warmup_until_error <= 100,
         "warmup_until_error",
@@ -671,6 +677,10 @@ class RunFolder:
         for old in self.ckpt_dir.glob("step-*.safetensors"):
             if old.name not in files:
                 old.unlink(missing_ok=True)
+
+    def snapshot_path(self, step: int) -> Path:
+        """Where the weights kept at ``step`` (``snapshot_steps``) go."""
+        return self.ckpt_dir / f"snapshot-{step:09d}.safetensors"
 
     def load_checkpoint(
         self, *, repair: bool = True
@@ -1442,6 +1452,19 @@ def _train(
         # A run killed before its first checkpoint starts over; drop its partial metrics.
         for name in ("metrics.jsonl", "metrics.csv"):
             (folder.path / name).unlink(missing_ok=True)
+    snapshots = set(config.snapshot_steps)
+
+    def snapshot() -> None:
+        """The weights at a chosen step, kept for probes (e.g. gradient flow over training).
+
+        A resumed run replays the steps after its checkpoint deterministically on CPU and
+        rewrites any snapshot among them.
+        """
+        if dist.main and step in snapshots:
+            save_weights(raw, folder.snapshot_path(step), metadata={"step": str(step)})
+
+    if step == 0:
+        snapshot()
 
     # -- wrappers: compile, DDP --------------------------------------------------------------------
     model: nn.Module = raw
@@ -1551,6 +1574,7 @@ def _train(
             running.add(loss, logits, y)
             step += 1
             images_this_session += y.shape[0] * dist.world_size
+            snapshot()
 
             # He et al. 2015 §4.2: warm up at warmup_lr until the training error is below the
             # threshold; read every WARMUP_CHECK_EVERY steps (the only mid-epoch sync).

@@ -45,6 +45,14 @@ def register(sub: Any) -> None:
             )
         else:
             p.add_argument("--shortcut", default="A", help="option of the residual nets: A|B|C")
+        if name in ("degradation", "gradients"):
+            default_steps = "0,10,30" if name == "gradients" else "0"
+            p.add_argument(
+                "--probe-steps",
+                default=default_steps,
+                help="gradient flow at these training steps too, 0 = at initialisation "
+                f"(default {default_steps})",
+            )
         p.add_argument("--recipe", default=None, help="trainer recipe (default: the dataset's)")
         p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
         p.add_argument("--steps", type=int, default=None, help="override with iterations")
@@ -80,6 +88,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from reslab.experiments import StudyConfig, run_study
 
     extra: dict[str, Any] = {}
+    if getattr(args, "probe_steps", None) is not None:
+        extra["probe_steps"] = _ints(args.probe_steps, "--probe-steps")
     if args.experiment == "shortcuts":
         extra["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     else:

@@ -78,6 +78,12 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--eval-every", "eval_every", int, "epochs between evaluations"),
     ("--eval-batch-size", "eval_batch_size", int, "batch size of evaluation passes"),
     ("--checkpoint-every-steps", "checkpoint_every_steps", int, "also checkpoint mid-epoch"),
+    (
+        "--snapshot-steps",
+        "snapshot_steps",
+        "ints",
+        "keep the weights at these steps, e.g. 0,50,100 (checkpoints/snapshot-N.safetensors)",
+    ),
     ("--quiet", "quiet", bool, "one plain line per epoch, no progress bar"),
     ("--tensorboard", "tensorboard", bool, "also log to TensorBoard under <out>/tb"),
 ]
@@ -93,6 +99,15 @@ def _floats(text: str) -> list[float]:
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
     return values
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas, got {text!r}"
+        ) from None
 
 
 def register(sub: Any) -> None:
@@ -114,13 +129,13 @@ def register(sub: Any) -> None:
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
-        elif kind == "floats":
+        elif kind in ("floats", "ints"):
             p.add_argument(
                 flag,
                 dest=name,
-                type=_floats,
+                type=_floats if kind == "floats" else _ints,
                 default=argparse.SUPPRESS,
-                metavar="F,F",
+                metavar="F,F" if kind == "floats" else "N,N",
                 help=help_text,
             )
         else:
