@@ -244,16 +244,8 @@ def _reslab(cfg: BenchConfig) -> Measurement:
     infer = _inference(
         raw, images, cfg, device, channels_last=fast.channels_last, amp_dtype=fast.amp_dtype
     )
-    return Measurement(
-        pipeline="reslab",
-        settings=", ".join(settings) + ", device-resident data",
-        images_per_s=cfg.steps * cfg.batch_size / elapsed,
-        step_ms=1000 * elapsed / cfg.steps,
-        warmup_s=warmup_s,
-        peak_memory_mb=_peak_memory_mb(device),
-        inference_images_per_s=infer,
-        device=_device_name(device),
-    )
+    settings_text = ", ".join(settings) + ", device-resident data"
+    return _measurement("reslab", settings_text, cfg, device, warmup_s, elapsed, infer)
 
 
 # --- the baseline ------------------------------------------------------------------------------
@@ -320,14 +312,27 @@ def _baseline(cfg: BenchConfig) -> Measurement:
 
     warmup_s, elapsed = _time_steps(step, cfg, device)
     infer = _inference(model, images, cfg, device, channels_last=False, amp_dtype=None)
+    settings = f"fp32, NCHW, eager, DataLoader per-sample ({cfg.workers} workers)"
+    return _measurement("baseline", settings, cfg, device, warmup_s, elapsed, infer)
+
+
+def _measurement(
+    pipeline: str,
+    settings: str,
+    cfg: BenchConfig,
+    device: torch.device,
+    warmup_s: float,
+    elapsed: float,
+    inference: float,
+) -> Measurement:
     return Measurement(
-        pipeline="baseline",
-        settings=f"fp32, NCHW, eager, DataLoader per-sample ({cfg.workers} workers)",
+        pipeline=pipeline,
+        settings=settings,
         images_per_s=cfg.steps * cfg.batch_size / elapsed,
         step_ms=1000 * elapsed / cfg.steps,
         warmup_s=warmup_s,
         peak_memory_mb=_peak_memory_mb(device),
-        inference_images_per_s=infer,
+        inference_images_per_s=inference,
         device=_device_name(device),
     )
 
