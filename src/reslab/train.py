@@ -132,7 +132,7 @@ class TrainConfig:
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum
-    weight_decay: float = 5e-4  # L2 on every parameter, BN and biases included (as the paper)
+    weight_decay: float = 5e-4  # L2 on every parameter, BN and biases included, as the paper did
     schedule: str = "cosine"  # multistep, cosine, onecycle or constant
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep, x total
     gamma: float = 0.1  # multistep factor at each milestone
@@ -785,12 +785,9 @@ def _rng_state() -> dict[str, Any]:
     np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
     py_state = random.getstate()
     return {
+        # Only the CPU generator: data order and augmentation are drawn there, and saving
+        # every GPU's state would tie a checkpoint to the number of GPUs of the machine.
         "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-        "cuda": [
-            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
-        ]
-        if torch.cuda.is_available()
-        else [],
         "numpy": [
             np_state[0],
             np_state[1].tolist(),
@@ -807,8 +804,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
     torch.set_rng_state(tensor(state["torch"]))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
@@ -909,7 +904,10 @@ def runtime(config: TrainConfig, device: torch.device) -> Runtime:
     use_compile = config.compile if config.compile is not None else cuda
     graphs = config.cuda_graphs if config.cuda_graphs is not None else True
     if config.precision == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if cuda else _cpu_has_bf16_matmul()
+        # Native bf16 tensor cores from compute capability 8.0 (Ampere); older cards emulate.
+        bf16 = (
+            torch.cuda.get_device_capability(device) >= (8, 0) if cuda else _cpu_has_bf16_matmul()
+        )
     else:
         bf16 = config.precision == "bf16"
     return Runtime(
@@ -936,6 +934,19 @@ def build_optimizer(config: TrainConfig, model: nn.Module, device: torch.device)
         weight_decay=config.weight_decay,
         **({"fused": True} if device.type == "cuda" else {"foreach": True}),
     )
+
+
+def restore_momentum(optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor]) -> None:
+    """Load the ``optim.<i>`` momentum buffers of a checkpoint into ``optimizer``.
+
+    Saved buffers are contiguous; each gets its parameter's memory layout (channels_last) back,
+    because the fused CUDA SGD kernel requires parameter, gradient and buffer to share strides.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            p = params[int(key.split(".")[1])]
+            optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(value)
 
 
 def train_step(
@@ -989,7 +1000,12 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    index = local_rank if distributed or ":" not in name else int(name.split(":")[1])
+    if distributed:
+        index = local_rank
+    elif ":" in name:
+        index = int(name.split(":")[1])
+    else:  # the current device: a study worker sets it to its own GPU
+        index = torch.cuda.current_device()
     if index >= torch.cuda.device_count():
         raise ReslabError(
             f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
@@ -1259,6 +1275,7 @@ def _fit(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     if cuda:
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
         torch.backends.cudnn.allow_tf32 = True
@@ -1277,7 +1294,8 @@ def _fit(
 
     # -- data ----------------------------------------------------------------------------------
     full = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
-    ds = holdout(full, config.val_split, seed=config.seed) if config.val_split else full
+    # One fixed held-out split: every seed trains on the same images.
+    ds = holdout(full, config.val_split, seed=0) if config.val_split else full
     eval_key = "val_error" if config.val_split else "test_error"
     if config.batch_size > len(ds.train_labels):
         n_train = len(ds.train_labels)
@@ -1427,13 +1445,7 @@ def _train(
     if checkpoint is not None:
         state, weights_path, tensors = checkpoint
         load_weights(raw, weights_path)
-        optim_state = optimizer.state_dict()
-        optim_state["state"] = {
-            int(k.split(".")[1]): {"momentum_buffer": v}
-            for k, v in tensors.items()
-            if k.startswith("optim.")
-        }
-        optimizer.load_state_dict(optim_state)
+        restore_momentum(optimizer, tensors)
         if ema is not None:
             ema.module.load_state_dict(
                 {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
@@ -1468,16 +1480,20 @@ def _train(
 
     # -- wrappers: compile, DDP --------------------------------------------------------------------
     model: nn.Module = raw
-    if use_compile:
-        model = typing.cast(nn.Module, torch.compile(raw, mode=compile_mode(cuda_graphs)))
-    # Evaluation runs eagerly under CUDA graphs: each eval batch shape would need its own graph.
-    eval_model = raw if cuda_graphs else model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if use_compile:
+        # Runs of a study share this process: forget earlier models' graphs so the recompile
+        # limit is not reached. Compiling the DDP wrapper keeps its comm/compute overlap.
+        torch._dynamo.reset()
+        model = typing.cast(nn.Module, torch.compile(model, mode=compile_mode(cuda_graphs)))
+    # Evaluation runs eagerly: each eval batch shape (and eval-mode BN) would need its own
+    # compiled graph, and evaluation is a small part of a run.
+    eval_model = raw
 
     writer = _tensorboard(folder.path, config.tensorboard and dist.main, report)
     n_params = count_params(raw)
