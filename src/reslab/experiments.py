@@ -34,7 +34,7 @@ import torch
 from reslab import report
 from reslab.data import DATASETS
 from reslab.errors import ConfigError, ReslabError
-from reslab.models import ResNet, create_model
+from reslab.models import ResNet, cifar_model_name, create_model
 from reslab.train import RunFolder, TrainConfig, fit, resolve
 
 EXPERIMENTS = ("degradation", "shortcuts", "gradients", "responses")
@@ -60,7 +60,7 @@ class StudyConfig:
     width: float = 1.0  # channel multiplier of every net
     data_dir: str | None = None  # where datasets live (default ~/.cache/reslab)
     device: str = "auto"  # auto | cpu | cuda
-    jobs: int | None = None  # parallel runs; None: one per GPU, or per two CPU cores... see _jobs
+    jobs: int | None = None  # parallel runs; None: one per GPU, or one per CPU core
     probe_batch: int = 256  # images the probes look at
     probe_steps: tuple[int, ...] = (0,)  # gradient flow also at these steps (0 = at init)
     tolerance: float = 1.0  # points of training error within which two nets "train as well"
@@ -71,8 +71,9 @@ class StudyConfig:
             raise ConfigError(
                 f"unknown experiment {self.experiment!r}: try {', '.join(EXPERIMENTS)}"
             )
-        self.depths = tuple(self.depths)
-        self.seeds = tuple(self.seeds)
+        # Repeated depths or seeds would plan the same run twice.
+        self.depths = tuple(dict.fromkeys(self.depths))
+        self.seeds = tuple(dict.fromkeys(self.seeds))
         self.families = tuple(self.families)
         self.probe_steps = tuple(sorted(set(self.probe_steps)))
         if any(s < 0 for s in self.probe_steps):
@@ -93,7 +94,7 @@ class StudyConfig:
         if self.jobs is not None and self.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
         for depth in self.depths:
-            create_model(f"resnet{depth}", width=self.width)  # validates 6n+2 with a clear error
+            cifar_model_name(depth, plain=False)  # validates 6n+2 with a clear error
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def plan(study: StudyConfig) -> list[RunSpec]:
             for seed in seeds:
                 plain = variant == "plain"
                 shortcut = None if plain else variant
-                name = f"{'plain' if plain else 'resnet'}{depth}"
+                name = cifar_model_name(depth, plain)
                 tag = "plain" if plain else variant
                 specs.append(
                     RunSpec(
@@ -135,7 +136,7 @@ def plan(study: StudyConfig) -> list[RunSpec]:
     else:
         for depth in study.depths:
             for family in study.families:
-                name = f"{'plain' if family == 'plain' else 'resnet'}{depth}"
+                name = cifar_model_name(depth, family == "plain")
                 shortcut = None if family == "plain" else study.shortcut
                 for seed in seeds:
                     specs.append(
@@ -225,7 +226,7 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
     model = create_model(config["model"], **_model_overrides(config))
     assert isinstance(model, ResNet)
     plain = model.plain
-    depth = _depth(model)
+    depth = model.depth
 
     def curve(key: str) -> list[Any]:
         return [row.get(key) for row in rows]
@@ -257,11 +258,6 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
 def _model_overrides(config: dict[str, Any]) -> dict[str, Any]:
     keys = ("shortcut", "plain", "width", "zero_init_residual")
     return {k: config[k] for k in keys if config.get(k) is not None}
-
-
-def _depth(model: ResNet) -> int:
-    per_block = 3 if hasattr(model.blocks()[0], "conv3") else 2
-    return 2 + per_block * len(model.blocks())
 
 
 def execute(

@@ -106,7 +106,6 @@ class ResNet(nn.Module):
             if self.preact
             else nn.Identity()
         )
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(out_planes, num_classes)
 
         for m in self.modules():
@@ -155,10 +154,16 @@ class ResNet(nn.Module):
             x = getattr(self, name)(x)
         return self.bn_final(x)
 
+    @property
+    def depth(self) -> int:
+        """Weighted layers on the longest path: the stem, every conv of every branch, and fc."""
+        blocks = self.blocks()
+        return 2 + (3 if blocks and hasattr(blocks[0], "conv3") else 2) * len(blocks)
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.fc(x)
+        # Global average pool as a mean: CUDA's adaptive-pool backward is not deterministic.
+        return self.fc(x.mean((2, 3)))
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -375,8 +380,9 @@ def plain34(**kw: Any) -> ResNet:
     return imagenet_resnet(34, **{"plain": True, **kw})
 
 
-# Any other CIFAR depth by name: resnet74, plain74, preact_resnet56.
-_DYNAMIC = re.compile(r"^(resnet|plain|preact_resnet)(\d+)$")
+# Any other CIFAR depth by name: resnet74, plain74, preact_resnet56; cifar_resnet50 and
+# cifar_plain50 where resnet50 would name the ImageNet net.
+_DYNAMIC = re.compile(r"^(resnet|plain|preact_resnet|cifar_resnet|cifar_plain)(\d+)$")
 
 
 def _resolve(name: str) -> tuple[Builder, Builder, dict[str, Any]]:
@@ -388,7 +394,7 @@ def _resolve(name: str) -> tuple[Builder, Builder, dict[str, Any]]:
     if match:
         family, depth = match.group(1), int(match.group(2))
         preset: dict[str, Any] = {"depth": depth}
-        if family == "plain":
+        if family in ("plain", "cifar_plain"):
             preset["plain"] = True
         if family == "preact_resnet":
             preset.update(preact=True, shortcut="B")
@@ -401,6 +407,17 @@ def _resolve(name: str) -> tuple[Builder, Builder, dict[str, Any]]:
         f"unknown model {name!r}: {hint}run `reslab models` to list them "
         "(CIFAR depths 6n+2 also work, e.g. resnet74, plain74)"
     )
+
+
+def cifar_model_name(depth: int, plain: bool) -> str:
+    """A registry name that builds the CIFAR net of ``depth`` (or its plain twin) for sure.
+
+    ``resnet50`` and ``resnet152`` are the ImageNet nets; their CIFAR namesakes are
+    ``cifar_resnet50`` and ``cifar_plain50``.
+    """
+    cifar_resnet(depth)  # a clear error for a depth that is not 6n+2
+    family = "plain" if plain else "resnet"
+    return f"cifar_{family}{depth}" if f"resnet{depth}" in IMAGENET_NAMES else f"{family}{depth}"
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -422,6 +439,9 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     model = builder(**{**preset, **overrides})
     model.reslab_config = {"name": name, **overrides}  # type: ignore[assignment]
     return model
+
+
+IMAGENET_NAMES = frozenset(f"resnet{d}" for d in IMAGENET_DEPTHS)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -479,6 +499,7 @@ __all__ = [
     "IMAGENET_DEPTHS",
     "PREACT_CIFAR_DEPTHS",
     "ResNet",
+    "cifar_model_name",
     "cifar_resnet",
     "count_macs",
     "count_params",

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reslab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from reslab.models import ResNet
 
 
 def register(sub: Any) -> None:
@@ -33,7 +30,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         rows.append(
             (
                 name,
-                str(_depth_of(model)),
+                str(model.depth),
                 f"{count_params(model):,}",
                 f"{count_params(model) / 1e6:.3f}M",
                 f"{count_macs(model) / 1e6:,.1f}M",
@@ -51,12 +48,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
             )
         )
     return 0
-
-
-def _depth_of(model: ResNet) -> int:
-    """Weighted layers on the longest path: stem, every conv in every branch, and fc."""
-    per_block = 3 if hasattr(model.blocks()[0], "conv3") else 2
-    return 2 + per_block * len(model.blocks())
 
 
 def _parse_vector(text: str, flag: str) -> list[float]:
