@@ -209,3 +209,16 @@ def test_macs_match_known_figures() -> None:
     assert round(count_macs(create_model("resnet50")) / 1e9, 2) == 4.09
     assert round(count_macs(create_model("resnet18")) / 1e9, 2) == 1.81
     assert round(count_macs(create_model("resnet20")) / 1e6) == 41
+
+
+def test_cifar_names_never_mean_an_imagenet_net() -> None:
+    from reslab.models import cifar_model_name
+
+    assert cifar_model_name(56, plain=False) == "resnet56"
+    assert cifar_model_name(50, plain=False) == "cifar_resnet50"
+    res, plain = (create_model(cifar_model_name(50, p)) for p in (False, True))
+    assert res.input_size == plain.input_size == (3, 32, 32)
+    assert res.depth == plain.depth == 50 and plain.plain
+    assert count_params(res) == count_params(plain)
+    with pytest.raises(ModelError, match=r"not 6n\+2"):
+        cifar_model_name(18, plain=False)

@@ -98,3 +98,11 @@ def test_truncated_and_missing_files(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError):
         load_weights(create_model("resnet20"), garbage)
+
+
+def test_old_checkpoints_without_bn_step_counters_load(tmp_path: Path) -> None:
+    src = create_model("resnet20")
+    state = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"state_dict": state}, tmp_path / "old.pth")
+    dst = load_weights(create_model("resnet20"), tmp_path / "old.pth")
+    assert torch.equal(dst.fc.weight, src.fc.weight)

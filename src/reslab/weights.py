@@ -111,7 +111,9 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     path = Path(path)
     state = convert_state_dict(read_state_dict(path))
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
+    # Checkpoints from before PyTorch 0.4.1 have no BN step counters; BatchNorm's own
+    # state_dict versioning fills them in, so they are not missing.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = sorted(k for k in state if k not in expected)
     wrong = [
         f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
