@@ -25,6 +25,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import reslab.data as rd
 from reslab.errors import DataError, ReslabError, UnsafePickleError
@@ -950,6 +952,74 @@ def test_loader_resumes_mid_epoch_bit_identical() -> None:
     late = _loader(**options)
     late.load_state_dict(end.state_dict())
     assert torch.equal(next(iter(late))[0], reference[6][0])
+
+
+class _HostToDeviceCopies(TorchDispatchMode):
+    """Records every op that reads a non-scalar CPU tensor and writes a ``meta`` one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        leaves = pytree.tree_leaves((args, kwargs))
+        ins = [t for t in leaves if isinstance(t, torch.Tensor)]
+        outs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" and t.dim() > 0 for t in ins) and any(
+            t.device.type == "meta" for t in outs
+        ):
+            self.ops.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("augment", ["cifar", "flip", "none"])
+def test_loader_copies_from_host_once_per_epoch_not_per_batch(augment: str) -> None:
+    # The meta device stands in for CUDA: every host-to-device copy is seen, and any read of a
+    # device value back to the host (.item(), bool(tensor), nonzero) would raise.
+    loader = _loader(200, device="meta", augment=augment, drop_last=False)
+    assert len(loader) == 25
+    with _HostToDeviceCopies() as spy:
+        batches = list(loader)
+    assert len(batches) == 25 and batches[0][0].device.type == "meta"
+    assert len(spy.ops) == 1, spy.ops
+    # Mid-epoch resume: still one copy for the rest of the epoch, then one for the next.
+    resumed = _loader(200, device="meta", augment=augment, drop_last=False)
+    resumed.load_state_dict({**loader.state_dict(), "epoch": 0, "batch": 10})
+    with _HostToDeviceCopies() as spy:
+        assert len(list(resumed)) == 15 and len(list(resumed)) == 25
+    assert len(spy.ops) == 2, spy.ops
+
+
+def test_eval_batches_and_normalize_copy_from_host_once() -> None:
+    images = torch.from_numpy(_images(200, 4, (3, 6, 6)))
+    with _HostToDeviceCopies() as spy:
+        batches = list(
+            rd.eval_batches(images, torch.arange(200), 8, (0.1,) * 3, (0.7,) * 3, "meta")
+        )
+    assert len(batches) == 25 and len(spy.ops) <= 4, spy.ops  # images, labels, mean, std
+    on_device = images.to("meta")
+    with _HostToDeviceCopies() as spy:
+        for _ in range(5):
+            rd.normalize_batch(on_device, (0.2,) * 3, (0.3,) * 3)
+    assert len(spy.ops) <= 2, spy.ops  # mean and std, made once
+
+
+def test_loader_augmentation_is_augment_batch_with_per_batch_seed() -> None:
+    # Drawing a whole epoch up front keeps each batch's values those of augment_batch with a
+    # CPU generator seeded from (seed, epoch, batch index, rank), as before the change.
+    n, seed, rank = 90, 4, 1
+    images = torch.from_numpy(_images(n, 11, (3, 12, 12)))
+    loader = _loader(n, augment="cifar", seed=seed, rank=rank, world_size=2, drop_last=False)
+    loader.set_epoch(3)
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [8] * 5 + [5]
+    for i, (x, idx) in enumerate(batches):
+        gen = torch.Generator().manual_seed(rd._seed_from("aug", seed, 3, i, rank))
+        expected = rd.normalize_batch(
+            rd.augment_batch(images[idx], "cifar", gen), (0.5,) * 3, (0.25,) * 3
+        )
+        assert torch.equal(x, expected), i
 
 
 def test_loader_rejects_mismatched_state_and_tiny_data() -> None:

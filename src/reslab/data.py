@@ -30,6 +30,7 @@ run resumed mid-epoch sees bit-identical batches and ranks shard one global perm
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.client
@@ -79,8 +80,9 @@ log = logging.getLogger(__name__)
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder", "synthetic")
 AUGMENTS = ("cifar", "flip", "none")
 
-# He et al. 2016, "Deep Residual Learning for Image Recognition", Sec. 4.2: "4 pixels are padded
-# on each side, and a 32×32 crop is randomly sampled from the padded image or its horizontal flip".
+# He et al. 2015, "Deep Residual Learning for Image Recognition" (arXiv:1512.03385), Sec. 4.2:
+# "4 pixels are padded on each side, and a 32×32 crop is randomly sampled from the padded image
+# or its horizontal flip".
 _CROP_PAD = 4
 _DIGITS_TEST_SIZE = 360  # 20% of 1,797, split per class (see _stratified_split)
 
@@ -233,7 +235,7 @@ def holdout(ds: Dataset, n_val: int, seed: int = 0) -> Dataset:
 
     The result's train split is the rest, its *test* split is the held-out part, and its
     mean/std are recomputed from the new train split so validation images inform nothing.
-    Deterministic in ``seed``: He et al. 2016 (Sec. 4.2) tune on a 45k/5k split of the CIFAR-10
+    Deterministic in ``seed``: He et al. 2015 (Sec. 4.2) tune on a 45k/5k split of the CIFAR-10
     train set, i.e. ``holdout(cifar10, 5000, seed)``.
     """
     n = len(ds.train_labels)
@@ -1430,38 +1432,56 @@ def load_dataset(
 # Augmentation and normalisation on the device
 
 
-def _augment(
-    images: torch.Tensor, kind: str, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_augment(images: torch.Tensor, kind: str) -> None:
     if kind not in AUGMENTS:
         raise DataError(f"unknown augmentation {kind!r}; choose one of {', '.join(AUGMENTS)}")
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"augment_batch needs uint8 N×C×H×W images, got {images.dtype}")
-    b, c, h, w = images.shape
-    device = images.device
-    shifts = torch.zeros(b, 2, dtype=torch.int64, device=device)
-    flips = torch.zeros(b, dtype=torch.bool, device=device)
+
+
+def _draw_augment(
+    b: int, kind: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``b`` shifts (``b×2`` int64) and flips (``b`` bool) on ``generator``'s device.
+
+    The draw order (crop offsets, then flips) fixes the values a seed gives; :class:`DeviceLoader`
+    relies on it to draw a whole epoch's parameters up front, batch by batch.
+    """
+    dev = generator.device
+    shifts = torch.zeros(b, 2, dtype=torch.int64, device=dev)
+    flips = torch.zeros(b, dtype=torch.bool, device=dev)
     if kind == "none" or b == 0:
-        return images, shifts, flips
-    # Random numbers come from ``generator`` on its own device (CPU for DeviceLoader) and only
-    # these B-sized tensors move, so the draws are the same whatever device holds the images.
+        return shifts, flips
     if kind == "cifar":
-        span = 2 * _CROP_PAD + 1
-        offsets = torch.randint(0, span, (b, 2), generator=generator, device=generator.device)
-        shifts = (offsets - _CROP_PAD).to(device)
-    flips = (torch.rand(b, generator=generator, device=generator.device) < 0.5).to(device)
+        offsets = torch.randint(0, 2 * _CROP_PAD + 1, (b, 2), generator=generator, device=dev)
+        shifts = offsets - _CROP_PAD
+    flips = torch.rand(b, generator=generator, device=dev) < 0.5
+    return shifts, flips
+
+
+def _apply_augment(
+    images: torch.Tensor, kind: str, shifts: torch.Tensor, flips: torch.Tensor
+) -> torch.Tensor:
+    """Apply drawn ``shifts``/``flips`` (already on the images' device) with batched ops only.
+
+    Nothing here reads a value back to the host, so on CUDA it queues kernels without a sync.
+    """
+    b, c, h, w = images.shape
+    if kind == "none" or b == 0:
+        return images
     if kind == "flip":
-        return torch.where(flips.view(b, 1, 1, 1), images.flip(3), images), shifts, flips
-    # Zero-pad once, then gather every crop (flip folded into the column index) with one take():
+        return torch.where(flips.view(b, 1, 1, 1), images.flip(3), images)
+    # Zero-pad once, then two gathers with per-sample row and column indices (broadcast views,
+    # so no B×C×H×W index is built); the flip is folded into the column index:
     # out[n, ch, i, j] = padded[n, ch, dy + P + i, dx + P + (W-1-j if flip else j)].
     padded = F.pad(images, (_CROP_PAD,) * 4)
-    hp, wp = h + 2 * _CROP_PAD, w + 2 * _CROP_PAD
+    wp = w + 2 * _CROP_PAD
+    device = images.device
     cols = torch.arange(w, device=device)
     cols = torch.where(flips[:, None], w - 1 - cols, cols) + (shifts[:, 1:] + _CROP_PAD)
     rows = torch.arange(h, device=device) + (shifts[:, :1] + _CROP_PAD)
-    plane = torch.arange(b * c, device=device).view(b, c) * (hp * wp)
-    index = plane[:, :, None, None] + rows[:, None, :, None] * wp + cols[:, None, None, :]
-    return torch.take(padded, index), shifts, flips
+    picked = padded.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, wp))
+    return picked.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
 
 @overload
@@ -1494,13 +1514,20 @@ def augment_batch(
     """Augment a uint8 ``N×C×H×W`` batch with batched tensor ops on its own device.
 
     ``"cifar"``: zero-pad 4 pixels, take a random crop of the original size (shift ``dy, dx``
-    uniform in [-4, 4]), then flip horizontally with probability 1/2 (He et al. 2016, Sec. 4.2).
+    uniform in [-4, 4]), then flip horizontally with probability 1/2 (He et al. 2015, Sec. 4.2).
     ``"flip"``: the flip only; ``"none"``: unchanged. The padding is black (pixel 0) as in the
     common torchvision ``RandomCrop(32, padding=4)`` recipe, not the mean-subtracted zero of the
     original paper. With ``return_params`` also returns ``shifts`` (``N×2`` int64 ``dy, dx``,
     where unflipped ``out[i, j] = image[i + dy, j + dx]``) and ``flips`` (``N`` bool).
     """
-    out, shifts, flips = _augment(images, kind, generator)
+    _check_augment(images, kind)
+    shifts, flips = _draw_augment(int(images.shape[0]), kind, generator)
+    # Random numbers come from ``generator`` on its own device and only these B-sized tensors
+    # move, so the draws are the same whatever device holds the images. (DeviceLoader instead
+    # draws a whole epoch at once and copies it to the device once.)
+    shifts = shifts.to(images.device)
+    flips = flips.to(images.device)
+    out = _apply_augment(images, kind, shifts, flips)
     if return_params:
         return out, shifts, flips
     return out
@@ -1524,9 +1551,28 @@ def _normalize(
 def _stats_tensor(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
     if len(values) != channels:
         raise DataError(f"mean/std need {channels} values (one per channel), got {len(values)}")
-    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device).view(
-        1, -1, 1, 1
-    )
+    return _stats_cached(tuple(float(v) for v in values), device)
+
+
+@functools.lru_cache(maxsize=32)
+def _stats_cached(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # Made once per (values, device): building it copies from the host, which on CUDA is a
+    # blocking copy, so normalize_batch called per batch must not rebuild it. Read-only by use.
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without making the host wait for the device.
+
+    On CUDA the tensor is pinned first, so the copy is truly asynchronous (a pageable
+    ``.to(device)`` is a cudaMemcpy that waits for the stream); the caching host allocator keeps
+    the pinned buffer alive until the copy has run. The loader calls this once per epoch.
+    """
+    if device.type == "cuda":
+        if torch.cuda.is_available():
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def normalize_batch(
@@ -1561,7 +1607,11 @@ class DeviceLoader:
     together are exactly the batch one process with ``world_size * batch_size`` would see.
 
     Augmentation for batch ``i`` uses a generator seeded from ``(seed, epoch, i, rank)``, so the
-    only state is ``(epoch, next batch)``: :meth:`state_dict` / :meth:`load_state_dict` resume
+    only state is ``(epoch, next batch)``. At the start of an epoch the loader draws every
+    batch's crop shifts and flips on the CPU, packs them with the epoch's sample indices and
+    copies them to the device in one asynchronous copy; each batch then only slices those, so
+    on CUDA the loop queues kernels and never waits for the GPU. :meth:`state_dict` /
+    :meth:`load_state_dict` :meth:`state_dict` / :meth:`load_state_dict` resume
     mid-epoch with bit-identical batches. Iterating to the end of an epoch moves to the next;
     :meth:`set_epoch` jumps to another epoch (and keeps the position if it is the current one,
     so ``set_epoch(e)`` at the top of a resumed epoch loop does not lose the resume point).
@@ -1649,6 +1699,27 @@ class DeviceLoader:
             order = torch.cat([order, order.repeat(-(-pad // n))[:pad]])
         return order[self.rank :: self.world_size]
 
+    def _epoch_plan(self, epoch: int) -> torch.Tensor:
+        """``4×n`` int64 on the device: rows sample index, ``dy``, ``dx``, flip; one copy.
+
+        Batch ``i``'s shifts and flips are drawn as ``augment_batch`` would with a CPU
+        generator seeded from ``("aug", seed, epoch, i, rank)``, so the values do not depend on
+        the device or on where in the epoch a run resumed.
+        """
+        shard = self._shard(epoch)
+        plan = torch.zeros(4, len(shard), dtype=torch.int64)
+        plan[0] = shard
+        if self.augment != "none":
+            for i, start in enumerate(range(0, len(shard), self.batch_size)):
+                stop = min(start + self.batch_size, len(shard))
+                gen = torch.Generator().manual_seed(
+                    _seed_from("aug", self.seed, epoch, i, self.rank)
+                )
+                shifts, flips = _draw_augment(stop - start, self.augment, gen)
+                plan[1:3, start:stop] = shifts.t()
+                plan[3, start:stop] = flips
+        return _to_device(plan, self.device)
+
     def set_epoch(self, epoch: int) -> None:
         """Go to the start of ``epoch``; if already in it, keep the current position."""
         if epoch != self.epoch:
@@ -1661,16 +1732,17 @@ class DeviceLoader:
             self.epoch += 1
             self._batch = 0
         epoch = self.epoch
-        shard = self._shard(epoch).to(self.device)
+        plan = self._epoch_plan(epoch)
+        # Device-side views made once per epoch; the loop below only slices them.
+        order = plan[0]
+        shifts = plan[1:3].t()
+        flips = plan[3].bool()
         for i in range(self._batch, n_batches):
-            idx = shard[i * self.batch_size : (i + 1) * self.batch_size]
+            batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[batch]
             x = self.images[idx]
             y = self.labels[idx]
-            if self.augment != "none":
-                gen = torch.Generator().manual_seed(
-                    _seed_from("aug", self.seed, epoch, i, self.rank)
-                )
-                x = augment_batch(x, self.augment, gen)
+            x = _apply_augment(x, self.augment, shifts[batch], flips[batch])
             x = _normalize(x, self._mean, self._std, self.dtype, self.channels_last)
             # Count the batch as consumed before handing it out, so a checkpoint taken while
             # the caller holds batch i resumes at batch i + 1.
@@ -1726,7 +1798,11 @@ def eval_batches(
     channels = int(images.shape[1])
     mean_t = _stats_tensor(mean, channels, dev)
     std_t = _stats_tensor(std, channels, dev)
+    # One copy of the whole split (a no-op when it is already there), not one per batch: a
+    # pageable per-batch copy would make the host wait for the GPU at every step.
+    images = images.to(dev)
+    labels = labels.to(dev, dtype=torch.int64)
     for start in range(0, int(images.shape[0]), batch_size):
-        x = images[start : start + batch_size].to(dev, non_blocking=True)
-        y = labels[start : start + batch_size].to(dev, dtype=torch.int64, non_blocking=True)
+        x = images[start : start + batch_size]
+        y = labels[start : start + batch_size]
         yield _normalize(x, mean_t, std_t, dtype, channels_last), y
