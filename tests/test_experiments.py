@@ -174,3 +174,20 @@ def test_snapshot_steps_must_increase() -> None:
 
     with pytest.raises(TrainConfigError, match="snapshot_steps"):
         TrainConfig(snapshot_steps=[10, 5])
+
+
+def test_diverged_runs_are_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
+    from reslab.experiments import run_study
+
+    study = StudyConfig(
+        depths=(8, 14), seeds=(0,), epochs=1, width=0.25, lr=1e30, jobs=1, out=str(tmp_path / "d")
+    )
+    lines: list[str] = []
+    results = run_study(study, log=lines.append)
+    assert {r["status"] for r in results["runs"]} == {"diverged"}
+    assert all(r["final_clean_train_error"] is None for r in results["runs"])
+    assert results["verdict"]["text"].startswith("no verdict:")
+    assert any(line.endswith("diverged") for line in lines)
+    assert (tmp_path / "d" / "report.html").is_file()
+    # A rerun reads the recorded outcome instead of diverging again.
+    assert run_study(study, log=lambda _: None)["verdict"] == results["verdict"]

@@ -34,8 +34,9 @@ import torch
 from reslab import report
 from reslab.data import DATASETS
 from reslab.errors import ConfigError, ReslabError
+from reslab.fileio import atomic_write_json
 from reslab.models import ResNet, cifar_model_name, create_model
-from reslab.train import RunFolder, TrainConfig, fit, resolve
+from reslab.train import NonFiniteLoss, RunFolder, TrainConfig, fit, resolve
 
 EXPERIMENTS = ("degradation", "shortcuts", "gradients", "responses")
 VARIANTS = ("plain", "A", "B", "C")
@@ -204,7 +205,16 @@ def _run_one(config: TrainConfig) -> dict[str, Any]:
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / "train.log").open("a") as log, redirect_stdout(log), redirect_stderr(log):
-        fit(config, resume=True)
+        try:
+            fit(config, resume=True)
+        except NonFiniteLoss as exc:
+            # A deep net that diverges is a result of the study, not a failure of it: record it
+            # (a rerun would diverge again at the same step) and let the other runs go on.
+            atomic_write_json(
+                RunFolder(run_dir).result_path,
+                {"status": "diverged", "message": str(exc), "clean_train_error": None,
+                 "test_error": None},
+            )  # fmt: skip
     return run_record(run_dir)
 
 
@@ -214,7 +224,9 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
     try:
         config = json.loads((run_dir / "config.json").read_text())
         result = json.loads((run_dir / "result.json").read_text())
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics = run_dir / "metrics.jsonl"  # absent if a run diverged in its first epoch
+        lines = metrics.read_text().splitlines() if metrics.is_file() else []
+        rows = [json.loads(line) for line in lines]
     except FileNotFoundError as exc:
         raise ReslabError(
             f"{run_dir} is not a finished run (missing {Path(exc.filename).name}): "
@@ -240,6 +252,7 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
         "shortcut": None if plain else model.shortcut_option,
         "seed": config.get("seed", 0),
         "params": result.get("params"),
+        "status": result.get("status", "finished"),
         "final_clean_train_error": result.get("clean_train_error"),
         "final_test_error": result.get("test_error"),
         "wall_time": result.get("wall_time"),
@@ -276,11 +289,12 @@ def execute(
 
     def done(spec: RunSpec, record: dict[str, Any]) -> None:
         records[spec.name] = record
+        status = "" if record["status"] == "finished" else f" {record['status']}"
         log(
             f"[{len(records)}/{len(specs)}] {spec.name:<18} train error "
             f"{_pct(record['final_clean_train_error'])}  test error "
             f"{_pct(record['final_test_error'])}  ({record['wall_time'] or 0:.1f} s, "
-            f"{time.perf_counter() - started:.0f} s elapsed)"
+            f"{time.perf_counter() - started:.0f} s elapsed){status}"
         )
 
     if jobs == 1:
@@ -328,6 +342,8 @@ def probe_runs(
         if record["seed"] != first_seed:
             continue
         run_dir = Path(study.out) / "runs" / record["name"]
+        if not (run_dir / "checkpoints" / "last.safetensors").is_file():
+            continue  # diverged before its first checkpoint: nothing trained to probe
         trained = load_model(run_dir / "checkpoints" / "last.safetensors")
         label = _label(record)
         meta = {"label": label, "family": record["family"], "depth": record["depth"]}
@@ -411,7 +427,7 @@ def run_study(study: StudyConfig, log: Callable[[str], None] = print) -> dict[st
         results["runs"] = records
         results["summary"] = report.summarize_runs(records)
     if study.experiment == "degradation":
-        results["verdict"] = report.degradation_verdict(results["summary"], study.tolerance)
+        results["verdict"] = _degradation_verdict(results["summary"], study.tolerance)
     elif study.experiment == "shortcuts":
         results["verdict"] = shortcut_verdict(results["summary"], study.tolerance)
     kinds = _PROBES[study.experiment]
@@ -427,6 +443,14 @@ def run_study(study: StudyConfig, log: Callable[[str], None] = print) -> dict[st
     log(results["verdict"]["text"])
     log(f"report: {path}")
     return results
+
+
+def _degradation_verdict(summary: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """The verdict, or why there is none (e.g. a family with one depth, or diverged runs)."""
+    try:
+        return report.degradation_verdict(summary, tolerance)
+    except ReslabError as exc:
+        return {"text": f"no verdict: {exc}"}
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -516,11 +540,6 @@ def aggregate(study_dir: str | Path) -> dict[str, Any]:
     )
     results["runs"] = records
     results["summary"] = report.summarize_runs(records)
-    families = {r["family"] for r in records}
-    depths = {(r["family"], r["depth"]) for r in records}
-    if families == {"plain", "residual"} and len(depths) >= 4:
-        results["verdict"] = report.degradation_verdict(results["summary"], 1.0)
-    else:
-        results["verdict"] = {"text": f"{len(records)} runs aggregated; too few for a verdict"}
+    results["verdict"] = _degradation_verdict(results["summary"], StudyConfig.tolerance)
     report.write_results(study_dir, results)
     return results

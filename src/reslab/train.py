@@ -1173,8 +1173,8 @@ class _Reporter:
             self.bar = None
 
 
-class _NonFinite(ReslabError):
-    pass
+class NonFiniteLoss(ReslabError):
+    """The training loss became NaN or inf; the message names the step and the lr."""
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -1546,7 +1546,7 @@ def _train(
         loss_sum, errors, count, bad = running.totals(dist)
         if bad >= 0:
             lr = config.warmup_lr if warming else lr_at(config, bad, total_steps)
-            raise _NonFinite(
+            raise NonFiniteLoss(
                 f"training loss became NaN/inf at step {bad} (lr {lr:.4g}); stopped, {kept()}; "
                 "lower --lr, add --grad-clip or --warmup-steps"
             )
@@ -1581,7 +1581,7 @@ def _train(
                 # --detect-anomaly's NaN report: autograd has printed the forward call above.
                 if not (config.detect_anomaly and "returned nan values" in str(exc)):
                     raise
-                raise _NonFinite(
+                raise NonFiniteLoss(
                     f"--detect-anomaly: {str(exc).rstrip('.')} at step {step} (lr {lr:.4g}); "
                     f"the forward call that made it is printed above; stopped, {kept()}"
                 ) from None
