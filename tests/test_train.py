@@ -53,7 +53,7 @@ def test_resolve_layers_recipe_then_explicit() -> None:
     assert c.recipe == "fast-cifar" and c.batch_size == 512 and c.nesterov
     c = resolve({"dataset": "cifar10", "recipe": "paper-cifar", "lr": 0.05})
     assert c.lr == 0.05  # explicit wins over the recipe
-    assert (c.steps, c.batch_size, c.weight_decay, c.val_split) == (64_000, 128, 1e-4, 5000)
+    assert (c.steps, c.batch_size, c.weight_decay, c.val_split) == (64_000, 128, 1e-4, 0)
     assert c.schedule == "multistep" and c.milestones == [0.5, 0.75] and c.gamma == 0.1
     assert c.warmup_until_error is None  # only deep nets warm up
 

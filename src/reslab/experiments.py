@@ -243,7 +243,6 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
     def curve(key: str) -> list[Any]:
         return [row.get(key) for row in rows]
 
-    test_key = "test_error" if any(r.get("test_error") is not None for r in rows) else "val_error"
     return {
         "name": run_dir.name,
         "model": config["model"],
@@ -261,7 +260,8 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
             "step": curve("step"),
             "clean_train_error": curve("clean_train_error"),
             "train_error": curve("train_error"),
-            "test_error": curve(test_key),
+            "test_error": curve("test_error"),
+            "val_error": curve("val_error"),  # with a validation split, in place of test_error
             "train_loss": curve("train_loss"),
             "lr": curve("lr"),
         },

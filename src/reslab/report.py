@@ -711,6 +711,9 @@ def error_curves(
     x_name, x_label = (
         ("step", "iterations (optimiser steps)") if with_steps else ("epoch", "epochs")
     )
+    # Runs with a validation split (--val-split) record validation error per epoch instead.
+    with_test = all(_has_values(m["curves"].get("test_error")) for g in groups.values() for m in g)
+    eval_key, eval_name = ("test_error", "test error") if with_test else ("val_error", "val error")
     for ax, family in zip(axes, families, strict=True):
         style = _style_of(family)
         handles: list[Any] = []
@@ -728,7 +731,7 @@ def error_curves(
             if train_key == "train_error":
                 train_name = "training error (running, augmented)"
             x = _array(curves[0].get(x_name))
-            for metric, width, size in ((train_key, 1.0, 3.0), ("test_error", 2.6, 5.0)):
+            for metric, width, size in ((train_key, 1.0, 3.0), (eval_key, 2.6, 5.0)):
                 arrays = [_array(c.get(metric)) for c in curves if _has_values(c.get(metric))]
                 if not arrays:
                     continue
@@ -764,7 +767,7 @@ def error_curves(
         ls = style["linestyle"]
         handles += [
             Line2D([], [], color="0.35", linewidth=1.0, linestyle=ls, label=f"thin: {train_name}"),
-            Line2D([], [], color="0.35", linewidth=2.6, linestyle=ls, label="bold: test error"),
+            Line2D([], [], color="0.35", linewidth=2.6, linestyle=ls, label=f"bold: {eval_name}"),
         ]
         _legend(ax, handles, loc="upper right")
         ax.set_title(f"{family} networks")
@@ -1188,10 +1191,11 @@ _HOW_TO = {
     ),
     "layer_responses": (
         "The standard deviation of each 3×3 layer's output (after batch normalisation, before "
-        "the addition and ReLU) on held-out data; top in network order, bottom sorted from "
-        "largest to smallest. Residual nets have smaller responses than plain nets, and deeper "
-        "residual nets smaller ones still: the residual functions are closer to zero than "
-        "non-residual ones, and each layer modifies the signal less (He et al. 2015, Fig. 7)."
+        "the addition and ReLU) on a batch of training images; top in network order, bottom "
+        "sorted from largest to smallest. Residual nets have smaller responses than plain "
+        "nets, and deeper residual nets smaller ones still: the residual functions are closer "
+        "to zero than non-residual ones, and each layer modifies the signal less "
+        "(He et al. 2015, Fig. 7)."
     ),
 }
 
@@ -1217,7 +1221,7 @@ _INTROS = {
     "gradients": "Gradient norms at every block of plain and residual networks, measured by "
     "backpropagating one batch.",
     "responses": "The size of each layer's response and of each residual branch relative to "
-    "its input, measured on held-out data.",
+    "its input, measured on a batch of training images.",
 }
 
 
