@@ -438,6 +438,27 @@ CASES["degradation-unknown-dataset"] = (
     ("unknown dataset 'foo'",),
 )
 CASES["degradation-zero-epochs"] = (_study("--epochs", "0"), ("epochs must be a positive",))
+if not torch.cuda.is_available():
+    CASES["degradation-cuda-without-cuda"] = (
+        _study("--device", "cuda"),
+        ("--device cuda", "CUDA is not available"),
+    )
+CASES["bench-negative-workers"] = (lambda tmp, _mp: ["bench", "--workers", "-1"], ("--workers",))
+CASES["bench-zero-threads"] = (lambda tmp, _mp: ["bench", "--threads", "0"], ("--threads",))
+
+
+@case("degradation-out-is-a-file", "cannot use", "choose another --out")
+def _study_out_file(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
+    (tmp / "taken").write_text("a file")
+    return ["degradation", "--out", str(tmp / "taken")]
+
+
+@case("explain-figure-under-a-file", "cannot write", "choose another path")
+def _explain_under_file(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
+    (tmp / "taken").write_text("a file")
+    return ["explain", "--figure", str(tmp / "taken" / "x.png")]
+
+
 CASES["shortcuts-unknown-variant"] = (
     lambda tmp, _mp: ["shortcuts", "--variants", "plain,D", "--out", str(tmp / "study")],
     ("variant 'D'",),

@@ -71,6 +71,10 @@ class BenchConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if self.warmup < 0:
             raise ConfigError("--warmup must be 0 or more")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.dataset_size < self.batch_size:
             self.dataset_size = self.batch_size
 

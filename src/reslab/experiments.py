@@ -36,7 +36,7 @@ from reslab.data import DATASETS
 from reslab.errors import ConfigError, ReslabError
 from reslab.fileio import atomic_write_json
 from reslab.models import ResNet, cifar_model_name, create_model
-from reslab.train import NonFiniteLoss, RunFolder, TrainConfig, fit, resolve
+from reslab.train import NonFiniteLoss, RunFolder, TrainConfig, fit, pick_device, resolve
 
 EXPERIMENTS = ("degradation", "shortcuts", "gradients", "responses")
 VARIANTS = ("plain", "A", "B", "C")
@@ -181,20 +181,28 @@ def train_config(study: StudyConfig, spec: RunSpec, threads: int | None) -> Trai
 # --- running -----------------------------------------------------------------------------------
 
 
-def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, list[str], int | None]:
-    """(workers, device per worker, threads per worker)."""
+def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | None]:
+    """(workers, device name for every run, GPU index per worker, threads per run)."""
     device = study.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
+    if device == "cuda":
         # One run per GPU: small CIFAR nets already saturate a GPU's launch queue.
         gpus = max(1, torch.cuda.device_count())
         jobs = min(study.jobs or gpus, n_runs)
-        return jobs, [f"cuda:{i % gpus}" for i in range(jobs)], None
+        return jobs, "cuda", [i % gpus for i in range(jobs)], None
+    if device.startswith("cuda:"):
+        return 1, device, [], None
     cores = os.cpu_count() or 1
     jobs = min(study.jobs or cores, n_runs)
     # Small nets scale poorly across threads, so whole runs in parallel beat threads per run.
-    return jobs, ["cpu"] * jobs, max(1, cores // jobs)
+    return jobs, "cpu", [], max(1, cores // jobs)
+
+
+def _init_worker(gpus: Any) -> None:
+    """Give a worker process its own GPU: its runs' device "cuda" then means that one."""
+    if gpus is not None:
+        torch.cuda.set_device(gpus.get())
 
 
 def _run_one(config: TrainConfig) -> dict[str, Any]:
@@ -279,11 +287,8 @@ def execute(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every spec (in parallel worker processes when more than one job) and collect them."""
-    jobs, devices, threads = _jobs(study, len(specs))
-    configs = [
-        dataclasses.replace(train_config(study, s, threads), device=devices[i % jobs])
-        for i, s in enumerate(specs)
-    ]
+    jobs, device, gpus, threads = _jobs(study, len(specs))
+    configs = [dataclasses.replace(train_config(study, s, threads), device=device) for s in specs]
     records: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
 
@@ -302,7 +307,15 @@ def execute(
             done(spec, _run_one(config))
     else:
         # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        context = mp.get_context("spawn")
+        queue = None
+        if gpus:
+            queue = context.Queue()
+            for gpu in gpus:
+                queue.put(gpu)
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_init_worker, initargs=(queue,)
+        ) as pool:
             futures = {pool.submit(_run_one, c): s for s, c in zip(specs, configs, strict=True)}
             for future in as_completed(futures):
                 done(futures[future], future.result())
@@ -416,9 +429,15 @@ def run_study(study: StudyConfig, log: Callable[[str], None] = print) -> dict[st
     specs = plan(study)
     for spec in specs:  # every run's settings are checked before anything is written
         train_config(study, spec, None)
+    pick_device(study.device, 0)
     if study.dataset.strip().lower().replace("_", "-") not in DATASETS:
         raise ConfigError(f"unknown dataset {study.dataset!r}; choose one of {', '.join(DATASETS)}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {out} as a study folder ({exc.strerror}); choose another --out"
+        ) from exc
     log(f"{study.experiment}: {len(specs)} runs on {study.dataset} -> {out}")
     records = execute(study, specs, log)
     title = _TITLES[study.experiment].format(dataset=study.dataset, depth=max(study.depths))

@@ -20,8 +20,11 @@ from reslab.errors import ReslabError
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; on failure the old file, if any, is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ReslabError(f"cannot write {path}: {exc.strerror}; choose another path") from exc
     try:
         # mkstemp creates 0600 files; give the result the permissions open() would have.
         os.fchmod(fd, 0o666 & ~_umask())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 
@@ -54,6 +52,7 @@ def register(sub: Any) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from reslab.bench import BenchConfig, as_dict, format_results, run_bench
+    from reslab.fileio import atomic_write_json
 
     cfg = BenchConfig(
         model=args.model,
@@ -73,5 +72,5 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     results = run_bench(cfg)
     print(format_results(cfg, results))
     if args.json:
-        Path(args.json).write_text(json.dumps(as_dict(cfg, results), indent=2) + "\n")
+        atomic_write_json(args.json, as_dict(cfg, results))
     return 0
