@@ -147,13 +147,11 @@ def _inference(
     channels_last: bool,
     amp_dtype: torch.dtype | None,
 ) -> float:
+    from reslab.data import normalize_batch
+
     mean, std = _stats(cfg)
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     n = min(cfg.eval_batch_size, len(images))
-    x = (images[:n].to(device).float() / 255 - m) / s
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = normalize_batch(images[:n].to(device), mean, std, channels_last=channels_last)
     model.eval()
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype)

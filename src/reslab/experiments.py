@@ -334,7 +334,7 @@ def probe_runs(
 ) -> dict[str, list[dict[str, Any]]]:
     """Probe the seed-0 nets of each (family, depth): at initialisation and after training."""
     from reslab import probes
-    from reslab.data import load_dataset
+    from reslab.data import load_dataset, normalize_batch
     from reslab.weights import load_model
 
     kinds = set(kinds)
@@ -344,9 +344,7 @@ def probe_runs(
     ds = load_dataset(study.dataset, data_dir=study.data_dir)
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(ds.train_labels), generator=gen)[: study.probe_batch]
-    mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
-    std = torch.tensor(ds.std).view(1, -1, 1, 1)
-    x = (ds.train_images[idx].float() / 255 - mean) / std
+    x = normalize_batch(ds.train_images[idx], ds.mean, ds.std, channels_last=False)
     y = ds.train_labels[idx]
 
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reslab.data import Dataset, DeviceLoader, eval_batches, holdout, load_dataset
+from reslab.data import AUGMENTS, Dataset, DeviceLoader, eval_batches, holdout, load_dataset
 from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from reslab.models import count_params, create_model
@@ -94,7 +94,6 @@ __all__ = [
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-AUGMENTS = ("cifar", "flip", "none")
 # Fields that may differ when a run is resumed: they change neither the math nor the files.
 # (device too: a study may resume a run on another GPU; only bit-identity across devices is lost)
 RESUME_OVERRIDABLE = frozenset(
