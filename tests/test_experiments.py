@@ -191,3 +191,16 @@ def test_diverged_runs_are_recorded_and_the_study_goes_on(tmp_path: Path) -> Non
     assert (tmp_path / "d" / "report.html").is_file()
     # A rerun reads the recorded outcome instead of diverging again.
     assert run_study(study, log=lambda _: None)["verdict"] == results["verdict"]
+
+
+def test_a_gap_within_the_seed_noise_is_not_degradation() -> None:
+    noisy = [
+        {**_row("plain", 20, 1.0, 3.0), "clean_train_error_std": 2.0},
+        {**_row("plain", 56, 4.0, 6.0), "clean_train_error_std": 2.0},
+        _row("residual", 20, 0.3, 1.5),
+        _row("residual", 56, 0.2, 1.2),
+    ]
+    verdict = report.degradation_verdict(noisy, tolerance=1.0)
+    assert verdict["plain_gap"] == pytest.approx(3.0)
+    assert verdict["plain_gap_noise"] == pytest.approx(2.8284, abs=1e-3)
+    assert not verdict["degradation"]

@@ -88,7 +88,7 @@ class Measurement:
     images_per_s: float  # steady-state training throughput
     step_ms: float  # steady-state time per step
     warmup_s: float  # wall time of the warm-up steps (compilation included)
-    peak_memory_mb: float  # CUDA allocator peak, or the process's peak RSS on CPU
+    peak_memory_mb: float  # training's CUDA allocator peak, or the process's peak RSS on CPU
     inference_images_per_s: float  # eval-mode forward throughput
     device: str  # what ran it
 
@@ -235,6 +235,7 @@ def _reslab(cfg: BenchConfig) -> Measurement:
         total.add_(loss.detach())  # on the device: no host sync inside the loop
 
     warmup_s, elapsed = _time_steps(step, cfg, device)
+    peak_mb = _peak_memory_mb(device)  # training's peak, before the inference pass
     if not torch.isfinite(total):
         raise RuntimeError("the benchmark's loss became non-finite")
     settings = [
@@ -247,7 +248,7 @@ def _reslab(cfg: BenchConfig) -> Measurement:
         raw, images, cfg, device, channels_last=fast.channels_last, amp_dtype=fast.amp_dtype
     )
     settings_text = ", ".join(settings) + ", device-resident data"
-    return _measurement("reslab", settings_text, cfg, device, warmup_s, elapsed, infer)
+    return _measurement("reslab", settings_text, cfg, device, warmup_s, elapsed, peak_mb, infer)
 
 
 # --- the baseline ------------------------------------------------------------------------------
@@ -313,9 +314,10 @@ def _baseline(cfg: BenchConfig) -> Measurement:
         loss.item()  # the per-step logging read most training loops do
 
     warmup_s, elapsed = _time_steps(step, cfg, device)
+    peak_mb = _peak_memory_mb(device)  # training's peak, before the inference pass
     infer = _inference(model, images, cfg, device, channels_last=False, amp_dtype=None)
     settings = f"fp32, NCHW, eager, DataLoader per-sample ({cfg.workers} workers)"
-    return _measurement("baseline", settings, cfg, device, warmup_s, elapsed, infer)
+    return _measurement("baseline", settings, cfg, device, warmup_s, elapsed, peak_mb, infer)
 
 
 def _measurement(
@@ -325,6 +327,7 @@ def _measurement(
     device: torch.device,
     warmup_s: float,
     elapsed: float,
+    peak_mb: float,
     inference: float,
 ) -> Measurement:
     return Measurement(
@@ -333,7 +336,7 @@ def _measurement(
         images_per_s=cfg.steps * cfg.batch_size / elapsed,
         step_ms=1000 * elapsed / cfg.steps,
         warmup_s=warmup_s,
-        peak_memory_mb=_peak_memory_mb(device),
+        peak_memory_mb=peak_mb,
         inference_images_per_s=inference,
         device=_device_name(device),
     )

@@ -62,7 +62,7 @@ Standard deviations are sample standard deviations over seeds (``ddof=1``; 0 for
 
     "verdict": {
       "text": "plain-56 trains worse than plain-20 (degradation); resnet-56 trains as well as ...",
-      "degradation": true,          # plain_gap > tolerance
+      "degradation": true,          # plain_gap > max(tolerance, 2 * plain_gap_noise)
       "residual_ok": true,          # residual_gap <= tolerance
       "plain_gap": 2.1,             # percentage points: final clean training error of the
       "residual_gap": -0.8,         # deepest minus the shallowest net of that family (mean)
@@ -526,8 +526,10 @@ def degradation_verdict(
 
     ``plain_gap`` (``residual_gap``) is the mean final clean training error of the deepest
     plain (residual) net minus that of the shallowest, in percentage points. Degradation is
-    ``plain_gap > tolerance``; residual nets are fine if ``residual_gap <= tolerance``. Needs
-    both families at two or more depths (the first shortcut option, if there are several).
+    ``plain_gap > max(tolerance, 2 * noise)``, the noise being the two ends' seed standard
+    deviations added in quadrature; residual nets are fine if ``residual_gap <= tolerance``.
+    Needs both families at two or more depths (the first shortcut option, if there are
+    several).
     """
     ends: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
     for family in FAMILIES:
@@ -554,8 +556,15 @@ def degradation_verdict(
         shallow, deep = ends[family]
         return float(deep["clean_train_error_mean"]) - float(shallow["clean_train_error_mean"])
 
+    def spread(family: str) -> float:
+        """Seed noise of the gap: the two ends' standard deviations added in quadrature."""
+        shallow, deep = ends[family]
+        stds = [float(r.get("clean_train_error_std") or 0.0) for r in (shallow, deep)]
+        return math.hypot(*stds)
+
     plain_gap, residual_gap = gap("plain"), gap("residual")
-    degradation = plain_gap > tolerance
+    # A gap counts only if it beats both the tolerance and twice the seed-to-seed noise.
+    degradation = plain_gap > max(tolerance, 2 * spread("plain"))
     residual_ok = residual_gap <= tolerance
     (ps, pd), (rs, rd) = ends["plain"], ends["residual"]
 
@@ -581,6 +590,7 @@ def degradation_verdict(
         "degradation": degradation,
         "residual_ok": residual_ok,
         "plain_gap": round(plain_gap, 4),
+        "plain_gap_noise": round(spread("plain"), 4),
         "residual_gap": round(residual_gap, 4),
         "tolerance": tolerance,
     }
