@@ -317,8 +317,14 @@ def execute(
             jobs, mp_context=context, initializer=_init_worker, initargs=(queue,)
         ) as pool:
             futures = {pool.submit(_run_one, c): s for s, c in zip(specs, configs, strict=True)}
-            for future in as_completed(futures):
-                done(futures[future], future.result())
+            try:
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+            except BaseException:
+                # Fail now rather than after every queued run; finished runs stay on disk and
+                # a rerun of the study skips them.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
 
 
