@@ -1248,6 +1248,11 @@ def fit(
         torch.are_deterministic_algorithms_enabled(),
         torch.is_anomaly_enabled(),
     )
+    backend_state = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
     try:
         return _fit(config, dist, resume=resume, explicit=explicit)
     finally:
@@ -1255,6 +1260,11 @@ def fit(
         torch.set_num_threads(torch_state[0])
         torch.use_deterministic_algorithms(torch_state[1])
         torch.autograd.set_detect_anomaly(torch_state[2])
+        (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+        ) = backend_state
         if dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
