@@ -13,6 +13,7 @@ Read it in this order:
   ``reslab eval``).
 * :mod:`~reslab.train.step`, :mod:`~reslab.train.state`, :mod:`~reslab.train.distributed`,
   :mod:`~reslab.train.console` — one SGD step, the checkpointed state, torchrun, the console.
+* :mod:`~reslab.train.session` — what a session is made of: data on the device, model, folder.
 * :mod:`~reslab.train.loop` — :func:`fit`: setup → resume → epochs → finish.
 """
 

@@ -10,11 +10,9 @@ and the checkpoint's tensors, written by :mod:`reslab.train.run_folder`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import random
 import time
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +22,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reslab.data import Dataset, DeviceLoader, holdout, load_dataset
 from reslab.errors import ConfigError, ReslabError
-from reslab.models import count_params, create_model
+from reslab.models import count_params
 from reslab.train.config import RESUME_OVERRIDABLE, TrainConfig, flag_name, resolve
 from reslab.train.console import Reporter, fmt, tensorboard_writer
 from reslab.train.distributed import Dist, init_distributed, param_checksum, sync_buffers
 from reslab.train.evaluate import evaluate
-from reslab.train.run_folder import RunFolder, RunLock
-from reslab.train.runtime import Runtime, autocast_context, compile_mode, pick_device, setup
+from reslab.train.run_folder import RunFolder
+from reslab.train.runtime import Runtime, autocast_context, pick_device, setup
 from reslab.train.schedule import Schedule
+from reslab.train.session import RunData, build_model, claim_folder, load_data, wrap_model
 from reslab.train.state import Running, TrainState
 from reslab.train.step import EMA, build_optimizer, restore_momentum, train_step
 from reslab.weights import load_weights, save_weights
@@ -138,20 +136,6 @@ def run_config(
 
 
 @dataclass
-class _Data:
-    """The splits a run trains and evaluates on, already on its device."""
-
-    ds: Dataset  # the training dataset (a held-out split removed when val_split is set)
-    full: Dataset  # the dataset as loaded (its test split is scored at the end)
-    eval_key: str  # val_error or test_error: what the held-out error is called
-    loader: DeviceLoader  # the training batches
-    eval_images: Tensor  # the held-out split, on the device
-    eval_labels: Tensor
-    total_steps: int
-    num_epochs: int
-
-
-@dataclass
 class _Run:
     """One training session: what the loop reads and updates, in one place."""
 
@@ -161,7 +145,7 @@ class _Run:
     fast: Runtime
     report: Reporter
     folder: RunFolder
-    data: _Data
+    data: RunData
     raw: nn.Module  # the model itself; ``model`` may wrap it in DDP and torch.compile
     model: nn.Module
     optimizer: torch.optim.SGD
@@ -229,12 +213,12 @@ def _fit(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
-    data = _load_data(config, dist, device, fast)
-    raw = _build_model(config, data.ds, dist, device, fast)
+    data = load_data(config, dist, device, fast)
+    raw = build_model(config, data.ds, dist, device, fast)
     optimizer = build_optimizer(config, raw, device)
     ema = EMA(raw, config.ema) if config.ema else None
     folder = RunFolder(config.run_dir())
-    lock = _claim(folder, dist, resume, config, explicit)
+    lock = claim_folder(folder, dist, resume, config, explicit)
     try:
         schedule = Schedule(config, data.total_steps)
         state = TrainState(schedule, data.loader, Running(device), started=started)
@@ -244,7 +228,7 @@ def _fit(
         _resume(run)
         if state.step == 0:
             _snapshot(run)
-        run.model = _wrap(raw, dist, device, fast)
+        run.model = wrap_model(raw, dist, device, fast)
         run.writer = tensorboard_writer(folder.path, config.tensorboard and dist.main, report)
         report.line(
             f"{config.model} ({count_params(raw):,} params) on {data.ds.name}: "
@@ -261,98 +245,7 @@ def _fit(
         lock.release()
 
 
-# --- setup -----------------------------------------------------------------------------------
-
-
-def _load_data(config: TrainConfig, dist: Dist, device: torch.device, fast: Runtime) -> _Data:
-    full = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
-    # One fixed held-out split: every seed trains on the same images.
-    ds = holdout(full, config.val_split, seed=0) if config.val_split else full
-    if config.batch_size > len(ds.train_labels):
-        n_train = len(ds.train_labels)
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is more than the {n_train:,} training images of "
-            f"{ds.name}; use --batch-size {n_train} or less"
-        )
-    loader = DeviceLoader(
-        ds.train_images,
-        ds.train_labels,
-        batch_size=config.batch_size // dist.world_size,  # batch_size is the global batch
-        mean=ds.mean,
-        std=ds.std,
-        device=device,
-        augment=config.augment or ds.augment,
-        shuffle=True,
-        drop_last=True,
-        seed=config.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        channels_last=fast.channels_last,
-    )
-    total_steps = config.steps or config.epochs * len(loader)
-    return _Data(
-        ds=ds,
-        full=full,
-        eval_key="val_error" if config.val_split else "test_error",
-        loader=loader,
-        eval_images=ds.test_images.to(device),
-        eval_labels=ds.test_labels.to(device),
-        total_steps=total_steps,
-        num_epochs=math.ceil(total_steps / len(loader)),
-    )
-
-
-def _build_model(
-    config: TrainConfig, ds: Dataset, dist: Dist, device: torch.device, fast: Runtime
-) -> nn.Module:
-    """The net the config names, sized for ``ds``, on ``device`` in the run's memory format."""
-    kwargs: dict[str, Any] = {"num_classes": ds.num_classes, "in_channels": ds.in_channels}
-    if config.width != 1.0:
-        kwargs["width"] = config.width
-    for name in ("shortcut", "plain"):
-        if getattr(config, name) is not None:
-            kwargs[name] = getattr(config, name)
-    if config.zero_init_residual:
-        kwargs["zero_init_residual"] = True
-    raw = create_model(config.model, **kwargs)
-    if config.sync_bn and dist.enabled and device.type != "cuda":
-        raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel")
-    if config.sync_bn and dist.enabled:
-        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
-    raw.to(device)
-    if fast.channels_last:
-        raw.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return raw
-
-
-def _claim(
-    folder: RunFolder,
-    dist: Dist,
-    resume: bool,
-    config: TrainConfig,
-    explicit: Sequence[str] | None,
-) -> RunLock:
-    """Lock the run folder and write config.json (rank 0 decides, every rank learns the verdict)."""
-    lock = RunLock(folder.path)
-    error: str | None = None
-    if dist.main:
-        try:
-            lock.acquire()
-            if folder.has_run() and not resume:
-                raise ReslabError(
-                    f"run folder {folder.path} already holds a run; pass --resume "
-                    f"{folder.path} to continue it, or choose another --out"
-                )
-            elif not folder.config_path.is_file():
-                folder.write_config(config, explicit)
-        except ReslabError as exc:
-            lock.release()
-            error = str(exc)
-        except BaseException:
-            lock.release()
-            raise
-    dist.agree(error)
-    return lock
+# --- resume ----------------------------------------------------------------------------------
 
 
 def _resume(run: _Run) -> None:
@@ -376,23 +269,6 @@ def _resume(run: _Run) -> None:
         run.report.line(
             f"resuming {folder.path} at step {run.state.step} of {run.data.total_steps}"
         )
-
-
-def _wrap(raw: nn.Module, dist: Dist, device: torch.device, fast: Runtime) -> nn.Module:
-    """The module the steps call: DDP across ranks, then torch.compile."""
-    model = raw
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if fast.compile:
-        # Runs of a study share this process: forget earlier models' graphs so the recompile
-        # limit is not reached. Compiling the DDP wrapper keeps its comm/compute overlap.
-        torch._dynamo.reset()
-        model = typing.cast(nn.Module, torch.compile(model, mode=compile_mode(fast.cuda_graphs)))
-    return model
 
 
 # --- the epochs ------------------------------------------------------------------------------
