@@ -34,7 +34,7 @@ from reslab.train.runtime import (
     autocast_context,
     compile_mode,
     pick_device,
-    runtime,
+    resolve_runtime,
     setup,
 )
 from reslab.train.schedule import Schedule, lr_at
@@ -64,8 +64,8 @@ __all__ = [
     "lr_at",
     "pick_device",
     "resolve",
+    "resolve_runtime",
     "restore_momentum",
-    "runtime",
     "setup",
     "train_step",
 ]

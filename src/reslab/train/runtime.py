@@ -1,8 +1,8 @@
 """How a run uses its machine: device, precision, compile, threads and the global torch switches.
 
-:func:`runtime` resolves the fast path a config asks for on a device; :func:`setup` applies the
-process-wide switches (threads, deterministic kernels, cuDNN/TF32, anomaly mode, denormals) for
-the length of a ``with`` block and restores every one of them afterwards. The trainer
+:func:`resolve_runtime` resolves the fast path a config asks for on a device; :func:`setup`
+applies the process-wide switches (threads, deterministic kernels, cuDNN/TF32, anomaly mode,
+denormals) for the length of a ``with`` block and restores every one of them afterwards. The trainer
 (:func:`reslab.train.fit`) and the benchmark (:mod:`reslab.bench`) both call it, so they cannot
 drift apart.
 """
@@ -21,7 +21,7 @@ import torch
 from reslab.errors import ConfigError, ReslabError
 from reslab.train.config import DEVICES, TrainConfig
 
-__all__ = ["Runtime", "autocast_context", "compile_mode", "pick_device", "runtime", "setup"]
+__all__ = ["Runtime", "autocast_context", "compile_mode", "pick_device", "resolve_runtime", "setup"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def _cpu_has_bf16_matmul() -> bool:
     return bool(probe and probe())
 
 
-def runtime(config: TrainConfig, device: torch.device) -> Runtime:
+def resolve_runtime(config: TrainConfig, device: torch.device) -> Runtime:
     """The settings ``config`` resolves to on ``device`` (``None`` fields pick the fast path).
 
     * channels_last: on everywhere; tensor-core convolutions want NHWC, and on this project's
@@ -143,7 +143,7 @@ def setup(config: TrainConfig, device: torch.device) -> Iterator[Runtime]:
             # process tens of times slower; flushing them to zero is invisible at fp32 training
             # precision.
             torch.set_flush_denormal(True)
-        yield runtime(config, device)
+        yield resolve_runtime(config, device)
     finally:
         torch.set_flush_denormal(False)  # torch has no getter; off is its default
         torch.set_num_threads(saved[0])
