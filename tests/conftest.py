@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+
+from reslab.train import TrainConfig, resolve
 
 # Two cores: keep each test process to one intra-op thread so pytest-xdist workers don't fight.
 torch.set_num_threads(1)
@@ -62,3 +66,30 @@ def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
         return lines[0]
 
     return run
+
+
+# --- the trainer's tests: a small real run ------------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Callable[..., TrainConfig]:
+    """resnet20 at quarter width on digits: a real net that trains in about a second.
+
+    ``small(name="run", **fields)`` resolves a config whose run folder is ``tmp_path / name``.
+    """
+
+    def make(name: str = "run", **kw: Any) -> TrainConfig:
+        values: dict[str, Any] = {
+            "model": "resnet20",
+            "width": 0.25,
+            "dataset": "digits",
+            "epochs": 2,
+            "batch_size": 64,
+            "threads": 1,
+            "quiet": True,
+            "out": str(tmp_path / name),
+            **kw,
+        }
+        return resolve(values)
+
+    return make
