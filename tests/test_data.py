@@ -1,8 +1,8 @@
 """Tests for reslab.data: every loader on small files written here, the restricted unpickler,
 download/extraction safety, and the device loader's augmentation, sharding and resume.
 
-Nothing here touches the network: downloads go through ``reslab.data._fetch``, which the tests
-replace with local copies.
+Nothing here touches the network: downloads go through ``reslab.data.download._fetch``, which
+the tests replace with local copies.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import reslab.data as rd
+from reslab.data import cifar, download
+from reslab.data import idx as idx_mod
+from reslab.data import loader as loader_mod
 from reslab.errors import DataError, ReslabError, UnsafePickleError
 
 FUZZ = settings(
@@ -72,7 +75,7 @@ def _write_cifar(
     root: Path, name: str, fmt: str, n: int = 20, proto: int = 2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A small CIFAR tree under ``root``; returns train images/labels and test images/labels."""
-    spec = rd._CIFAR[name]
+    spec = cifar._CIFAR[name]
     folder = root / (spec.bin_dir if fmt == "bin" else spec.py_dir)
     folder.mkdir(parents=True)
     train_files = spec.bin_train if fmt == "bin" else spec.py_train
@@ -285,7 +288,7 @@ def test_cifar_class_names_from_meta(tmp_path: Path) -> None:
         "airplane",
         "automobile",
     ]
-    assert len(rd._CIFAR100_CLASSES) == 100
+    assert len(cifar._CIFAR100_CLASSES) == 100
 
 
 def test_cifar_python_batch_as_written_by_python2(tmp_path: Path) -> None:
@@ -312,7 +315,7 @@ def test_cifar_python_batch_as_written_by_python2(tmp_path: Path) -> None:
     path.write_bytes(blob)
     obj = rd.safe_unpickle(path)
     assert set(obj) == {b"data", b"labels"} and obj[b"labels"] == [4, 0, 9]
-    got_images, got_labels = rd._read_cifar_python(path, rd._CIFAR["cifar10"])
+    got_images, got_labels = cifar._read_cifar_python(path, cifar._CIFAR["cifar10"])
     assert np.array_equal(got_images, images) and got_labels.tolist() == [4, 0, 9]
 
 
@@ -344,7 +347,7 @@ def test_cifar_labels_out_of_range(tmp_path: Path) -> None:
 
 
 def test_cifar_python_structure_is_checked(tmp_path: Path) -> None:
-    spec = rd._CIFAR["cifar10"]
+    spec = cifar._CIFAR["cifar10"]
     path = tmp_path / "batch"
     cases = [
         ([1, 2, 3], "expected a pickled dict"),
@@ -356,9 +359,9 @@ def test_cifar_python_structure_is_checked(tmp_path: Path) -> None:
     for obj, message in cases:
         path.write_bytes(pickle.dumps(obj))
         with pytest.raises(DataError, match=message):
-            rd._read_cifar_python(path, spec)
+            cifar._read_cifar_python(path, spec)
     path.write_bytes(pickle.dumps({"data": np.ones((1, 3072), np.int64), "labels": [7]}))
-    images, labels = rd._read_cifar_python(path, spec)  # str keys and int64 pixels are fine
+    images, labels = cifar._read_cifar_python(path, spec)  # str keys and int64 pixels are fine
     assert images.dtype == np.uint8 and labels.tolist() == [7]
 
 
@@ -374,7 +377,7 @@ def test_cifar_missing_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["py", "bin"])
 def test_cifar_reads_archive_in_data_dir(tmp_path: Path, fmt: str) -> None:
     tr_i, _, _, te_l = _write_cifar(tmp_path / "src", "cifar10", fmt)
-    spec = rd._CIFAR["cifar10"]
+    spec = cifar._CIFAR["cifar10"]
     folder, archive = (
         (spec.py_dir, spec.py_archive) if fmt == "py" else (spec.bin_dir, spec.bin_archive)
     )
@@ -399,9 +402,9 @@ def test_download_checksum_mismatch_is_refused_before_extraction(
         fetched.append(url)
         dest.write_bytes(wrong.read_bytes())
 
-    monkeypatch.setattr(rd, "_fetch", fake_fetch)
+    monkeypatch.setattr(download, "_fetch", fake_fetch)
     root = tmp_path / "root"
-    actual = rd._md5(wrong)
+    actual = download._md5(wrong)
     with pytest.raises(DataError) as info:
         rd.load_dataset("cifar10", data_dir=root)
     message = str(info.value)
@@ -411,8 +414,8 @@ def test_download_checksum_mismatch_is_refused_before_extraction(
     assert list(root.iterdir()) == []  # bad download deleted, nothing extracted
 
     # With the checksum the test archive really has, the same path downloads, extracts, loads.
-    good = dataclasses.replace(rd._CIFAR["cifar10"], bin_md5=actual)
-    monkeypatch.setitem(rd._CIFAR, "cifar10", good)
+    good = dataclasses.replace(cifar._CIFAR["cifar10"], bin_md5=actual)
+    monkeypatch.setitem(cifar._CIFAR, "cifar10", good)
     ds = rd.load_dataset("cifar10", data_dir=root)
     assert len(ds.train_labels) == 100
     assert sorted(p.name for p in root.iterdir()) == [
@@ -429,14 +432,14 @@ def test_download_failure_explains_manual_route(
     def offline(url: str, dest: Path) -> None:
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(rd, "_fetch", offline)
+    monkeypatch.setattr(download, "_fetch", offline)
     with pytest.raises(DataError, match=r"could not download https://ossci.*by hand.*mnist"):
         rd.load_dataset("mnist", data_dir=tmp_path)
     assert [p for p in (tmp_path / "mnist").iterdir()] == []
 
 
 def test_mnist_download_checks_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rd, "_fetch", lambda url, dest: dest.write_bytes(b"not the file"))
+    monkeypatch.setattr(download, "_fetch", lambda url, dest: dest.write_bytes(b"not the file"))
     with pytest.raises(DataError, match=r"expected md5 f68b3c2dcbeaaa9fbdd348bbdeb94873"):
         rd.load_dataset("mnist", data_dir=tmp_path)
 
@@ -475,7 +478,7 @@ def test_unsafe_archive_members_are_refused(
 
 
 def test_oversized_archive_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rd, "_MAX_EXTRACT_BYTES", 5000)
+    monkeypatch.setattr(download, "_MAX_EXTRACT_BYTES", 5000)
     _tar_with(
         tmp_path / "cifar-10-binary.tar.gz",
         (_info("cifar-10-batches-bin/test_batch.bin"), bytes(3073)),
@@ -683,7 +686,7 @@ def test_idx_errors(tmp_path: Path) -> None:
 
 @st.composite
 def _idx_files(draw: st.DrawFn) -> tuple[bytes, int, bool]:
-    expect = draw(st.sampled_from([rd._IDX_IMAGES, rd._IDX_LABELS]))
+    expect = draw(st.sampled_from([idx_mod._IDX_IMAGES, idx_mod._IDX_LABELS]))
     magic = draw(st.one_of(st.sampled_from([expect, 0x803, 0x801]), st.integers(0, 2**32 - 1)))
     ndim = min(magic & 0xFF, 4)
     dims = draw(st.lists(st.integers(0, 6), min_size=ndim, max_size=ndim))
@@ -704,7 +707,7 @@ def test_fuzz_idx_parser(tmp_path: Path, case: tuple[bytes, int, bool]) -> None:
     path = tmp_path / ("file.gz" if gz else "file")
     path.write_bytes(blob)
     try:
-        array = rd._read_idx(path, magic)
+        array = idx_mod._read_idx(path, magic)
     except DataError:
         return
     assert array.dtype == np.uint8 and array.ndim == (magic & 0xFF) and array.size > 0
@@ -728,9 +731,9 @@ def _cifar_records(draw: st.DrawFn) -> bytes:
 def test_fuzz_cifar_binary_parser(tmp_path: Path, blob: bytes) -> None:
     path = tmp_path / "batch.bin"
     path.write_bytes(blob)
-    for spec in rd._CIFAR.values():
+    for spec in cifar._CIFAR.values():
         try:
-            images, labels = rd._read_cifar_binary(path, spec)
+            images, labels = cifar._read_cifar_binary(path, spec)
         except DataError:
             continue
         record = spec.label_bytes + 3072
@@ -1015,7 +1018,7 @@ def test_loader_augmentation_is_augment_batch_with_per_batch_seed() -> None:
     batches = list(loader)
     assert [len(y) for _, y in batches] == [8] * 5 + [5]
     for i, (x, idx) in enumerate(batches):
-        gen = torch.Generator().manual_seed(rd._seed_from("aug", seed, 3, i, rank))
+        gen = torch.Generator().manual_seed(loader_mod._seed_from("aug", seed, 3, i, rank))
         expected = rd.normalize_batch(
             rd.augment_batch(images[idx], "cifar", gen), (0.5,) * 3, (0.25,) * 3
         )

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-import reslab.data as rd
+from reslab.data import cifar, download, idx
 from reslab.errors import DataError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "reslab"
@@ -246,14 +246,15 @@ def _calls(node: ast.AST, name: str) -> list[ast.Call]:
 
 
 def test_downloads_go_through_the_md5_check() -> None:
-    tree = ast.parse((SRC / "data.py").read_text(encoding="utf-8"))
+    data_files = sorted((SRC / "data").glob("*.py"))
+    tree = ast.parse("\n".join(p.read_text(encoding="utf-8") for p in data_files))
     functions = _functions(tree)
     # _fetch is the only network access, and only _download calls it.
     for name in ("urlopen", "_fetch"):
         callers = {f for f, node in functions.items() if _calls(node, name)}
         assert callers == {"_fetch" if name == "urlopen" else "_download"}, (name, callers)
     for path in SRC.rglob("*.py"):
-        if path.name != "data.py":
+        if path.parent.name != "data":
             text = path.read_text(encoding="utf-8")
             assert "urlopen" not in text and "_fetch(" not in text, path
     # In _download, the md5 comparison comes before the file is renamed into place.
@@ -265,8 +266,8 @@ def test_downloads_go_through_the_md5_check() -> None:
     # Every download passes a published checksum.
     for call in _calls(tree, "_download"):
         assert len(call.args) == 4, ast.unparse(call)
-    sums = [s.py_md5 for s in rd._CIFAR.values()] + [s.bin_md5 for s in rd._CIFAR.values()]
-    sums += [m for s in rd._IDX.values() for m in s.md5]
+    sums = [s.py_md5 for s in cifar._CIFAR.values()] + [s.bin_md5 for s in cifar._CIFAR.values()]
+    sums += [m for s in idx._IDX.values() for m in s.md5]
     assert len(sums) == 12 and all(re.fullmatch(r"[0-9a-f]{32}", m) for m in sums)
 
 
@@ -312,7 +313,7 @@ def test_hostile_archive_members_are_refused(
     dest = root / "dest"
     dest.mkdir()
     with pytest.raises(DataError, match=message) as info:
-        rd._safe_extract(archive, dest)
+        download._safe_extract(archive, dest)
     assert "refusing to extract" in str(info.value)
     escaped = [p for p in tmp_path.rglob("*escape*")]
     assert escaped == [], escaped
