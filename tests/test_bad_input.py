@@ -13,7 +13,7 @@ Each case runs ``reslab.cli.main([...])`` in this process (fast) with the workin
 Cases already proven elsewhere are not repeated: ``--epochs 0``/``--lr -1``/``--batch-size 0``,
 unknown and mistyped TOML keys, ``--device cuda``, a locked or finished run folder, ``--resume``
 with changed settings (tests/test_cli_train.py); each data parser's own errors
-(tests/test_data.py). The property-based tests at the end check that config parsing, image
+(tests/data/). The property-based tests at the end check that config parsing, image
 folders and weights files raise reslab's own errors (:class:`ReslabError`) and nothing else.
 """
 
