@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import pickle
 import re
+import struct
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from reslab.data.cifar import _CIFAR
 from reslab.train import TrainConfig, resolve
 
 # Two cores: keep each test process to one intra-op thread so pytest-xdist workers don't fight.
@@ -93,3 +100,114 @@ def small(tmp_path: Path) -> Callable[..., TrainConfig]:
         return resolve(values)
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset files for tests/data: small CIFAR, IDX, tar and PNG files written on the fly, which
+# reslab.data must read exactly as it reads the real ones. (Added with the data package.)
+
+
+def random_images(n: int, seed: int, shape: tuple[int, ...] = (3, 32, 32)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def random_labels(n: int, seed: int, num_classes: int) -> np.ndarray:
+    return np.random.default_rng(seed + 1000).integers(0, num_classes, n).astype(np.int64)
+
+
+def _marked(images: np.ndarray) -> np.ndarray:
+    """Image 0 gets flat R/G/B planes 11/22/33 and two marker pixels, to pin the plane order."""
+    images = images.copy()
+    images[0, 0], images[0, 1], images[0, 2] = 11, 22, 33
+    images[0, 0, 0, 1] = 200  # R, row 0, column 1
+    images[0, 2, 31, 30] = 201  # B, row 31, column 30
+    return images
+
+
+def _write_bin(path: Path, images: np.ndarray, labels: np.ndarray, label_bytes: int) -> None:
+    prefix = [((labels + 7) % 20)[:, None]] if label_bytes == 2 else []  # coarse label
+    cols = [*prefix, labels[:, None], images.reshape(len(images), -1)]
+    path.write_bytes(np.concatenate(cols, axis=1).astype(np.uint8).tobytes())
+
+
+def _write_py(path: Path, images: np.ndarray, labels: np.ndarray, key: bytes, proto: int) -> None:
+    batch = {b"data": images.reshape(len(images), -1), key: labels.tolist(), b"batch_label": b"x"}
+    path.write_bytes(pickle.dumps(batch, protocol=proto))
+
+
+def write_cifar(
+    root: Path, name: str, fmt: str, n: int = 20, proto: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A small CIFAR tree under ``root``; returns train images/labels and test images/labels."""
+    spec = _CIFAR[name]
+    folder = root / (spec.bin_dir if fmt == "bin" else spec.py_dir)
+    folder.mkdir(parents=True)
+    train_files = spec.bin_train if fmt == "bin" else spec.py_train
+    tr_i, tr_l = [], []
+    for k in range(len(train_files)):
+        images = random_images(n, k)
+        labels = random_labels(n, k, spec.num_classes)
+        if k == 0:
+            images = _marked(images)
+        tr_i.append(images)
+        tr_l.append(labels)
+    te_i, te_l = random_images(n, 99), random_labels(n, 99, spec.num_classes)
+    key = spec.py_label_key.encode()
+    for fname, images, labels in [
+        *zip(train_files, tr_i, tr_l, strict=True),
+        (spec.py_test, te_i, te_l),
+    ]:
+        if fmt == "bin":
+            fname = spec.bin_test if fname == spec.py_test else fname
+            _write_bin(folder / fname, images, labels, spec.label_bytes)
+        else:
+            _write_py(folder / fname, images, labels, key, proto)
+    return np.concatenate(tr_i), np.concatenate(tr_l), te_i, te_l
+
+
+def tar_folder(archive: Path, folder: Path) -> None:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+
+
+def tar_member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info
+
+
+def tar_with(archive: Path, *members: tuple[tarfile.TarInfo, bytes | None]) -> None:
+    """A .tar.gz of the given members, each with its payload (None for links, devices...)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for info, payload in members:
+            if payload is not None:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                tar.addfile(info)
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    blob = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    blob += array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(blob) if path.suffix == ".gz" else blob)
+
+
+def write_mnist(folder: Path, n_train: int = 12, n_test: int = 5, gz: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = random_images(n, seed, (28, 28)), random_labels(n, seed, 10)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images, 0x803)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels, 0x801)
+
+
+def write_png(
+    path: Path, size: tuple[int, int], color: tuple[int, int, int], mode: str = "RGB"
+) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", size, color)
+    (img.convert(mode) if mode != "RGB" else img).save(path)

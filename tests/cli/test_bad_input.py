@@ -1,8 +1,8 @@
 """Bad input as a user types it: one clear line on stderr, exit code 2, nothing written.
 
 Each case runs ``reslab.cli.main([...])`` in this process (fast) with the working directory and
-``$RESLAB_DATA`` inside the test's own folder, and the network cut off (``reslab.data._fetch``
-raises), then checks that
+``$RESLAB_DATA`` inside the test's own folder, and the network cut off
+(``reslab.data.download._fetch`` raises), then checks that
 
 * the exit code is 2 and stderr is exactly one line, ``reslab: error: ...`` (or argparse's
   ``reslab <command>: error: ...``), with no traceback;
@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 
-import reslab.data as rd
+from reslab.data import download as rdd
 from reslab.models import create_model
 from reslab.weights import CONFIG_KEY, save_weights
 
@@ -44,7 +44,7 @@ def _sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(url: str, dest: Path) -> None:
         raise OSError(f"network disabled in tests ({url})")
 
-    monkeypatch.setattr(rd, "_fetch", offline)
+    monkeypatch.setattr(rdd, "_fetch", offline)
     monkeypatch.setenv("RESLAB_DATA", str(tmp_path / "data-home"))
     monkeypatch.chdir(tmp_path)
 
@@ -240,7 +240,7 @@ def _truncated_archive(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
 
 @case("cifar10-checksum-mismatch", "checksum mismatch", "c32a1d4ab5d03f1284b67883e8d87530")
 def _checksum(tmp: Path, mp: pytest.MonkeyPatch) -> list[str]:
-    mp.setattr(rd, "_fetch", lambda url, dest: dest.write_bytes(b"a captive portal's page"))
+    mp.setattr(rdd, "_fetch", lambda url, dest: dest.write_bytes(b"a captive portal's page"))
     (tmp / "data").mkdir()
     return [*TRAIN, "--dataset", "cifar10", "--data-dir", str(tmp / "data"), "--out", "out"]
 
