@@ -130,3 +130,13 @@ def test_option_a_pickles_and_deepcopies(tmp_path: object) -> None:
     loaded = torch.load(buf, weights_only=False)  # our own object, saved just above
     torch.testing.assert_close(loaded(x), block(x))
     torch.testing.assert_close(copy.deepcopy(block)(x), block(x))
+
+
+@pytest.mark.parametrize("block_cls", BLOCK_TYPES)
+def test_branch_convs_counts_the_convolutions_on_the_branch(block_cls: type) -> None:
+    # The net's depth and the layout's MAC count read it; the modules are the truth.
+    block = block_cls(4 * block_cls.expansion, 8, 2, shortcut="B")
+    convs = [n for n, m in block.named_modules() if isinstance(m, nn.Conv2d)]
+    on_branch = [n for n in convs if not n.startswith("downsample.")]
+    assert len(on_branch) == block_cls.branch_convs
+    assert len(convs) == block_cls.branch_convs + 1  # and one projection on the shortcut

@@ -171,6 +171,7 @@ class _Block(nn.Module):
     """
 
     expansion = 1
+    branch_convs = 2  # convolutions on the branch, the block's share of the net's depth
     downsample: nn.Module | None
 
     @property
@@ -227,6 +228,7 @@ class Bottleneck(_Block):
     """
 
     expansion = 4
+    branch_convs = 3
 
     def __init__(
         self,
@@ -326,6 +328,7 @@ class PreActBottleneck(_PreActBlock):
     """BN-ReLU-1×1, BN-ReLU-3×3, BN-ReLU-1×1 ×4, then the addition (He et al. 2016)."""
 
     expansion = 4
+    branch_convs = 3
 
     def __init__(
         self,

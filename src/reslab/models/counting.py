@@ -1,0 +1,129 @@
+"""Parameters and multiply-accumulates, the two columns of ``reslab models``.
+
+:func:`count_params` and :func:`count_macs` measure a built model: any ``nn.Module``, counted
+by its modules and one forward pass. :func:`layout_params` and :func:`layout_macs` give the same
+numbers for a :class:`~reslab.models.resnet.ResNetLayout` by arithmetic on its shapes, without
+building it: building ResNet-1202 and ResNet-152 costs seconds of initialisation (and the meta
+device is no cheaper, its kernels run in Python), which is why ``reslab models`` uses these.
+The tests hold the two pairs equal for every registered model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from reslab.models.resnet import ResNetLayout
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters (BN running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_macs(model: nn.Module, input_size: Sequence[int] | None = None) -> int:
+    """Multiply-accumulates of one forward pass on one image (convolutions and linear layers).
+
+    ``input_size`` is ``(C, H, W)``; by default the model's native size.
+    """
+    size = tuple(input_size) if input_size else tuple(getattr(model, "input_size", (3, 32, 32)))
+    total = 0
+
+    def conv_hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        assert isinstance(m, nn.Conv2d)
+        k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+        total += out[0].numel() * k
+
+    def linear_hook(m: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        assert isinstance(m, nn.Linear)
+        total += m.in_features * m.out_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+# --- from the layout alone ---------------------------------------------------------------------
+
+
+def layout_params(layout: ResNetLayout) -> int:
+    """:func:`count_params` of ``ResNet.from_layout(layout)``, without building it."""
+    return sum(params for params, _ in _layers(layout, layout.input_size))
+
+
+def layout_macs(layout: ResNetLayout, input_size: Sequence[int] | None = None) -> int:
+    """:func:`count_macs` of ``ResNet.from_layout(layout)``, without building it."""
+    size = tuple(input_size) if input_size else layout.input_size
+    return sum(macs for _, macs in _layers(layout, size))
+
+
+def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """(parameters, MACs) of every weighted layer, in the order :class:`ResNet` builds them.
+
+    Mirrors ``ResNet.__init__`` and the blocks of :mod:`reslab.blocks`: a conv has ``k·k·c_in``
+    weights per output channel and no bias, a BN a scale and a shift per channel, fc a bias.
+    """
+    h, w = size[1], size[2]
+    planes = layout.widths[0]
+    k, stride = (3, 1) if layout.stem == "cifar" else (7, 2)
+    h, w, macs = _conv(layout.in_channels, planes, k, stride, h, w)
+    # Pre-activation nets have no BN after the stem.
+    yield layout.in_channels * planes * k * k + (0 if layout.preact else 2 * planes), macs
+    if layout.stem == "imagenet":
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # 3×3 max-pool, stride 2, padding 1
+    in_planes = planes
+    for i, (n_blocks, planes) in enumerate(zip(layout.layers, layout.widths, strict=True)):
+        for j in range(n_blocks):
+            stride = 2 if i > 0 and j == 0 else 1
+            h_in, w_in = h, w
+            for c_in, c_out, k, s in _branch_convs(layout, in_planes, planes, stride):
+                h, w, macs = _conv(c_in, c_out, k, s, h, w)
+                yield c_in * c_out * k * k + 2 * (c_in if layout.preact else c_out), macs
+            out_planes = planes * layout.block.expansion
+            same_shape = in_planes == out_planes and stride == 1
+            projects = layout.shortcut == "C" or (layout.shortcut == "B" and not same_shape)
+            if projects and not layout.plain:
+                # Projection: 1×1 conv on the block's input, BN only in post-activation nets.
+                _, _, macs = _conv(in_planes, out_planes, 1, stride, h_in, w_in)
+                yield in_planes * out_planes + (0 if layout.preact else 2 * out_planes), macs
+            in_planes = out_planes
+    if layout.preact:
+        yield 2 * in_planes, 0  # the final BN-ReLU
+    yield in_planes * layout.num_classes + layout.num_classes, in_planes * layout.num_classes
+
+
+def _branch_convs(
+    layout: ResNetLayout, in_planes: int, planes: int, stride: int
+) -> list[tuple[int, int, int, int]]:
+    """(c_in, c_out, kernel, stride) of a block's branch: two 3×3s, or 1×1-3×3-1×1 (v1.5)."""
+    if layout.block.branch_convs == 2:
+        return [(in_planes, planes, 3, stride), (planes, planes, 3, 1)]
+    expanded = planes * layout.block.expansion
+    return [(in_planes, planes, 1, 1), (planes, planes, 3, stride), (planes, expanded, 1, 1)]
+
+
+def _conv(c_in: int, c_out: int, k: int, stride: int, h: int, w: int) -> tuple[int, int, int]:
+    """Output height, width and MACs of a ``k×k`` conv with padding ``k // 2`` (as all here)."""
+    pad = k // 2
+    h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    return h, w, h * w * c_out * c_in * k * k
+
+
+__all__ = ["count_macs", "count_params", "layout_macs", "layout_params"]

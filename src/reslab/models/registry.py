@@ -1,0 +1,238 @@
+"""Every model by name, in the manner of timm: ``create_model("resnet56", shortcut="B")``.
+
+Names, and the one rule that makes a plain twin: replace ``resnet`` by ``plain`` in the name.
+
+=====================================  ==============================================  ==========
+residual                               plain twin (the same layers, no shortcuts)      input
+=====================================  ==============================================  ==========
+``resnet20 … resnet1202``  (CIFAR)     ``plain20 … plain1202``                         32×32
+``preact_resnet110/164/1001``          ``preact_plain110/164/1001``                    32×32
+``resnet18 … resnet152``  (ImageNet)   ``plain18 … plain152``  (bottlenecks from 50)   224×224
+=====================================  ==============================================  ==========
+
+Any other CIFAR depth builds by name too (``resnet74``, ``plain74``, ``preact_resnet56``,
+``preact_plain56``). Where ``resnetN``/``plainN`` names an ImageNet net (50 and 152 are also
+``6n+2``), the CIFAR net of that depth is ``cifar_resnetN``/``cifar_plainN``, and
+:func:`cifar_model_name` picks that spelling for the studies.
+
+Options override the name: ``create_model("resnet110", preact=True)`` is ``preact_resnet110``
+and ``create_model(name, plain=True)`` is the name's plain twin, exactly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from reslab.errors import ModelError
+from reslab.models.resnet import (
+    IMAGENET_DEPTHS,
+    ResNet,
+    ResNetLayout,
+    cifar_blocks_per_stage,
+    cifar_layout,
+    imagenet_layout,
+)
+
+LayoutFactory = Callable[..., ResNetLayout]
+# name -> (the layout factory, whose keyword arguments are the name's options; preset arguments)
+_REGISTRY: dict[str, tuple[LayoutFactory, dict[str, Any]]] = {}
+
+
+def register_model(name: str, factory: LayoutFactory, **preset: Any) -> Callable[..., ResNet]:
+    """Register ``name`` as ``factory(**preset)``; returns its builder, like timm's ``resnet56()``.
+
+    The factory's keyword arguments are the name's options; a preset is the name's default
+    and any option overrides it.
+    """
+    _REGISTRY[name] = (factory, preset)
+
+    def build(**options: Any) -> ResNet:
+        return create_model(name, **options)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"``create_model({name!r}, **options)``."
+    return build
+
+
+# CIFAR, He et al. 2015 Table 6 (option A), and their plain twins (Fig. 6 left).
+resnet20 = register_model("resnet20", cifar_layout, depth=20)
+resnet32 = register_model("resnet32", cifar_layout, depth=32)
+resnet44 = register_model("resnet44", cifar_layout, depth=44)
+resnet56 = register_model("resnet56", cifar_layout, depth=56)
+resnet110 = register_model("resnet110", cifar_layout, depth=110)
+resnet1202 = register_model("resnet1202", cifar_layout, depth=1202)
+plain20 = register_model("plain20", cifar_layout, depth=20, plain=True)
+plain32 = register_model("plain32", cifar_layout, depth=32, plain=True)
+plain44 = register_model("plain44", cifar_layout, depth=44, plain=True)
+plain56 = register_model("plain56", cifar_layout, depth=56, plain=True)
+plain110 = register_model("plain110", cifar_layout, depth=110, plain=True)
+plain1202 = register_model("plain1202", cifar_layout, depth=1202, plain=True)
+
+# Pre-activation CIFAR nets, He et al. 2016 Table 3 (option B, bottlenecks from 164 layers),
+# and their plain twins: the same pre-activation layers without the identity path.
+preact_resnet110 = register_model("preact_resnet110", cifar_layout, depth=110, preact=True)
+preact_resnet164 = register_model("preact_resnet164", cifar_layout, depth=164, preact=True)
+preact_resnet1001 = register_model("preact_resnet1001", cifar_layout, depth=1001, preact=True)
+preact_plain110 = register_model(
+    "preact_plain110", cifar_layout, depth=110, preact=True, plain=True
+)
+preact_plain164 = register_model(
+    "preact_plain164", cifar_layout, depth=164, preact=True, plain=True
+)
+preact_plain1001 = register_model(
+    "preact_plain1001", cifar_layout, depth=1001, preact=True, plain=True
+)
+
+# ImageNet, He et al. 2015 Table 1, torchvision's layout (option B), and their plain twins
+# (the paper trains plain-18 and plain-34, Fig. 4; the deeper ones complete the set).
+resnet18 = register_model("resnet18", imagenet_layout, depth=18)
+resnet34 = register_model("resnet34", imagenet_layout, depth=34)
+resnet50 = register_model("resnet50", imagenet_layout, depth=50)
+resnet101 = register_model("resnet101", imagenet_layout, depth=101)
+resnet152 = register_model("resnet152", imagenet_layout, depth=152)
+plain18 = register_model("plain18", imagenet_layout, depth=18, plain=True)
+plain34 = register_model("plain34", imagenet_layout, depth=34, plain=True)
+plain50 = register_model("plain50", imagenet_layout, depth=50, plain=True)
+plain101 = register_model("plain101", imagenet_layout, depth=101, plain=True)
+plain152 = register_model("plain152", imagenet_layout, depth=152, plain=True)
+
+
+# --- names --------------------------------------------------------------------------------------
+
+IMAGENET_NAMES = frozenset(f"resnet{d}" for d in IMAGENET_DEPTHS)
+
+# Any other CIFAR depth by name: resnet74, plain74, preact_resnet56, preact_plain56; and
+# cifar_resnet50, cifar_plain50 where resnet50 and plain50 name the ImageNet nets.
+_DYNAMIC = re.compile(r"^(resnet|plain|preact_resnet|preact_plain|cifar_resnet|cifar_plain)(\d+)$")
+
+
+def _resolve(name: str) -> tuple[LayoutFactory, dict[str, Any]]:
+    """(layout factory, preset keyword arguments) for a model name."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    match = _DYNAMIC.match(name)
+    if match:
+        family, depth = match.group(1), int(match.group(2))
+        preset: dict[str, Any] = {"depth": depth}
+        if family.endswith("plain"):
+            preset["plain"] = True
+        if family.startswith("preact_"):
+            preset["preact"] = True  # the factory then picks option B and the block (2016)
+        return cifar_layout, preset
+    close = difflib.get_close_matches(name, list_models(), n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ModelError(
+        f"unknown model {name!r}: {hint}run `reslab models` to list them "
+        "(CIFAR depths 6n+2 also work, e.g. resnet74, plain74)"
+    )
+
+
+def cifar_model_name(depth: int, plain: bool) -> str:
+    """A registry name that builds the CIFAR net of ``depth`` (or its plain twin) for sure.
+
+    ``resnet50``/``plain50`` and ``resnet152``/``plain152`` are the ImageNet nets; their CIFAR
+    namesakes are ``cifar_resnet50``, ``cifar_plain50`` and so on. Every other depth keeps its
+    bare name, so a study's run folders are named as they always were.
+    """
+    cifar_blocks_per_stage(depth)  # a clear error for a depth that is not 6n+2
+    bare = f"{'plain' if plain else 'resnet'}{depth}"
+    registered = _REGISTRY.get(bare)
+    return bare if registered is None or registered[0] is cifar_layout else f"cifar_{bare}"
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, CIFAR family first; ``pattern`` filters with a regex search."""
+    names = list(_REGISTRY)
+    if pattern:
+        try:
+            regex = re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ModelError(f"filter {pattern!r} is not a regular expression ({exc})") from exc
+        names = [n for n in names if regex.search(n)]
+    return names
+
+
+# --- building -----------------------------------------------------------------------------------
+
+_BOOLEAN_OPTIONS = ("plain", "zero_init_residual", "preact")
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    width: float | None = None,
+    shortcut: str | None = None,
+    plain: bool | None = None,
+    zero_init_residual: bool | None = None,
+    preact: bool | None = None,
+    block: str | None = None,
+    **unknown: NoReturn,
+) -> ResNet:
+    """Build a registered model by name, e.g. ``create_model("resnet56", shortcut="B")``.
+
+    Every option left at ``None`` keeps the name's default:
+
+    * ``num_classes`` (10 for CIFAR nets, 1000 for ImageNet), ``in_channels`` (3), ``width``
+      (a multiplier on every stage's channels, 1.0);
+    * ``shortcut``: ``"A"`` pads the identity with zeros, ``"B"`` projects where the shape
+      changes, ``"C"`` projects on every block (He et al. 2015 §3.3);
+    * ``plain``: drop every shortcut, giving the name's plain twin;
+    * ``zero_init_residual``: each block starts as its shortcut (arXiv:1706.02677 §5.1);
+    * ``preact``: pre-activation blocks (He et al. 2016), with that paper's defaults;
+    * ``block``: ``"basic"`` or ``"bottleneck"``, CIFAR nets only.
+
+    Any other keyword, or a value of the wrong type, raises :class:`~reslab.errors.ModelError`
+    (``**unknown`` is typed ``NoReturn`` so that type checkers flag a misspelt option too). The
+    resolved name and the options given are kept on the model as ``model.reslab_config``,
+    which :func:`reslab.save_weights` stores so a weights file alone rebuilds its model.
+    """
+    # In signature order, which is also the order the trainer passes them, so the config that
+    # a weights file's header records keeps its key order.
+    given: dict[str, Any] = {
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "width": width,
+        "shortcut": shortcut,
+        "plain": plain,
+        "zero_init_residual": zero_init_residual,
+        "preact": preact,
+        "block": block,
+    }
+    options = {**{k: v for k, v in given.items() if v is not None}, **unknown}
+    model = ResNet.from_layout(model_layout(name, **options))
+    model.reslab_config = {"name": name, **options}  # type: ignore[assignment]
+    return model
+
+
+def model_layout(name: str, **options: Any) -> ResNetLayout:
+    """The layout :func:`create_model` would build, checked the same way, without any tensor."""
+    if not isinstance(name, str):
+        raise ModelError(f"model name must be a string such as 'resnet20', got {name!r}")
+    factory, preset = _resolve(name)
+    valid = set(inspect.signature(factory).parameters) - {"depth"}
+    bad = sorted(set(options) - valid)
+    if bad:
+        raise ModelError(
+            f"{name} has no option {', '.join(bad)}: valid options are {', '.join(sorted(valid))}"
+        )
+    options = {k: v for k, v in options.items() if v is not None}  # None: the name's default
+    for option in _BOOLEAN_OPTIONS:
+        if option in options and not isinstance(options[option], bool):
+            raise ModelError(f"{option} must be True or False, got {options[option]!r}")
+    return factory(**{**preset, **options})
+
+
+__all__ = [
+    "IMAGENET_NAMES",
+    "cifar_model_name",
+    "create_model",
+    "list_models",
+    "model_layout",
+    "register_model",
+]

@@ -1,0 +1,351 @@
+"""The ResNets of He et al. 2015/2016 and their plain twins: one network class, two factories.
+
+One :class:`ResNet` class covers both families; they differ only in the stem and the widths:
+
+* CIFAR (arXiv:1512.03385 §4.2): 3×3 stem with 16 channels, three stages of 16/32/64 with
+  ``n`` blocks each, depth ``6n+2`` for basic blocks (``9n+2`` for bottlenecks), option-A
+  shortcuts by default; pre-activation nets (arXiv:1603.05027) default to option B.
+* ImageNet (Table 1): 7×7 stride-2 stem with max-pool, four stages of 64/128/256/512; the
+  ``state_dict`` matches torchvision's key for key, so its weights load with ``strict=True``.
+
+A factory decides a :class:`ResNetLayout` (block, stage sizes, widths, stem, options: everything
+that fixes the shapes) and :class:`ResNet` builds the modules from it. The layout alone is enough
+to count parameters and MACs (:mod:`reslab.models.counting`), which is how ``reslab models``
+lists ResNet-1202 without building it. The registry (:mod:`reslab.models.registry`) names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from reslab.blocks import (
+    BLOCKS,
+    _Block,
+    _PreActBlock,
+    check_shortcut_option,
+    is_block,
+)
+from reslab.errors import ModelError
+
+CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+PREACT_CIFAR_DEPTHS = (110, 164, 1001)
+IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+# --- the layout --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResNetLayout:
+    """Everything that fixes a ResNet's layers and shapes, decided before any tensor exists."""
+
+    block: type[_Block]
+    layers: tuple[int, ...]  # blocks per stage
+    widths: tuple[int, ...]  # planes per stage; the stem has the first stage's width
+    stem: str = "cifar"  # cifar: 3×3 conv; imagenet: 7×7 stride-2 conv and 3×3 max-pool
+    num_classes: int = 10
+    in_channels: int = 3
+    shortcut: str = "A"  # upper-cased and checked on creation
+    plain: bool = False
+    zero_init_residual: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive_int("num_classes", self.num_classes)
+        _check_positive_int("in_channels", self.in_channels)
+        if self.zero_init_residual and self.plain:
+            raise ModelError(
+                "zero_init_residual=True with plain=True would zero every block's output: "
+                "a plain net has no shortcut to pass its input on; drop one of the two"
+            )
+        # A frozen dataclass sets its one normalised field through object.__setattr__.
+        object.__setattr__(self, "shortcut", check_shortcut_option(self.shortcut))
+        if self.stem not in ("cifar", "imagenet"):
+            raise ModelError(f"stem {self.stem!r} is not one of 'cifar', 'imagenet'")
+
+    @property
+    def preact(self) -> bool:
+        return issubclass(self.block, _PreActBlock)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """The native ``(C, H, W)``: 32×32 for CIFAR nets, 224×224 for ImageNet nets."""
+        side = 32 if self.stem == "cifar" else 224
+        return (self.in_channels, side, side)
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers on the longest path, as :attr:`ResNet.depth` counts them."""
+        return 2 + self.block.branch_convs * sum(self.layers)
+
+
+# --- the network -------------------------------------------------------------------------------
+
+
+class ResNet(nn.Module):
+    """Stem, stages of residual (or plain) blocks, global average pool, fully connected.
+
+    Attribute names follow torchvision (``conv1, bn1, layer1..4, fc``). Pre-activation nets
+    have no BN after the stem and a final BN-ReLU (``bn_final``) after the last block, since
+    their blocks end on a convolution (He et al. 2016).
+    """
+
+    def __init__(
+        self,
+        block: type[_Block],
+        layers: Sequence[int],
+        widths: Sequence[int],
+        *,
+        stem: str = "cifar",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        shortcut: str = "A",
+        plain: bool = False,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        layout = ResNetLayout(
+            block,
+            tuple(layers),
+            tuple(widths),
+            stem=stem,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            shortcut=shortcut,
+            plain=plain,
+            zero_init_residual=zero_init_residual,
+        )
+        self.shortcut_option = shortcut = layout.shortcut
+        self.plain = plain
+        self.preact = layout.preact
+        self.input_size = layout.input_size
+
+        stem_width = widths[0]
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False)
+            self.maxpool: nn.Module = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.bn1: nn.Module = nn.Identity() if self.preact else nn.BatchNorm2d(stem_width)
+        self.relu: nn.Module = nn.Identity() if self.preact else nn.ReLU(inplace=True)
+
+        self.in_planes = stem_width
+        self.stage_names: list[str] = []
+        for i, (n_blocks, width) in enumerate(zip(layers, widths, strict=True)):
+            name = f"layer{i + 1}"
+            stage = self._make_stage(block, width, n_blocks, 1 if i == 0 else 2, shortcut, plain)
+            setattr(self, name, stage)
+            self.stage_names.append(name)
+
+        out_planes = self.in_planes
+        self.bn_final: nn.Module = (
+            nn.Sequential(nn.BatchNorm2d(out_planes), nn.ReLU(inplace=True))
+            if self.preact
+            else nn.Identity()
+        )
+        self.fc = nn.Linear(out_planes, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # He initialisation (arXiv:1502.01852), as the paper and torchvision use.
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            # Each block starts as its shortcut: arXiv:1706.02677 §5.1.
+            for m in self.blocks():
+                m.zero_init_last()
+
+    def _make_stage(
+        self,
+        block: type[_Block],
+        planes: int,
+        n_blocks: int,
+        stride: int,
+        shortcut: str,
+        plain: bool,
+    ) -> nn.Sequential:
+        stage = []
+        for i in range(n_blocks):
+            stage.append(
+                block(
+                    self.in_planes,
+                    planes,
+                    stride if i == 0 else 1,
+                    shortcut=shortcut,
+                    plain=plain,
+                )
+            )
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*stage)
+
+    @classmethod
+    def from_layout(cls, layout: ResNetLayout) -> ResNet:
+        """Build the modules a layout describes."""
+        return cls(
+            layout.block,
+            layout.layers,
+            layout.widths,
+            stem=layout.stem,
+            num_classes=layout.num_classes,
+            in_channels=layout.in_channels,
+            shortcut=layout.shortcut,
+            plain=layout.plain,
+            zero_init_residual=layout.zero_init_residual,
+        )
+
+    def blocks(self) -> list[_Block]:
+        """Every residual (or plain) block, input to output."""
+        return [m for m in self.modules() if is_block(m)]  # type: ignore[misc]
+
+    def features(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return self.bn_final(x)
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers on the longest path: the stem, every conv of every branch, and fc."""
+        blocks = self.blocks()
+        return 2 + (blocks[0].branch_convs if blocks else 2) * len(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x)
+        # Global average pool as a mean: CUDA's adaptive-pool backward is not deterministic.
+        return self.fc(x.mean((2, 3)))
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
+    if not isinstance(width, int | float) or isinstance(width, bool) or width <= 0:
+        raise ModelError(f"width must be a positive number, got {width!r}")
+    return tuple(max(1, round(w * width)) for w in widths)
+
+
+# --- factories ----------------------------------------------------------------------------------
+
+
+def cifar_blocks_per_stage(depth: int, block: str = "basic") -> int:
+    """``n`` of a CIFAR net of ``depth``: ``6n+2`` with basic blocks, ``9n+2`` with bottlenecks.
+
+    Checks the depth without building anything, so a study can validate ResNet-1202 for free.
+    """
+    if block not in ("basic", "bottleneck"):
+        raise ModelError(f"block {block!r} is not one of 'basic', 'bottleneck'")
+    per_block, examples = (6, CIFAR_DEPTHS[:5]) if block == "basic" else (9, (164, 1001))
+    if not isinstance(depth, int) or depth < per_block + 2 or (depth - 2) % per_block:
+        raise ModelError(
+            f"depth {depth} is not {per_block}n+2: try {', '.join(map(str, examples))}"
+        )
+    return (depth - 2) // per_block
+
+
+def cifar_layout(
+    depth: int = 20,
+    *,
+    block: str | None = None,
+    preact: bool = False,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: float = 1.0,
+    shortcut: str | None = None,
+    plain: bool = False,
+    zero_init_residual: bool = False,
+) -> ResNetLayout:
+    """The CIFAR ResNet of He et al. 2015 §4.2 (or its pre-activation form, 2016) of any depth.
+
+    Basic blocks need ``depth = 6n + 2``, bottlenecks ``depth = 9n + 2``. The defaults follow
+    the paper of each form, so ``preact=True`` alone gives He et al. 2016's net: option-B
+    shortcuts (their Table 3 nets project where shapes change) and, at depth 164 and deeper
+    where ``9n+2`` fits, bottleneck blocks (their ResNet-164 and ResNet-1001). Otherwise basic
+    blocks with option A (He et al. 2015 §4.2).
+    """
+    if block is None:
+        # He et al. 2016 build their deep CIFAR nets (164 and 1001 layers) from bottlenecks.
+        deep = isinstance(depth, int) and depth >= 164 and (depth - 2) % 9 == 0
+        block = "bottleneck" if preact and deep else "basic"
+    if shortcut is None:
+        shortcut = "B" if preact else "A"
+    n = cifar_blocks_per_stage(depth, block)
+    return ResNetLayout(
+        BLOCKS[("preact_" if preact else "") + block],
+        (n, n, n),
+        _scaled((16, 32, 64), width),
+        stem="cifar",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shortcut=shortcut,
+        plain=plain,
+        zero_init_residual=zero_init_residual,
+    )
+
+
+def imagenet_layout(
+    depth: int = 50,
+    *,
+    preact: bool = False,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    width: float = 1.0,
+    shortcut: str = "B",
+    plain: bool = False,
+    zero_init_residual: bool = False,
+) -> ResNetLayout:
+    """The ImageNet ResNet of He et al. 2015 Table 1; depth 18, 34, 50, 101 or 152."""
+    if depth not in IMAGENET_DEPTHS:
+        raise ModelError(
+            f"ImageNet ResNet depth {depth} is not one of {', '.join(map(str, IMAGENET_DEPTHS))}"
+        )
+    block, layers = IMAGENET_DEPTHS[depth]
+    return ResNetLayout(
+        BLOCKS[("preact_" if preact else "") + block],
+        layers,
+        _scaled((64, 128, 256, 512), width),
+        stem="imagenet",
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shortcut=shortcut,
+        plain=plain,
+        zero_init_residual=zero_init_residual,
+    )
+
+
+def cifar_resnet(depth: int = 20, **options: Any) -> ResNet:
+    """Build :func:`cifar_layout`'s net, e.g. ``cifar_resnet(56, shortcut="B")``."""
+    return ResNet.from_layout(cifar_layout(depth, **options))
+
+
+def imagenet_resnet(depth: int = 50, **options: Any) -> ResNet:
+    """Build :func:`imagenet_layout`'s net, e.g. ``imagenet_resnet(50)``."""
+    return ResNet.from_layout(imagenet_layout(depth, **options))
+
+
+__all__ = [
+    "CIFAR_DEPTHS",
+    "IMAGENET_DEPTHS",
+    "PREACT_CIFAR_DEPTHS",
+    "ResNet",
+    "ResNetLayout",
+    "cifar_blocks_per_stage",
+    "cifar_layout",
+    "cifar_resnet",
+    "imagenet_layout",
+    "imagenet_resnet",
+]
