@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from reslab import report
 from reslab.errors import ConfigError
-from reslab.experiments import StudyConfig, plan, probe_verdict, shortcut_verdict
+from reslab.experiments import StudyConfig, get_study
+from reslab.experiments.degradation import degradation_verdict
+from reslab.experiments.shortcuts import shortcut_verdict
+
+
+def plan(config: StudyConfig) -> list:  # type: ignore[type-arg]
+    return get_study(config.experiment).plan(config)
+
+
+def probe_verdict(probes: dict) -> dict:  # type: ignore[type-arg]
+    return get_study("gradients").verdict({"probes": probes}, StudyConfig("gradients"))
 
 
 def _row(family: str, depth: int, train: float, test: float) -> dict[str, object]:
@@ -35,7 +44,7 @@ def test_verdict_reports_degradation_when_the_numbers_show_it() -> None:
         _row("residual", 20, 0.3, 1.5),
         _row("residual", 56, 0.2, 1.2),
     ]
-    verdict = report.degradation_verdict(summary, tolerance=1.0)
+    verdict = degradation_verdict(summary, tolerance=1.0)
     assert verdict["degradation"] and verdict["residual_ok"]
     assert verdict["plain_gap"] == pytest.approx(39.5)
     assert verdict["text"].startswith("plain-56 trains worse than plain-20 (degradation)")
@@ -49,7 +58,7 @@ def test_verdict_says_so_when_there_is_no_degradation() -> None:
         _row("residual", 20, 0.3, 1.5),
         _row("residual", 56, 5.0, 6.0),
     ]
-    verdict = report.degradation_verdict(summary, tolerance=1.0)
+    verdict = degradation_verdict(summary, tolerance=1.0)
     assert not verdict["degradation"] and not verdict["residual_ok"]
     assert "plain-56 trains as well as plain-20 (no degradation" in verdict["text"]
     assert "resnet-56 also trains worse than resnet-20" in verdict["text"]
@@ -200,7 +209,7 @@ def test_a_gap_within_the_seed_noise_is_not_degradation() -> None:
         _row("residual", 20, 0.3, 1.5),
         _row("residual", 56, 0.2, 1.2),
     ]
-    verdict = report.degradation_verdict(noisy, tolerance=1.0)
+    verdict = degradation_verdict(noisy, tolerance=1.0)
     assert verdict["plain_gap"] == pytest.approx(3.0)
     assert verdict["plain_gap_noise"] == pytest.approx(2.8284, abs=1e-3)
     assert not verdict["degradation"]

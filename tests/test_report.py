@@ -16,22 +16,18 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 
 from reslab.errors import ReslabError
-from reslab.report import (
-    RESULTS_NAME,
-    build_report,
-    degradation_verdict,
-    error_curves,
-    error_vs_depth,
-    explain_figure,
-    figure_png,
-    gradient_norm,
-    layer_responses,
-    load_results,
-    residual_ratio,
-    shortcut_errors,
-    summarize_runs,
-    write_results,
-)
+from reslab.experiments import build_report, list_studies
+from reslab.experiments.degradation import degradation_verdict
+from reslab.experiments.probe_views import gradient_norm, layer_responses, residual_ratio
+from reslab.experiments.run_views import error_curves, error_vs_depth, shortcut_errors
+from reslab.explain import explain_figure
+from reslab.report import RESULTS_NAME, figure_png, summarize_runs, write_results
+from reslab.report import load_results as _load_results
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    return _load_results(path, experiments=list_studies())
+
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMG_RE = re.compile(r'<img\s[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')

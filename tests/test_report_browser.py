@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from reslab.report import build_report, write_results
+from reslab.experiments import build_report
+from reslab.report import write_results
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

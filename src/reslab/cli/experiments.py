@@ -116,8 +116,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from reslab.experiments import aggregate
-    from reslab.report import build_report
+    from reslab.experiments import aggregate, build_report
 
     folder = Path(args.dir)
     if not (folder / "results.json").is_file():
