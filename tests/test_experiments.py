@@ -82,7 +82,7 @@ def test_plan_covers_families_depths_and_seeds() -> None:
         ({"seeds": ()}, "at least one seed"),
         ({"experiment": "nope"}, "unknown experiment"),
         ({"jobs": 0}, "--jobs must be at least 1"),
-        ({"experiment": "shortcuts", "variants": ("plain", "D")}, "variant 'D'"),
+        ({"experiment": "shortcuts", "depths": (20,), "variants": ("plain", "D")}, "variant 'D'"),
     ],
 )
 def test_bad_study_configs(kwargs: dict[str, object], message: str) -> None:

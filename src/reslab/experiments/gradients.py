@@ -23,11 +23,11 @@ __all__ = ["STUDY", "plan"]
 
 def plan(config: StudyConfig) -> list[RunSpec]:
     """Both families at every depth and seed (the degradation study's grid)."""
-    return [s for s in degradation.plan(config) if s.seed == config.seeds[0]]
+    return degradation.plan(config)
 
 
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"probes": probe_runs(config, records, ("gradient_flow",))}
+    return {"probes": probe_runs(config, records, ("gradient_flow",), every_seed=True)}
 
 
 def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:

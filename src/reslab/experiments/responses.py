@@ -22,12 +22,12 @@ __all__ = ["STUDY", "plan"]
 
 def plan(config: StudyConfig) -> list[RunSpec]:
     """Both families at every depth and seed (the degradation study's grid)."""
-    return [s for s in degradation.plan(config) if s.seed == config.seeds[0]]
+    return degradation.plan(config)
 
 
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     kinds = ("layer_responses", "residual_magnitude")
-    return {"probes": probe_runs(config, records, kinds)}
+    return {"probes": probe_runs(config, records, kinds, every_seed=True)}
 
 
 def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:

@@ -24,7 +24,7 @@ __all__ = ["STUDY", "plan", "shortcut_verdict"]
 
 def plan(config: StudyConfig) -> list[RunSpec]:
     """Every variant at every seed, at the study's one depth."""
-    depth = max(config.depths)
+    (depth,) = config.depths
     specs = []
     for variant in config.variants:
         for seed in config.seeds:
@@ -121,4 +121,5 @@ STUDY = Study(
     depths=(56,),
     seeds=(0, 1),
     flags=(Flag("--variants", ",".join(VARIANTS), "variants to compare (plain,A,B,C)", names),),
+    check=check,
 )
