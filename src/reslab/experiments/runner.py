@@ -165,6 +165,8 @@ def execute(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every spec (in parallel worker processes when more than one job) and collect them."""
+    if not specs:
+        return []  # a study that trains nothing (e.g. it probes nets at initialisation only)
     jobs, device, gpus, threads = _jobs(study, len(specs))
     configs = [dataclasses.replace(train_config(study, s, threads), device=device) for s in specs]
     records: dict[str, dict[str, Any]] = {}
