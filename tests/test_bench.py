@@ -42,9 +42,30 @@ def test_reslab_pipeline_in_process_honours_switches() -> None:
 
 
 def test_baseline_dataset_augments_one_image_at_a_time() -> None:
+    """Each draw is one of the 9x9 pad-4 crops of the image, flipped or not, then normalised."""
+    import numpy as np
     import torch
 
-    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    from reslab.bench import _MEAN, _STD
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    images = images.to(torch.uint8)
     data = PerSampleCifar(images, torch.arange(4), seed=0)
-    x, label = data[2]
-    assert x.shape == (3, 8, 8) and label == 2
+    img = images[2].numpy().transpose(1, 2, 0)
+    padded = np.pad(img, ((4, 4), (4, 4), (0, 0)))
+    mean, std = np.array(_MEAN, np.float32), np.array(_STD, np.float32)
+    candidates = []
+    for top in range(9):
+        for left in range(9):
+            crop = padded[top : top + 8, left : left + 8]
+            for view in (crop, crop[:, ::-1]):
+                x = (view.astype(np.float32) / 255 - mean) / std
+                candidates.append(torch.from_numpy(x.transpose(2, 0, 1).copy()))
+    seen = set()
+    for _ in range(40):
+        x, label = data[2]
+        assert label == 2 and x.shape == (3, 8, 8)
+        matches = [i for i, c in enumerate(candidates) if torch.allclose(x, c, atol=1e-6)]
+        assert matches, "a draw that is no crop/flip of image 2"
+        seen.add(matches[0])
+    assert len(seen) > 10  # the draws differ: it augments, not just normalises

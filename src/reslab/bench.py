@@ -5,9 +5,10 @@ augmentation (pad-4 random crop and horizontal flip), in one invocation:
 
 * **reslab** — exactly what ``reslab train`` does on the device: the uint8 data lives on the
   device (:class:`reslab.data.DeviceLoader`), augmentation runs per batch as tensor ops, and the
-  step is :func:`reslab.train.train_step` with the settings :func:`reslab.train.runtime` picks
-  (channels_last, bf16 autocast where it helps, ``torch.compile`` and CUDA graphs on CUDA, a
-  fused or multi-tensor SGD), with no host sync inside the loop.
+  step is :func:`reslab.train.train_step` under the trainer's own :func:`reslab.train.setup`
+  (threads, cuDNN/TF32 and denormal switches, channels_last, bf16 autocast where it helps,
+  ``torch.compile`` and CUDA graphs on CUDA, a fused or multi-tensor SGD), with no host sync
+  inside the loop.
 * **baseline** — what most CIFAR repositories do: a ``torch.utils.data.DataLoader`` whose
   dataset pads, crops, flips and normalises one image at a time, feeding an eager fp32 NCHW loop
   that reads ``loss.item()`` every step.
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reslab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from reslab.train import Runtime, TrainConfig
 
 PIPELINES = ("reslab", "baseline")
 # Per-channel statistics used by both pipelines (any fixed values do; these are CIFAR-10's).
@@ -172,17 +176,7 @@ def _inference(
 
 
 def _reslab(cfg: BenchConfig) -> Measurement:
-    from reslab.data import DeviceLoader
-    from reslab.models import create_model
-    from reslab.train import (
-        TrainConfig,
-        autocast_context,
-        build_optimizer,
-        compile_mode,
-        pick_device,
-        runtime,
-        train_step,
-    )
+    from reslab.train import TrainConfig, pick_device, setup
 
     device = pick_device(cfg.device, 0)
     train_cfg = TrainConfig(
@@ -194,14 +188,22 @@ def _reslab(cfg: BenchConfig) -> Measurement:
         cuda_graphs=cfg.cuda_graphs,
         channels_last=cfg.channels_last,
         device=str(device),
+        threads=cfg.threads,
         lr=0.05,
         weight_decay=1e-4,
     )
-    fast = runtime(train_cfg, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    else:
-        torch.set_flush_denormal(True)
+    # The trainer's own setup: the same threads, cuDNN/TF32, denormal and precision switches.
+    with setup(train_cfg, device) as fast:
+        return _reslab_steps(cfg, train_cfg, device, fast)
+
+
+def _reslab_steps(
+    cfg: BenchConfig, train_cfg: TrainConfig, device: torch.device, fast: Runtime
+) -> Measurement:
+    from reslab.data import DeviceLoader
+    from reslab.models import create_model
+    from reslab.train import autocast_context, build_optimizer, compile_mode, train_step
+
     images, labels = _synthetic(cfg)
     mean, std = _stats(cfg)
     loader = DeviceLoader(

@@ -1,92 +1,26 @@
 """``reslab train`` and ``reslab eval``: flags in, :func:`reslab.train.fit` / ``eval_run`` out.
 
-Every ``train`` flag defaults to "not given" (``argparse.SUPPRESS``), so the command knows which
-values the user set: those win over ``--config`` (TOML or a run's ``config.json``), which wins
-over the recipe, which wins over the defaults (:func:`reslab.train.resolve`).
+``train`` has one flag per :class:`reslab.train.TrainConfig` field, generated from the fields
+(name, type and help text), so the two cannot drift. Every flag defaults to "not given"
+(``argparse.SUPPRESS``), so the command knows which values the user set: those win over
+``--config`` (TOML or a run's ``config.json``), which wins over the recipe, which wins over the
+defaults (:func:`reslab.train.resolve`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 from reslab.errors import ConfigError
 from reslab.fileio import atomic_write_json
-from reslab.recipes import RECIPES
-
-# (flag, field, type, help); booleans get --flag/--no-flag.
-_FLAGS: list[tuple[str, str, Any, str]] = [
-    # model
-    ("--model", "model", str, "model name, e.g. resnet20, resnet110, plain56 (default resnet20)"),
-    ("--width", "width", float, "channel multiplier, e.g. 0.25 for a quarter-width net"),
-    ("--shortcut", "shortcut", str, "shortcut option A (zero-pad), B or C (projections)"),
-    ("--plain", "plain", bool, "strip the shortcuts: the plain twin of the net"),
-    ("--zero-init-residual", "zero_init_residual", bool, "zero each block's last BN scale"),
-    # data
-    ("--dataset", "dataset", str, "digits (default, offline), cifar10, cifar100, mnist, ..."),
-    ("--data-dir", "data_dir", str, "data folder (default $RESLAB_DATA or ~/.cache/reslab)"),
-    ("--val-split", "val_split", int, "hold out N train images for validation (0: test split)"),
-    ("--augment", "augment", str, "cifar, flip or none (default: the dataset's own)"),
-    # optimisation
-    ("--recipe", "recipe", str, f"named defaults: {', '.join(RECIPES)} (default by dataset)"),
-    ("--epochs", "epochs", int, "passes over the train split"),
-    ("--steps", "steps", int, "total iterations; overrides --epochs (the paper: 64000)"),
-    ("--batch-size", "batch_size", int, "GLOBAL batch size, split evenly over torchrun ranks"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--momentum", "momentum", float, "SGD momentum"),
-    ("--nesterov", "nesterov", bool, "Nesterov momentum"),
-    ("--wd", "weight_decay", float, "weight decay, on every parameter as in the paper"),
-    ("--schedule", "schedule", str, "multistep, cosine, onecycle or constant"),
-    ("--milestones", "milestones", "floats", "multistep milestones as fractions, e.g. 0.5,0.75"),
-    ("--gamma", "gamma", float, "multistep factor at each milestone"),
-    ("--warmup-steps", "warmup_steps", int, "linear warm-up steps"),
-    (
-        "--warmup-until-error",
-        "warmup_until_error",
-        float,
-        "use --warmup-lr until the training error (percent) is below this (paper: 80)",
-    ),
-    ("--warmup-lr", "warmup_lr", float, "learning rate while --warmup-until-error is active"),
-    ("--label-smoothing", "label_smoothing", float, "cross-entropy label smoothing"),
-    ("--ema", "ema", float, "evaluate an EMA of the weights with this decay, e.g. 0.999"),
-    ("--grad-clip", "grad_clip", float, "clip the global gradient norm"),
-    # system
-    ("--device", "device", str, "auto (default: cuda if available), cpu, cuda or cuda:N"),
-    (
-        "--precision",
-        "precision",
-        str,
-        "auto (bf16 on CUDA and on AMX CPUs, else fp32), fp32 or bf16",
-    ),
-    (
-        "--channels-last",
-        "channels_last",
-        bool,
-        "NHWC activations (default: on; measured faster on CPU too)",
-    ),
-    ("--compile", "compile", bool, "torch.compile the model (default: on for CUDA only)"),
-    ("--cuda-graphs", "cuda_graphs", bool, "CUDA graphs when compiling (default on for CUDA)"),
-    ("--sync-bn", "sync_bn", bool, "synchronise BatchNorm statistics across torchrun ranks"),
-    ("--seed", "seed", int, "seed of weights, data order and augmentation"),
-    ("--deterministic", "deterministic", bool, "deterministic kernels: bit-identical resume"),
-    ("--threads", "threads", int, "CPU threads (torch.set_num_threads)"),
-    ("--detect-anomaly", "detect_anomaly", bool, "autograd anomaly detection (slow)"),
-    # output
-    ("--out", "out", str, "run folder (default runs/<model>-<dataset>-s<seed>)"),
-    ("--eval-every", "eval_every", int, "epochs between evaluations"),
-    ("--eval-batch-size", "eval_batch_size", int, "batch size of evaluation passes"),
-    ("--checkpoint-every-steps", "checkpoint_every_steps", int, "also checkpoint mid-epoch"),
-    (
-        "--snapshot-steps",
-        "snapshot_steps",
-        "ints",
-        "keep the weights at these steps, e.g. 0,50,100 (checkpoints/snapshot-N.safetensors)",
-    ),
-    ("--quiet", "quiet", bool, "one plain line per epoch, no progress bar"),
-    ("--tensorboard", "tensorboard", bool, "also log to TensorBoard under <out>/tb"),
-]
+from reslab.train.config import TrainConfig, flag_name
 
 
 def _floats(text: str) -> list[float]:
@@ -110,6 +44,30 @@ def _ints(text: str) -> list[int]:
         ) from None
 
 
+def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field[Any]) -> None:
+    """The flag of one TrainConfig field: its type from the annotation, its help from metadata."""
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: the X
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    flags = [flag_name(f.name), *f.metadata["aliases"]]
+    common: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+    help_text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+    if hint is bool:
+        p.add_argument(*flags, action=argparse.BooleanOptionalAction, help=help_text, **common)
+    elif typing.get_origin(hint) is list:
+        floats = typing.get_args(hint)[0] is float
+        p.add_argument(
+            *flags,
+            type=_floats if floats else _ints,
+            metavar="F,F" if floats else "N,N",
+            help=help_text,
+            **common,
+        )
+    else:
+        metavar = f.metadata["metavar"] or f.name.split("_")[-1].upper()
+        p.add_argument(*flags, type=hint, metavar=metavar, help=help_text, **common)
+
+
 def register(sub: Any) -> None:
     """Add ``train`` and ``eval`` to the ``reslab`` command."""
     p = sub.add_parser(
@@ -120,33 +78,8 @@ def register(sub: Any) -> None:
         "torchrun (python -m torch.distributed.run --nproc_per_node=N -m reslab train ...) "
         "--batch-size is the global batch.",
     )
-    for flag, name, kind, help_text in _FLAGS:
-        if kind is bool:
-            p.add_argument(
-                flag,
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif kind in ("floats", "ints"):
-            p.add_argument(
-                flag,
-                dest=name,
-                type=_floats if kind == "floats" else _ints,
-                default=argparse.SUPPRESS,
-                metavar="F,F" if kind == "floats" else "N,N",
-                help=help_text,
-            )
-        else:
-            p.add_argument(
-                flag,
-                dest=name,
-                type=kind,
-                default=argparse.SUPPRESS,
-                metavar=name.split("_")[-1].upper(),
-                help=help_text,
-            )
+    for f in dataclasses.fields(TrainConfig):
+        _add_field_flag(p, f)
     p.add_argument(
         "--config",
         dest="config_file",
@@ -158,6 +91,11 @@ def register(sub: Any) -> None:
         dest="resume_dir",
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR with its saved config",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (recipe applied) as JSON and exit; writes nothing",
     )
     p.set_defaults(func=run_train)
 
@@ -174,23 +112,35 @@ def register(sub: Any) -> None:
     e.add_argument("--split", choices=("test", "train"), default="test", help="split to score")
     e.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     e.add_argument("--batch-size", type=int, default=1024, metavar="N", help="eval batch size")
-    e.add_argument("--out", metavar="FILE", help="also write the result as JSON here")
+    e.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
+    # --out names a folder in every other command; eval's file is --json (as in `reslab bench`).
+    e.add_argument("--out", dest="old_out", help=argparse.SUPPRESS)
     e.set_defaults(func=run_eval)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from reslab.train import fit, load_config_file, resolve
+    from reslab.train.loop import run_config
 
     # Only the flags the user typed are attributes (argparse.SUPPRESS).
-    given = {name: getattr(args, name) for _, name, _, _ in _FLAGS if hasattr(args, name)}
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    given = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     if args.resume_dir is not None:
         if args.config_file is not None:
             raise ConfigError("--resume uses the run's saved config; drop --config")
+        if args.print_config:
+            config, _ = run_config(None, True, args.resume_dir, given)
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
         fit(resume_from=args.resume_dir, overrides=given)
         return 0
     explicit = load_config_file(args.config_file) if args.config_file else {}
     explicit.update(given)  # the command line wins over the file
     config = resolve(explicit)
+    if args.print_config:
+        config, _ = run_config(config, False, None, None)
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
     fit(config, explicit=sorted(explicit))
     return 0
 
@@ -198,6 +148,11 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from reslab.train import eval_run
 
+    if args.old_out is not None:
+        raise ConfigError(
+            f"reslab eval writes a file, and --out names a folder in reslab; use --json "
+            f"{args.old_out} to write the result as JSON"
+        )
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")
     result = eval_run(
@@ -210,9 +165,9 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     print(_table(result))
-    if args.out:
-        atomic_write_json(Path(args.out), result)
-        print(f"wrote {args.out}")
+    if args.json:
+        atomic_write_json(Path(args.json), result)
+        print(f"wrote {args.json}")
     return 0
 
 

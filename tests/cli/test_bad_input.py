@@ -12,22 +12,16 @@ raises), then checks that
 
 Cases already proven elsewhere are not repeated: ``--epochs 0``/``--lr -1``/``--batch-size 0``,
 unknown and mistyped TOML keys, ``--device cuda``, a locked or finished run folder, ``--resume``
-with changed settings (tests/test_cli_train.py); each data parser's own errors
-(tests/test_data.py). The property-based tests at the end check that config parsing, image
+with changed settings (tests/cli/test_train_cli.py); each data parser's own errors
+(tests/data/). The property-based tests in tests/test_fuzz.py check that config parsing, image
 folders and weights files raise reslab's own errors (:class:`ReslabError`) and nothing else.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import math
-import os
 import pickle
 import re
 import tarfile
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,23 +29,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import reslab.data as rd
-from reslab.cli import main
-from reslab.errors import ReslabError
 from reslab.models import create_model
-from reslab.train import FIELDS, TrainConfig, load_config_file, resolve
-from reslab.weights import CONFIG_KEY, load_model, read_state_dict, save_weights
+from reslab.weights import CONFIG_KEY, save_weights
 
-# RESLAB_FUZZ_EXAMPLES=500 for a longer hunt; 40 keeps the default run quick.
-FUZZ = settings(
-    max_examples=int(os.environ.get("RESLAB_FUZZ_EXAMPLES", "40")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-ONE_LINE = re.compile(r"^reslab( [a-z]+)?: error: \S")
 TRAIN = ["train", "--model", "resnet8", "--width", "0.25", "--epochs", "1", "--quiet"]
 
 
@@ -73,21 +55,6 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
         str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
         for p in sorted(root.rglob("*"))
     }
-
-
-def _error_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    code: int | str | None
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse errors
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert ONE_LINE.match(lines[0]), lines[0]
-    return lines[0]
 
 
 # --- files the cases need -------------------------------------------------------------------
@@ -359,20 +326,20 @@ CASES["config-missing-file"] = (
 @case("eval-other-architecture", "does not fit", "another architecture", "unexpected keys")
 def _other_arch(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
     weights = _digits_weights(tmp / "r32.safetensors", "resnet32")
-    return ["eval", "--weights", str(weights), "--model", "resnet8", "--out", "eval.json"]
+    return ["eval", "--weights", str(weights), "--model", "resnet8", "--json", "eval.json"]
 
 
 @case("eval-wrong-class-count", "100 outputs but digits has 10 classes", "--dataset")
 def _class_count(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
     weights = _digits_weights(tmp / "w.safetensors", num_classes=100)
-    return ["eval", "--weights", str(weights), "--out", "eval.json"]
+    return ["eval", "--weights", str(weights), "--json", "eval.json"]
 
 
 @case("eval-truncated-safetensors", "w.safetensors is not a readable safetensors file")
 def _truncated_weights(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
     weights = _digits_weights(tmp / "w.safetensors")
     weights.write_bytes(weights.read_bytes()[:1000])
-    return ["eval", "--weights", str(weights), "--out", "eval.json"]
+    return ["eval", "--weights", str(weights), "--json", "eval.json"]
 
 
 @case("eval-corrupt-model-header", "corrupt reslab.model entry")
@@ -382,7 +349,7 @@ def _corrupt_header(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
     state = create_model("resnet8", in_channels=1, width=0.25).state_dict()
     path = tmp / "w.safetensors"
     save_file(dict(state), path, metadata={CONFIG_KEY: '{"width": 0.25'})
-    return ["eval", "--weights", str(path), "--out", "eval.json"]
+    return ["eval", "--weights", str(path), "--json", "eval.json"]
 
 
 @case("eval-garbage-pt", "refused", "garbage.pt")
@@ -395,7 +362,7 @@ def _garbage_pt(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
 def _evil_pth(tmp: Path, _mp: pytest.MonkeyPatch) -> list[str]:
     state = create_model("resnet8", in_channels=1, width=0.25).state_dict()
     torch.save({"state_dict": state, "payload": _Payload(tmp / "pwned")}, tmp / "evil.pth")
-    return ["eval", "--weights", str(tmp / "evil.pth"), "--model", "resnet8", "--out", "e.json"]
+    return ["eval", "--weights", str(tmp / "evil.pth"), "--model", "resnet8", "--json", "e.json"]
 
 
 @case("eval-legacy-pickle-carrying-code", "refused", "evil.pkl")
@@ -500,13 +467,17 @@ def test_there_are_enough_cases() -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_clear_line_and_writes_nothing(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    cli_error: Callable[[list[str]], str],
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     build, words = CASES[name]
     argv = build(tmp_path, monkeypatch)
     capsys.readouterr()
     before = _snapshot(tmp_path)
-    line = _error_line(argv, capsys)
+    line = cli_error(argv)
     for word in words:
         assert word in line, line
     after = _snapshot(tmp_path)
@@ -518,253 +489,27 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(
 
 
 def test_nan_loss_from_the_command_line_names_step_and_lr(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_error: Callable[[list[str]], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The engine's NaN stop (tests/test_train.py proves the kept checkpoint) seen from the CLI."""
+    """The engine's NaN stop seen from the CLI (tests/train/test_loop.py: the kept checkpoint)."""
     out = tmp_path / "out"
     argv = [*TRAIN, "--lr", "1e30", "--schedule", "constant", "--out", str(out)]
-    line = _error_line(argv, capsys)
+    line = cli_error(argv)
     assert re.search(r"NaN/inf at step \d+ \(lr 1e\+\d\d\)", line), line
     assert "--lr" in line and "no checkpoint was written" in line
     assert not (out / "result.json").exists()
 
 
 def test_detect_anomaly_names_the_operation(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_error: Callable[[list[str]], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--detect-anomaly shows the forward call behind the NaN, then stops with one error line."""
     out = tmp_path / "out"
     argv = [*TRAIN, "--lr", "1e30", "--schedule", "constant", "--detect-anomaly"]
     # autograd's report of the forward call (a warning; on a terminal it precedes the error)
     with pytest.warns(UserWarning, match="Traceback of forward call"):
-        line = _error_line([*argv, "--out", str(out)], capsys)
+        line = cli_error([*argv, "--out", str(out)])
     assert line.startswith("reslab: error: --detect-anomaly: Function '"), line
     assert "returned nan values" in line and re.search(r"at step \d+ \(lr ", line)
     assert "no checkpoint was written" in line
     assert not torch.is_anomaly_enabled()
-
-
-# --- property-based: parsers raise reslab's errors and nothing else -----------------------------
-
-_SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12),
-)
-_VALUES = st.one_of(_SCALARS, st.lists(_SCALARS, max_size=4), st.dictionaries(st.text(), _SCALARS))
-_KEYS = st.one_of(st.sampled_from(FIELDS), st.text(max_size=12))
-
-
-@FUZZ
-@given(st.dictionaries(_KEYS, _VALUES, max_size=6))
-def test_fuzz_resolve_raises_only_reslab_errors(values: dict[str, Any]) -> None:
-    try:
-        config = resolve(values)
-    except ReslabError:
-        pass
-    else:
-        assert isinstance(config, TrainConfig)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return str(value)
-
-
-_TOML_SCALARS = st.one_of(
-    st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(),
-    st.text(max_size=10),
-)
-_TOML_LINES = st.lists(
-    st.tuples(
-        st.one_of(
-            st.sampled_from(FIELDS).map(lambda k: k.replace("_", "-")), st.sampled_from(FIELDS)
-        ),
-        st.one_of(_TOML_SCALARS, st.lists(_TOML_SCALARS, max_size=3)),
-    ),
-    max_size=6,
-)
-
-
-def _check_config_file(path: Path) -> None:
-    try:
-        values = load_config_file(path)
-        resolve(values)
-    except ReslabError:
-        pass
-
-
-_TOML_TEXT = _TOML_LINES.map(lambda lines: "".join(f"{k} = {_toml_value(v)}\n" for k, v in lines))
-
-
-@FUZZ
-@given(
-    st.one_of(
-        st.binary(max_size=200), st.text(max_size=200).map(str.encode), _TOML_TEXT.map(str.encode)
-    )
-)
-def test_fuzz_toml_config_files_raise_only_reslab_errors(data: bytes) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "run.toml"
-        path.write_bytes(data)
-        _check_config_file(path)
-
-
-_JSON = st.recursive(
-    _SCALARS.filter(lambda v: not (isinstance(v, float) and not math.isfinite(v))),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=5)),
-    max_leaves=12,
-)
-
-
-@FUZZ
-@given(st.one_of(_JSON, st.dictionaries(st.sampled_from(FIELDS), _JSON, max_size=6)))
-def test_fuzz_json_config_files_raise_only_reslab_errors(obj: Any) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.json"
-        path.write_text(json.dumps(obj))
-        _check_config_file(path)
-
-
-def _image_bytes(fmt: str) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (7, 5), (10, 120, 250)).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-_IMAGES = {fmt: _image_bytes(fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP")}
-
-
-@st.composite
-def _mutated_images(draw: st.DrawFn) -> bytes:
-    data = bytearray(_IMAGES[draw(st.sampled_from(sorted(_IMAGES)))])
-    for _ in range(draw(st.integers(1, 6))):
-        i = draw(st.integers(0, len(data) - 1))
-        data[i] = draw(st.integers(0, 255))
-    if draw(st.booleans()):
-        data = data[: draw(st.integers(0, len(data)))]
-    return bytes(data)
-
-
-@FUZZ
-@given(
-    blob=st.one_of(st.binary(max_size=200), _mutated_images()),
-    suffix=st.sampled_from([".png", ".jpg"]),
-)
-def test_fuzz_image_folder_files_raise_only_data_errors(
-    blob: bytes, suffix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from PIL import Image
-
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1 << 16)  # mutated headers ask for huge images
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "train" / "a").mkdir(parents=True)
-        (root / "train" / "a" / f"x{suffix}").write_bytes(blob)
-        _png(root / "test" / "a" / "y.png")
-        try:
-            ds = rd.load_dataset("imagefolder", data_dir=root, image_size=8)
-        except ReslabError:
-            pass
-        else:
-            assert ds.train_images.shape == (1, 3, 8, 8)
-
-
-def _weights_bytes() -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        net = create_model("resnet8", in_channels=1, width=0.25)
-        return save_weights(net, Path(tmp) / "w.safetensors").read_bytes()
-
-
-_WEIGHTS = _weights_bytes()
-
-
-@st.composite
-def _mutated_weights(draw: st.DrawFn) -> bytes:
-    data = bytearray(_WEIGHTS)
-    for _ in range(draw(st.integers(1, 4))):
-        i = draw(st.integers(0, min(len(data) - 1, 2000)))  # mostly the header
-        data[i] = draw(st.integers(0, 255))
-    if draw(st.booleans()):
-        data = data[: draw(st.integers(0, len(data)))]
-    return bytes(data)
-
-
-@FUZZ
-@given(
-    st.one_of(st.binary(max_size=300), _mutated_weights()), st.sampled_from([".safetensors", ".pt"])
-)
-def test_fuzz_weights_files_raise_only_checkpoint_errors(blob: bytes, suffix: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"w{suffix}"
-        path.write_bytes(blob)
-        try:
-            state = read_state_dict(path)
-        except ReslabError:
-            pass
-        else:
-            assert all(isinstance(v, torch.Tensor) for v in state.values())
-
-
-_HEADER_VALUES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-3, 120),
-    st.floats(-2, 3),
-    st.text(max_size=8),
-    st.sampled_from(["A", "B", "C", "resnet8", "plain8"]),
-)
-_HEADERS = st.one_of(
-    st.text(max_size=40),
-    st.dictionaries(
-        st.sampled_from(
-            ["name", "width", "num_classes", "in_channels", "shortcut", "plain", "preact", "x"]
-        ),
-        _HEADER_VALUES,
-        max_size=5,
-    ).map(json.dumps),
-)
-
-
-@FUZZ
-@given(_HEADERS)
-def test_fuzz_model_header_raises_only_reslab_errors(header: str) -> None:
-    """A file's header rebuilds its model: a corrupt one is a clear error, never a crash."""
-    from safetensors.torch import save_file
-
-    state = dict(create_model("resnet8", in_channels=1, width=0.25).state_dict())
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "w.safetensors"
-        save_file(state, path, metadata={CONFIG_KEY: header})
-        with contextlib.suppress(ReslabError):
-            load_model(path)
-
-
-def test_fuzzers_see_failures() -> None:
-    """Sanity: the inputs above do reach the error paths (a fuzzer that never fails proves
-    nothing)."""
-    with pytest.raises(ReslabError):
-        resolve({"epochs": "ten"})
-    with tempfile.TemporaryDirectory() as tmp:
-        bad = Path(tmp) / "w.safetensors"
-        bad.write_bytes(_WEIGHTS[:50])
-        with pytest.raises(ReslabError):
-            read_state_dict(bad)
-    assert os.environ.get("RESLAB_DATA")  # the sandbox fixture ran

@@ -42,7 +42,7 @@ from reslab.cli import main
 from reslab.train import RunFolder
 from reslab.weights import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARGS = [
     "train",
     "--model",
@@ -99,6 +99,10 @@ def _tmp_files(folder: Path) -> set[str]:
         return set()
 
 
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
     a = load_file(a_dir / "checkpoints" / "last.safetensors")
     b = load_file(b_dir / "checkpoints" / "last.safetensors")
@@ -111,6 +115,12 @@ def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
     assert ra["test_error"] == rb["test_error"] and ra["steps"] == rb["steps"]
     epochs = [json.loads(x)["epoch"] for x in (b_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]  # each epoch recorded exactly once
+    # ... with the same numbers as the uninterrupted run (timings aside).
+    timing = {"images_per_s", "epoch_time", "wall_time"}
+    for x, y in zip(_metrics(a_dir), _metrics(b_dir), strict=True):
+        assert {k: v for k, v in x.items() if k not in timing} == pytest.approx(
+            {k: v for k, v in y.items() if k not in timing}
+        )
     assert not list((b_dir / "checkpoints").glob(".*.tmp")), "a crash's temp files were left"
 
 

@@ -1,14 +1,17 @@
-"""``reslab train`` / ``reslab eval`` end to end: real processes, real files, real kills."""
+"""``reslab train`` / ``reslab eval`` end to end: real processes, real files.
+
+(kill -9 and resume: tests/train/test_faults.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import random
-import signal
+import re
 import subprocess
 import sys
-import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from reslab.cli import main
+from reslab.train import TrainConfig
 
 # A small but real net: resnet20 at a quarter of the paper's widths, on the bundled digits.
 SMALL = ["--model", "resnet20", "--width", "0.25", "--dataset", "digits", "--threads", "1"]
@@ -23,7 +27,7 @@ SMALL = ["--model", "resnet20", "--width", "0.25", "--dataset", "digits", "--thr
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     return env
@@ -38,15 +42,6 @@ def _reslab(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
         timeout=300,
         **kw,  # type: ignore[call-overload]
     )
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # --- the real command on the real net -----------------------------------------------------------
@@ -82,7 +77,7 @@ def test_eval_writes_confusion_matrix(
 ) -> None:
     out = tmp_path / "eval.json"
     weights = digits_run / "checkpoints" / "last.safetensors"
-    assert main(["eval", "--weights", str(weights), "--out", str(out)]) == 0
+    assert main(["eval", "--weights", str(weights), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["dataset"] == "digits" and result["n"] == 360
@@ -99,71 +94,10 @@ def test_eval_writes_confusion_matrix(
 
 
 def test_eval_of_missing_file_is_one_line(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    cli_error: Callable[[list[str]], str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    line = _one_line_error(capsys, main(["eval", "--weights", str(tmp_path / "nope.safetensors")]))
+    line = cli_error(["eval", "--weights", str(tmp_path / "nope.safetensors")])
     assert "does not exist" in line
-
-
-# --- kill -9 and resume -------------------------------------------------------------------------
-
-
-def test_kill9_then_resume_is_bit_identical(tmp_path: Path) -> None:
-    args = [
-        "train",
-        *SMALL,
-        "--epochs",
-        "8",
-        "--batch-size",
-        "32",
-        "--deterministic",
-        "--quiet",
-        "--checkpoint-every-steps",
-        "15",
-    ]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reslab", *args, "--out", str(killed)],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (killed / "checkpoints" / "last.json").exists():
-            assert proc.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        time.sleep(random.uniform(0.0, 1.5))  # land anywhere: mid-step, mid-write, mid-eval
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "result.json").exists()
-
-    resumed = _reslab("train", "--resume", str(killed), "--quiet")
-    assert resumed.returncode == 0, resumed.stderr
-    baseline = _reslab(*args, "--out", str(whole))
-    assert baseline.returncode == 0, baseline.stderr
-
-    a = load_file(whole / "checkpoints" / "last.safetensors")
-    b = load_file(killed / "checkpoints" / "last.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    ra = json.loads((whole / "result.json").read_text())
-    rb = json.loads((killed / "result.json").read_text())
-    assert ra["rank_checksums"] == rb["rank_checksums"]
-    assert ra["test_error"] == rb["test_error"]
-    # The metrics files hold each epoch once, with the same numbers (timings aside).
-    timing = {"images_per_s", "epoch_time", "wall_time"}
-    rows_a = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows_b] == list(range(1, 9))
-    for x, y in zip(rows_a, rows_b, strict=True):
-        assert {k: v for k, v in x.items() if k not in timing} == pytest.approx(
-            {k: v for k, v in y.items() if k not in timing}
-        )
 
 
 # --- torchrun -----------------------------------------------------------------------------------
@@ -231,19 +165,23 @@ def test_command_line_wins_over_toml(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_unknown_toml_key_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_toml_key_is_one_line(
+    cli_error: Callable[[list[str]], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     toml = tmp_path / "bad.toml"
     toml.write_text("epochs = 2\nlearning_rate = 0.1\n")
     out = tmp_path / "run"
-    line = _one_line_error(capsys, main(["train", "--config", str(toml), "--out", str(out)]))
+    line = cli_error(["train", "--config", str(toml), "--out", str(out)])
     assert "learning_rate" in line and "unknown key" in line
     assert not out.exists()
 
 
-def test_wrong_toml_type_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_toml_type_is_one_line(
+    cli_error: Callable[[list[str]], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     toml = tmp_path / "bad.toml"
     toml.write_text('epochs = "ten"\n')
-    line = _one_line_error(capsys, main(["train", "--config", str(toml)]))
+    line = cli_error(["train", "--config", str(toml)])
     assert "epochs" in line and "int" in line
 
 
@@ -252,24 +190,31 @@ def test_wrong_toml_type_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     [("--epochs", "0", "epochs"), ("--lr", "-1", "lr"), ("--batch-size", "0", "batch_size")],
 )
 def test_invalid_values_exit_2_and_write_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, field: str
+    cli_error: Callable[[list[str]], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    value: str,
+    field: str,
 ) -> None:
     out = tmp_path / "run"
-    line = _one_line_error(capsys, main(["train", flag, value, "--out", str(out)]))
+    line = cli_error(["train", flag, value, "--out", str(out)])
     assert field in line and flag in line
     assert not out.exists()
 
 
-def test_device_cuda_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_device_cuda_without_cuda(
+    cli_error: Callable[[list[str]], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = _one_line_error(
-        capsys, main(["train", "--device", "cuda", "--out", str(tmp_path / "x")])
-    )
+    line = cli_error(["train", "--device", "cuda", "--out", str(tmp_path / "x")])
     assert "CUDA is not available" in line
 
 
-def test_locked_run_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_locked_run_folder_is_refused(
+    cli_error: Callable[[list[str]], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     out.mkdir()
     # Another process takes the lock the way a training run does, and holds it.
@@ -289,7 +234,7 @@ def test_locked_run_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        line = _one_line_error(capsys, main(["train", *SMALL, "--epochs", "1", "--out", str(out)]))
+        line = cli_error(["train", *SMALL, "--epochs", "1", "--out", str(out)])
         assert f"in use by another process (pid {holder.pid})" in line
         assert not (out / "config.json").exists()
     finally:
@@ -297,56 +242,101 @@ def test_locked_run_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
         holder.wait()
 
 
-def test_existing_run_needs_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_run_needs_resume(
+    cli_error: Callable[[list[str]], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
     capsys.readouterr()
     before = (out / "checkpoints" / "last.json").read_bytes()
-    line = _one_line_error(capsys, main(["train", *SMALL, "--epochs", "1", "--out", str(out)]))
+    line = cli_error(["train", *SMALL, "--epochs", "1", "--out", str(out)])
     assert "--resume" in line and "--out" in line
     assert (out / "checkpoints" / "last.json").read_bytes() == before
     # --resume on the finished run does nothing and succeeds; changing the math is refused.
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     capsys.readouterr()
-    line = _one_line_error(capsys, main(["train", "--resume", str(out), "--lr", "0.5"]))
+    line = cli_error(["train", "--resume", str(out), "--lr", "0.5"])
     assert "--lr" in line
 
 
 def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """One flag per TrainConfig field, named after it, booleans with their --no- form."""
     with pytest.raises(SystemExit) as exc:
         main(["train", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in [
-        "--model",
-        "--dataset",
-        "--recipe",
-        "--epochs",
-        "--steps",
-        "--batch-size",
-        "--lr",
-        "--wd",
-        "--shortcut",
-        "--plain",
-        "--zero-init-residual",
-        "--device",
-        "--compile",
-        "--no-compile",
-        "--channels-last",
-        "--precision",
-        "--seed",
-        "--deterministic",
-        "--out",
-        "--data-dir",
-        "--config",
-        "--resume",
-        "--quiet",
-        "--detect-anomaly",
-        "--tensorboard",
-        "--ema",
-        "--label-smoothing",
-        "--grad-clip",
-        "--val-split",
-        "--threads",
-    ]:
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert re.search(rf"{flag}\b", text), flag
+        if hints[f.name] in (bool, bool | None):
+            assert "--no-" + flag[2:] in text, flag
+        assert " ".join(f.metadata["help"].split()[:3]) in " ".join(text.split()), f.name
+    for flag in ("--config", "--resume", "--print-config", "--wd"):
         assert flag in text, flag
+
+
+# A valid value for each string and list field (numbers and booleans are generic).
+_VALUES: dict[str, tuple[str, typing.Any]] = {
+    "model": ("resnet32", "resnet32"),
+    "shortcut": ("B", "B"),
+    "dataset": ("mnist", "mnist"),
+    "data_dir": ("/data", "/data"),
+    "augment": ("flip", "flip"),
+    "recipe": ("fast-cifar", "fast-cifar"),
+    "schedule": ("multistep", "multistep"),
+    "device": ("cpu", "cpu"),
+    "precision": ("fp32", "fp32"),
+    "out": ("runs/x", "runs/x"),
+    "milestones": ("0.3,0.6", [0.3, 0.6]),
+    "snapshot_steps": ("0,5", [0, 5]),
+}
+
+
+def test_every_field_is_settable_by_its_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each generated flag sets its own field: --print-config shows the value given."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        if f.name in _VALUES:
+            text, want = _VALUES[f.name]
+            args = [flag, text]
+        elif hint in (bool, bool | None):
+            args, want = [flag], True
+        elif hint in (int, int | None):
+            args, want = [flag, "7"], 7
+        else:
+            assert hint in (float, float | None), f"no test value for {f.name}"
+            args, want = [flag, "0.25"], 0.25
+        assert main(["train", *args, "--print-config"]) == 0, (f.name, capsys.readouterr().err)
+        assert json.loads(capsys.readouterr().out)[f.name] == want, f.name
+
+
+def test_print_config_resolves_the_recipe_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--dataset", "cifar10", "--recipe", "paper-cifar", "--print-config"])
+    assert code == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["steps"] == 64_000 and config["weight_decay"] == 1e-4
+    assert config["out"] == "runs/resnet20-cifar10-s0"
+    assert list(tmp_path.iterdir()) == []
+    # --weight-decay and its old spelling --wd set the same field.
+    for flag in ("--weight-decay", "--wd"):
+        assert main(["train", flag, "0.003", "--print-config"]) == 0
+        assert json.loads(capsys.readouterr().out)["weight_decay"] == 0.003
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_out_is_refused_with_the_json_flag_named(
+    cli_error: Callable[[list[str]], str],
+    digits_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    weights = digits_run / "checkpoints" / "last.safetensors"
+    target = tmp_path / "e.json"
+    line = cli_error(["eval", "--weights", str(weights), "--out", str(target)])
+    assert "--json" in line and not target.exists()

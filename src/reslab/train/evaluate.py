@@ -1,0 +1,174 @@
+"""Evaluation: one function for the clean training error, the held-out errors and ``reslab eval``.
+
+:func:`evaluate` scores a model in eval mode without augmentation (top-1 error, mean loss and the
+confusion matrix); :func:`eval_run` is ``reslab eval``: a weights file on a dataset split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reslab.data import Dataset, eval_batches, load_dataset
+from reslab.errors import CheckpointError, ConfigError
+from reslab.models import create_model
+from reslab.train.run_folder import run_config_near
+from reslab.train.runtime import autocast_context, pick_device
+from reslab.weights import load_weights, read_model_config
+
+__all__ = ["EvalResult", "eval_run", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    """Top-1 error of a model on a split."""
+
+    error: float  # top-1 error, percent
+    loss: float  # mean cross-entropy
+    n: int  # images evaluated
+    confusion: Tensor  # num_classes × num_classes counts; rows true class, columns predicted
+
+    def per_class_error(self) -> list[float]:
+        """Top-1 error per true class, percent (NaN for a class with no images)."""
+        totals = self.confusion.sum(1).double()
+        correct = self.confusion.diagonal().double()
+        return [
+            100.0 * (1 - c / t) if t > 0 else float("nan")
+            for c, t in zip(correct.tolist(), totals.tolist(), strict=True)
+        ]
+
+
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    num_classes: int | None = None,
+    batch_size: int = 1024,
+    device: str | torch.device | None = None,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> EvalResult:
+    """Top-1 error, mean loss and confusion matrix of ``model`` in eval mode, no augmentation.
+
+    ``images`` are uint8 ``N×C×H×W`` (kept on the device when they already are). With
+    ``world_size > 1`` each rank evaluates every ``world_size``-th image and the sums are
+    all-reduced, so every rank returns the result for the whole split.
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    k = num_classes or int(labels.max()) + 1
+    if world_size > 1:
+        images, labels = images[rank::world_size], labels[rank::world_size]
+    confusion = torch.zeros(k * k, dtype=torch.int64, device=dev)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast_context(dev, autocast_dtype):
+            for x, y in eval_batches(images, labels, batch_size, mean, std, dev, channels_last):
+                logits = model(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+                cell = y * k + logits.argmax(1)
+                # index_put_ with accumulate has a deterministic kernel; bincount has none on CUDA
+                confusion.index_put_((cell,), torch.ones_like(cell), accumulate=True)
+    finally:
+        model.train(was_training)
+    if world_size > 1:
+        torch.distributed.all_reduce(confusion)
+        torch.distributed.all_reduce(loss_sum)
+    matrix = confusion.view(k, k).cpu()
+    n = int(matrix.sum())
+    correct = int(matrix.diagonal().sum())
+    return EvalResult(
+        error=100.0 * (n - correct) / max(n, 1),
+        loss=float(loss_sum) / max(n, 1),
+        n=n,
+        confusion=matrix,
+    )
+
+
+def eval_run(
+    weights: str | Path,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Evaluate a weights file on a dataset split: ``reslab eval``.
+
+    Without ``model`` the net is rebuilt from the file's header (:func:`reslab.load_model`).
+    Without ``dataset``, a file inside a run folder uses the run's dataset, else ``digits``.
+    Returns error, loss, per-class error and the confusion matrix as plain JSON values.
+    """
+    weights = Path(weights)
+    if not weights.is_file():
+        raise CheckpointError(f"weights file {weights} does not exist")
+    run_config = run_config_near(weights)
+    if dataset is None:
+        dataset = str(run_config.get("dataset", "digits")) if run_config else "digits"
+    if split not in ("test", "train"):
+        raise ConfigError(f"split must be test or train, got {split!r}")
+    dev = pick_device(device, local_rank=0)
+    ds = load_dataset(dataset, data_dir=data_dir or (run_config or {}).get("data_dir"))
+    net = _model_for_weights(weights, model, ds)
+    net.to(dev)
+    images = ds.test_images if split == "test" else ds.train_images
+    labels = ds.test_labels if split == "test" else ds.train_labels
+    result = evaluate(
+        net,
+        images,
+        labels,
+        mean=ds.mean,
+        std=ds.std,
+        num_classes=ds.num_classes,
+        batch_size=batch_size,
+        device=dev,
+    )
+    return {
+        "weights": str(weights),
+        "model": getattr(net, "reslab_config", {}).get("name", model),
+        "dataset": ds.name,
+        "split": split,
+        "n": result.n,
+        "error": result.error,
+        "loss": result.loss,
+        "classes": list(ds.classes),
+        "per_class_error": result.per_class_error(),
+        "confusion": result.confusion.tolist(),
+    }
+
+
+def _model_for_weights(weights: Path, name: str | None, ds: Dataset) -> nn.Module:
+    header: dict[str, Any] = {}
+    if weights.suffix == ".safetensors":
+        header = read_model_config(weights) or {}  # CheckpointError if the entry is corrupt
+    if name is None and not header:
+        raise ConfigError(
+            f"{weights} carries no model config; pass --model NAME (e.g. --model resnet20)"
+        )
+    if name is None or header.get("name") == name:
+        kwargs = {k: v for k, v in header.items() if k != "name"}
+        net = create_model(name or header["name"], **kwargs)
+    else:
+        net = create_model(name, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    load_weights(net, weights)
+    out_features = getattr(getattr(net, "fc", None), "out_features", ds.num_classes)
+    if out_features != ds.num_classes:
+        raise ConfigError(
+            f"{weights} has {out_features} outputs but {ds.name} has {ds.num_classes} classes; "
+            "pass the dataset it was trained on with --dataset"
+        )
+    return net

@@ -1,0 +1,156 @@
+"""How a run uses its machine: device, precision, compile, threads and the global torch switches.
+
+:func:`resolve_runtime` resolves the fast path a config asks for on a device; :func:`setup`
+applies the process-wide switches (threads, deterministic kernels, cuDNN/TF32, anomaly mode,
+denormals) for the length of a ``with`` block and restores every one of them afterwards. The trainer
+(:func:`reslab.train.fit`) and the benchmark (:mod:`reslab.bench`) both call it, so they cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reslab.errors import ConfigError, ReslabError
+from reslab.train.config import DEVICES, TrainConfig
+
+__all__ = ["Runtime", "autocast_context", "compile_mode", "pick_device", "resolve_runtime", "setup"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a run uses its device. The fast path is the default; each part has a flag to turn
+    it off (``--no-channels-last``, ``--precision fp32``, ``--no-compile``, ``--no-cuda-graphs``).
+    """
+
+    channels_last: bool  # NHWC activations and weights
+    compile: bool  # torch.compile the model
+    cuda_graphs: bool  # compile with CUDA graphs (mode reduce-overhead)
+    amp_dtype: torch.dtype | None  # autocast dtype, None for fp32
+
+
+def _cpu_has_bf16_matmul() -> bool:
+    """AMX tiles (Sapphire Rapids and later): oneDNN runs bf16 convolutions on them."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_runtime(config: TrainConfig, device: torch.device) -> Runtime:
+    """The settings ``config`` resolves to on ``device`` (``None`` fields pick the fast path).
+
+    * channels_last: on everywhere; tensor-core convolutions want NHWC, and on this project's
+      CPU it measured 1.14-1.21x faster too (docs/PERFORMANCE.md).
+    * compile: on for CUDA; off on CPU, where it paid back for resnet20 after a ~19 s compile
+      but made resnet56 slower.
+    * CUDA graphs: on for compiled CUDA runs. A ResNet-56 step is ~600 kernel launches around
+      ~0.1 ms of arithmetic, so replaying one captured graph removes the launch-bound time.
+    * bf16 autocast: on CUDA devices that support it, and on CPUs with AMX tiles, where
+      oneDNN's bf16 convolutions measured 2.6x faster for resnet20 at 32x32.
+    """
+    cuda = device.type == "cuda"
+    use_compile = config.compile if config.compile is not None else cuda
+    graphs = config.cuda_graphs if config.cuda_graphs is not None else True
+    if config.precision == "auto":
+        # Native bf16 tensor cores from compute capability 8.0 (Ampere); older cards emulate.
+        bf16 = (
+            torch.cuda.get_device_capability(device) >= (8, 0) if cuda else _cpu_has_bf16_matmul()
+        )
+    else:
+        bf16 = config.precision == "bf16"
+    return Runtime(
+        channels_last=config.channels_last if config.channels_last is not None else True,
+        compile=use_compile,
+        cuda_graphs=graphs and cuda and use_compile,
+        amp_dtype=torch.bfloat16 if bf16 else None,
+    )
+
+
+def compile_mode(cuda_graphs: bool) -> str:
+    """torch.compile mode: CUDA graphs for launch-bound nets, else autotuned kernels."""
+    return "reduce-overhead" if cuda_graphs else "max-autotune-no-cudagraphs"
+
+
+def autocast_context(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` when ``dtype`` is set, else nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    """``auto``/``cpu``/``cuda``/``cuda:N``; under torchrun, CUDA ranks use their local rank."""
+    if name not in DEVICES and re.fullmatch(r"cuda:\d+", name) is None:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ReslabError(
+            f"--device {name} was asked for but CUDA is not available (no GPU or a CPU-only "
+            "PyTorch build); use --device cpu"
+        )
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        index = local_rank
+    elif ":" in name:
+        index = int(name.split(":")[1])
+    else:  # the current device: a study worker sets it to its own GPU
+        index = torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ReslabError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return torch.device("cuda", index)
+
+
+@contextlib.contextmanager
+def setup(config: TrainConfig, device: torch.device) -> Iterator[Runtime]:
+    """Apply ``config``'s process-wide torch switches on ``device``; restore them all on exit.
+
+    Yields the :class:`Runtime` (precision, compile, channels_last) the run uses.
+    """
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_anomaly_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    cuda = device.type == "cuda"
+    try:
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        if cuda:
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = not config.deterministic
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
+            torch.backends.cudnn.allow_tf32 = True
+        torch.autograd.set_detect_anomaly(config.detect_anomaly)
+        if not cuda:
+            # Deep plain nets produce denormal activations and gradients, which x86 CPUs
+            # process tens of times slower; flushing them to zero is invisible at fp32 training
+            # precision.
+            torch.set_flush_denormal(True)
+        yield resolve_runtime(config, device)
+    finally:
+        torch.set_flush_denormal(False)  # torch has no getter; off is its default
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        torch.autograd.set_detect_anomaly(saved[2])
+        (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+        ) = saved[3:]

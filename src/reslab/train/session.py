@@ -1,0 +1,149 @@
+"""What a training session is made of: its data on the device, its model, its claimed folder.
+
+:func:`reslab.train.fit` calls these in order before the first step (see
+:mod:`reslab.train.loop`); each is a plain function of the config so the order of RNG draws,
+and with it every weight, is fixed by the loop alone.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reslab.data import Dataset, DeviceLoader, holdout, load_dataset
+from reslab.errors import ConfigError, ReslabError
+from reslab.models import create_model
+from reslab.train.config import TrainConfig
+from reslab.train.distributed import Dist
+from reslab.train.run_folder import RunFolder, RunLock
+from reslab.train.runtime import Runtime, compile_mode
+
+__all__ = ["RunData", "build_model", "claim_folder", "load_data", "wrap_model"]
+
+
+@dataclass
+class RunData:
+    """The splits a run trains and evaluates on, already on its device."""
+
+    ds: Dataset  # the training dataset (a held-out split removed when val_split is set)
+    full: Dataset  # the dataset as loaded (its test split is scored at the end)
+    eval_key: str  # val_error or test_error: what the held-out error is called
+    loader: DeviceLoader  # the training batches
+    eval_images: Tensor  # the held-out split, on the device
+    eval_labels: Tensor
+    total_steps: int
+    num_epochs: int
+
+
+def load_data(config: TrainConfig, dist: Dist, device: torch.device, fast: Runtime) -> RunData:
+    full = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed)
+    # One fixed held-out split: every seed trains on the same images.
+    ds = holdout(full, config.val_split, seed=0) if config.val_split else full
+    if config.batch_size > len(ds.train_labels):
+        n_train = len(ds.train_labels)
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is more than the {n_train:,} training images of "
+            f"{ds.name}; use --batch-size {n_train} or less"
+        )
+    loader = DeviceLoader(
+        ds.train_images,
+        ds.train_labels,
+        batch_size=config.batch_size // dist.world_size,  # batch_size is the global batch
+        mean=ds.mean,
+        std=ds.std,
+        device=device,
+        augment=config.augment or ds.augment,
+        shuffle=True,
+        drop_last=True,
+        seed=config.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        channels_last=fast.channels_last,
+    )
+    total_steps = config.steps or config.epochs * len(loader)
+    return RunData(
+        ds=ds,
+        full=full,
+        eval_key="val_error" if config.val_split else "test_error",
+        loader=loader,
+        eval_images=ds.test_images.to(device),
+        eval_labels=ds.test_labels.to(device),
+        total_steps=total_steps,
+        num_epochs=math.ceil(total_steps / len(loader)),
+    )
+
+
+def build_model(
+    config: TrainConfig, ds: Dataset, dist: Dist, device: torch.device, fast: Runtime
+) -> nn.Module:
+    """The net the config names, sized for ``ds``, on ``device`` in the run's memory format."""
+    kwargs: dict[str, Any] = {"num_classes": ds.num_classes, "in_channels": ds.in_channels}
+    if config.width != 1.0:
+        kwargs["width"] = config.width
+    for name in ("shortcut", "plain"):
+        if getattr(config, name) is not None:
+            kwargs[name] = getattr(config, name)
+    if config.zero_init_residual:
+        kwargs["zero_init_residual"] = True
+    raw = create_model(config.model, **kwargs)
+    if config.sync_bn and dist.enabled and device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel")
+    if config.sync_bn and dist.enabled:
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    raw.to(device)
+    if fast.channels_last:
+        raw.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return raw
+
+
+def claim_folder(
+    folder: RunFolder,
+    dist: Dist,
+    resume: bool,
+    config: TrainConfig,
+    explicit: Sequence[str] | None,
+) -> RunLock:
+    """Lock the run folder and write config.json (rank 0 decides, every rank learns the verdict)."""
+    lock = RunLock(folder.path)
+    error: str | None = None
+    if dist.main:
+        try:
+            lock.acquire()
+            if folder.has_run() and not resume:
+                raise ReslabError(
+                    f"run folder {folder.path} already holds a run; pass --resume "
+                    f"{folder.path} to continue it, or choose another --out"
+                )
+            elif not folder.config_path.is_file():
+                folder.write_config(config, explicit)
+        except ReslabError as exc:
+            lock.release()
+            error = str(exc)
+        except BaseException:
+            lock.release()
+            raise
+    dist.agree(error)
+    return lock
+
+
+def wrap_model(raw: nn.Module, dist: Dist, device: torch.device, fast: Runtime) -> nn.Module:
+    """The module the steps call: DDP across ranks, then torch.compile."""
+    model = raw
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if fast.compile:
+        # Runs of a study share this process: forget earlier models' graphs so the recompile
+        # limit is not reached. Compiling the DDP wrapper keeps its comm/compute overlap.
+        torch._dynamo.reset()
+        model = typing.cast(nn.Module, torch.compile(model, mode=compile_mode(fast.cuda_graphs)))
+    return model

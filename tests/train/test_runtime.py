@@ -1,0 +1,63 @@
+"""Devices and the process-wide switches a run sets and restores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from reslab.errors import ConfigError
+from reslab.train import (
+    TrainConfig,
+    fit,
+    resolve,
+    setup,
+)
+
+
+def test_device_names() -> None:
+    assert resolve({"device": "cuda:1"}).device == "cuda:1"  # a study worker's GPU
+    with pytest.raises(ConfigError, match="cuda:N"):
+        resolve({"device": "gpu"})
+
+
+def test_fit_restores_process_settings(small: Callable[..., TrainConfig], tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    fit(small(epochs=1, deterministic=True, threads=1, steps=3))
+    assert torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_setup_restores_every_switch_it_sets() -> None:
+    """The trainer's and the benchmark's one setup leaves the process as it found it."""
+    torch.set_num_threads(1)
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_anomaly_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    config = resolve({"threads": 2, "deterministic": True, "detect_anomaly": True})
+    with setup(config, torch.device("cpu")) as fast:
+        assert torch.get_num_threads() == 2
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_anomaly_enabled()
+        assert fast.channels_last and not fast.compile and not fast.cuda_graphs
+        tiny = torch.tensor([1e-40])
+        assert float(tiny * 1.0) == 0.0  # denormals flushed on CPU
+    after = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_anomaly_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    assert after == before
+    assert float(torch.tensor([1e-40]) * 1.0) != 0.0
+    with pytest.raises(RuntimeError), setup(config, torch.device("cpu")):
+        raise RuntimeError("a failing run restores the switches too")
+    assert torch.get_num_threads() == 1 and not torch.are_deterministic_algorithms_enabled()
