@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,11 @@ def test_default_command_builds_the_documented_config(monkeypatch: pytest.Monkey
 
 
 def test_shortcuts_refuses_several_depths_instead_of_cutting_them(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, cli_error: Callable[[list[str]], str]
 ) -> None:
     # It used to train depth 56 only and say nothing about 20.
-    assert main(["shortcuts", "--depths", "20,56", "--out", str(tmp_path / "s")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0
-    assert "compares variants at one depth" in err and "--depths 20,56" in err
+    line = cli_error(["shortcuts", "--depths", "20,56", "--out", str(tmp_path / "s")])
+    assert "compares variants at one depth" in line and "--depths 20,56" in line
     assert not (tmp_path / "s").exists()
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from reslab import probes
 from reslab.data import load_dataset, normalize_batch
 from reslab.experiments.config import StudyConfig
-from reslab.experiments.records import RunFolder
+from reslab.train import RunFolder
 from reslab.weights import load_model
 
 __all__ = ["KINDS", "label", "probe_runs"]

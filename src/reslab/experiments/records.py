@@ -9,15 +9,15 @@ code that knows its files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from reslab.errors import ReslabError
-from reslab.fileio import atomic_write_json
 from reslab.models import ResNet, create_model
 from reslab.report.schema import new_results, write_results
 from reslab.report.stats import summarize_runs
+from reslab.train import RunFolder
+from reslab.train.run_folder import find_runs
 
 __all__ = ["aggregate", "run_record"]
 
@@ -88,61 +88,3 @@ def aggregate(study_dir: str | Path) -> dict[str, Any]:
     results["verdict"] = study.verdict(results, StudyConfig())
     write_results(study_dir, results)
     return results
-
-
-# --- TODO(train merge): replace this block by `from reslab.train import RunFolder` and
-# `from reslab.train.run_folder import find_runs` once branch `train` has landed. Until then it
-# is the one place that reads run files itself, with the same API and the same messages.
-
-
-class RunFolder:
-    """Stand-in for :class:`reslab.train.RunFolder` (the four calls studies make)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.config_path = self.path / "config.json"
-        self.result_path = self.path / "result.json"
-        self.ckpt_dir = self.path / "checkpoints"
-        self.weights_path = self.ckpt_dir / "last.safetensors"
-
-    def snapshot_path(self, step: int) -> Path:
-        return self.ckpt_dir / f"snapshot-{step:09d}.safetensors"
-
-    def _read(self, path: Path) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ReslabError(
-                f"{self.path} is not a finished run (missing {path.name}): "
-                "finish it with `reslab train --resume DIR` or remove it"
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise ReslabError(f"{self.path} has a corrupt JSON file ({exc.msg})") from exc
-        return data
-
-    def read_saved_config(self) -> dict[str, Any]:
-        config = self._read(self.config_path)
-        return config.get("config", config)
-
-    def read_result(self) -> dict[str, Any]:
-        return self._read(self.result_path)
-
-    def read_records(self) -> list[dict[str, Any]]:
-        metrics = self.path / "metrics.jsonl"
-        if not metrics.is_file():
-            return []
-        try:
-            return [json.loads(line) for line in metrics.read_text().splitlines()]
-        except json.JSONDecodeError as exc:
-            raise ReslabError(f"{self.path} has a corrupt JSON file ({exc.msg})") from exc
-
-    def write_diverged(self, message: str) -> None:
-        atomic_write_json(
-            self.result_path,
-            {"status": "diverged", "message": message, "clean_train_error": None,
-             "test_error": None},
-        )  # fmt: skip
-
-
-def find_runs(root: str | Path) -> list[Path]:
-    return sorted(p.parent for p in Path(root).glob("*/result.json"))

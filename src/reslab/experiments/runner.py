@@ -23,10 +23,10 @@ import torch
 from reslab.data import DATASETS
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
-from reslab.experiments.records import RunFolder, run_record
+from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
 from reslab.report.schema import new_results, write_results
-from reslab.train import NonFiniteLoss, TrainConfig, fit, pick_device, resolve
+from reslab.train import NonFiniteLoss, RunFolder, TrainConfig, fit, pick_device, resolve
 
 __all__ = ["execute", "run_study", "summary_table", "train_config"]
 
