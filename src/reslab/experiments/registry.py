@@ -21,7 +21,17 @@ if TYPE_CHECKING:
     from reslab.report.html import ItemFormat, Section
     from reslab.report.schema import Check
 
-__all__ = ["Flag", "Study", "get_study", "ints", "list_studies", "register"]
+__all__ = [
+    "Flag",
+    "Study",
+    "comma",
+    "get_study",
+    "ints",
+    "list_studies",
+    "names",
+    "parse_ints",
+    "register",
+]
 
 
 @dataclass(frozen=True)
