@@ -23,6 +23,7 @@ draws it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -103,17 +104,20 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
     return {"shattering": section}
 
 
-def _entry(family: str, depth: int, seed: int, result: Shattering, keep: bool) -> dict[str, Any]:
+def _entry(
+    label: str, family: str, depth: int, seed: int, result: Shattering, first_seed: int
+) -> dict[str, Any]:
+    """One net's numbers; ``label`` plain-N / residual-N (MLPs) or plain-N / resnet-N."""
     data = result.to_dict()
     entry = {
-        "label": f"{'plain' if family == 'plain' else 'resnet'}-{depth}",
+        "label": f"{label}-{depth}",
         "family": family,
         "depth": depth,
         "seed": seed,
         "lag1": data["correlation"][1],
         "correlation": data["correlation"],
     }
-    if keep:  # the sequences of one seed are enough for the figures
+    if seed == first_seed:  # the sequences of one seed are enough for the figures
         entry["gradients"] = data["gradients"]
     return entry
 
@@ -128,7 +132,7 @@ def _measure_mlps(config: StudyConfig, device: torch.device) -> dict[str, Any]:
             for seed in config.seeds:
                 net = mlp_stack(depth, width=width, plain=family == "plain", norm=norm, seed=seed)
                 result = line_shattering(net.to(device), x, max_lag=option(config, "max_lag"))
-                nets.append(_entry(family, depth, seed, result, seed == first))
+                nets.append(_entry(family, family, depth, seed, result, first))
     return {
         "width": width,
         "norm": norm,
@@ -164,45 +168,36 @@ def _path_images(config: StudyConfig) -> dict[str, Any]:
 def _measure_cnns(config: StudyConfig, device: torch.device) -> dict[str, Any]:
     images = _path_images(config)
     calibration, a, b = (images[k].to(device) for k in ("calibration", "a", "b"))
+    points = option(config, "path_points")
+    along = {"output": images["logit"], "n_points": points, "max_lag": option(config, "max_lag")}
     first = min(config.seeds)
     nets = []
     positions: list[float] = []
     for depth in config.depths:
         for family in config.families:
             name = cifar_model_name(depth, family == "plain")
+            build = functools.partial(
+                create_model,
+                name,
+                in_channels=int(a.shape[0]),
+                num_classes=images["classes"],
+                width=config.width,
+                shortcut=config.shortcut,
+            )
             for seed in config.seeds:
-                net = seeded(seed, _cifar_net(config, name, int(a.shape[0]), images["classes"]))
-                calibrate_batchnorm(net.to(device), calibration)
-                result = path_shattering(
-                    net,
-                    a,
-                    b,
-                    output=images["logit"],
-                    n_points=option(config, "path_points"),
-                    max_lag=option(config, "max_lag"),
-                )
+                net = calibrate_batchnorm(seeded(seed, build).to(device), calibration)
+                result = path_shattering(net, a, b, **along)
                 positions = result.positions
-                nets.append({**_entry(family, depth, seed, result, seed == first), "model": name})
+                label = "plain" if family == "plain" else "resnet"
+                nets.append({**_entry(label, family, depth, seed, result, first), "model": name})
     return {
         "images": images["indices"],
         "logit": images["logit"],
         "calibration_images": len(calibration),
-        "step": float(torch.linalg.vector_norm(b - a)) / (option(config, "path_points") - 1),
+        "step": float(torch.linalg.vector_norm(b - a)) / (points - 1),
         "positions": positions,
         "nets": nets,
     }
-
-
-def _cifar_net(
-    config: StudyConfig, name: str, channels: int, classes: int
-) -> Callable[[], torch.nn.Module]:
-    return lambda: create_model(
-        name,
-        in_channels=channels,
-        num_classes=classes,
-        width=config.width,
-        shortcut=config.shortcut,
-    )
 
 
 def summarize(section: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -333,12 +328,15 @@ def _gradients_figure(kind: str) -> Callable[[Mapping[str, Any]], Any]:
         positions = array(((results.get("shattering") or {}).get(kind) or {}).get("positions"))
         for (i, family), (j, depth) in itertools.product(enumerate(families), enumerate(depths)):
             ax = axes[i, j]
+            title = ""
             for net in (n for n in nets if n["family"] == family and int(n["depth"]) == depth):
+                title = str(net["label"])
                 g = array(net["gradients"])
                 sd = float(np.nanstd(g))
                 x, y = finite(positions, g / sd if sd > 0 else g)
                 ax.plot(x, y, color=FAMILY_COLOURS.get(family), linewidth=0.8)
-            ax.set_title(f"{'plain' if family == 'plain' else 'residual'}, depth {depth}")
+                title += f", r₁ {net['lag1']:.2f}" if is_number(net.get("lag1")) else ""
+            ax.set_title(title, fontsize=9.5)
         for ax in axes[-1]:
             ax.set_xlabel("input x" if kind == "mlp" else "t along the path a → b")
         for ax in axes[:, 0]:
@@ -416,7 +414,9 @@ _HOW_SEQUENCES = (
     "Each panel is one depth, one seed: the gradient of the output at every point of the "
     "line, divided by its standard deviation so that both families share an axis. A smooth, "
     "wandering curve (brown noise) is a gradient that still means something a step away; a "
-    "jagged one that looks like white noise is shattered."
+    "jagged one that looks like white noise is shattered. r₁ in a title is that net's lag-1 "
+    "correlation (for the conv nets, of the whole gradient images; the curve is their "
+    "projection on b - a)."
 )
 _HOW_CORRELATION = (
     "The correlation of gradients k steps apart, mean over seeds; colour marks the depth, "
