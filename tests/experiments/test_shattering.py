@@ -132,25 +132,35 @@ def test_verdict_plain_falls_faster_with_the_numbers() -> None:
     v = shattering_verdict(_summary(0.05, 0.02), tolerance=0.05)
     assert v["mlp_plain_falls_faster"] is True and v["cnn_plain_falls_faster"] is True
     assert v["mlp_plain_drop"] == pytest.approx(0.90) and v["mlp_residual_drop"] == 0.15
+    assert v["mlp_drop_gap"] == pytest.approx(0.75)
+    assert v["mlp_drop_gap_noise"] == pytest.approx(0.04)  # four stds of 0.02 in quadrature
     assert v["mlp_plain_slope"] == pytest.approx(-0.90 / 48)
     assert (
-        "falls faster with depth in plain nets (drop 0.90: plain-50 0.05 vs plain-2 0.95)"
+        "falls faster with depth in plain nets than in residual nets: plain drops 0.90 "
         in (v["text"])
     )
+    assert (
+        "(plain-2 0.95 → plain-50 0.05), residual 0.15 (resnet-2 0.95 → resnet-50 0.80)"
+        in (v["text"])
+    )
+    assert "beyond the tolerance (0.05) and twice the seed noise (0.1)" in v["text"]
 
 
 def test_verdict_a_difference_inside_the_seed_noise_does_not_count() -> None:
-    v = shattering_verdict(_summary(0.05, 0.35), tolerance=0.05)  # noise 2·0.7 > 0.75
+    v = shattering_verdict(_summary(0.05, 0.2), tolerance=0.05)  # 2·√(4·0.2²) = 0.8 > 0.75
     assert v["mlp_plain_falls_faster"] is False
     assert "does not fall measurably faster" in v["text"]
+    assert "within twice the seed noise (0.8)" in v["text"]
     small = shattering_verdict(_summary(0.78, 0.0), tolerance=0.05)  # 0.02 < tolerance
     assert small["cnn_plain_falls_faster"] is False
+    assert "within the tolerance (0.05)" in small["text"]
 
 
 def test_verdict_with_one_seed_says_the_noise_is_unknown() -> None:
     v = shattering_verdict(_summary(0.05, 0.0, n=1), tolerance=0.05)
-    assert "seed noise unknown (one seed)" in v["text"]
-    assert v["mlp_drop_difference_noise"] is None
+    assert v["mlp_plain_falls_faster"] is True
+    assert "one seed, so the seed noise is unknown" in v["text"]
+    assert v["mlp_drop_gap_noise"] is None
 
 
 def test_verdict_needs_two_depths() -> None:
@@ -202,4 +212,4 @@ def test_works_on_cifar10_files(tmp_path: Path) -> None:
     nets = results["shattering"]["cnn"]["nets"]
     assert {n["model"] for n in nets} == {"plain8", "resnet8"}
     assert all(len(n["gradients"]) == 24 for n in nets)
-    assert "seed noise unknown (one seed)" in results["verdict"]["text"]
+    assert "one seed, so the seed noise is unknown" in results["verdict"]["text"]

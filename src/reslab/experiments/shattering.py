@@ -36,6 +36,7 @@ from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import Flag, Study, comma, ints
+from reslab.experiments.verdicts import Gap, gap_of_rows
 from reslab.models import cifar_model_name, create_model
 from reslab.report import html
 from reslab.report.figures import (
@@ -231,53 +232,47 @@ def summarize(section: Mapping[str, Any]) -> list[dict[str, Any]]:
 # --- the verdict ---------------------------------------------------------------------------------
 
 
-def _drop(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Lag-1 correlation of the shallowest minus the deepest net of one family, and its noise."""
+def _drop(rows: Sequence[Mapping[str, Any]], tolerance: float) -> dict[str, Any] | None:
+    """How far one family's lag-1 correlation falls from its shallowest to its deepest net."""
     rows = sorted((r for r in rows if is_number(r.get("lag1_mean"))), key=lambda r: r["depth"])
     if len(rows) < 2 or rows[0]["depth"] == rows[-1]["depth"]:
         return None
-    shallow, deep = rows[0], rows[-1]
-    depths = np.array([r["depth"] for r in rows], dtype=float)
-    lag1 = np.array([r["lag1_mean"] for r in rows], dtype=float)
-    return {
-        "shallow": shallow,
-        "deep": deep,
-        "drop": float(shallow["lag1_mean"] - deep["lag1_mean"]),
-        "noise": math.hypot(shallow["lag1_std"] or 0.0, deep["lag1_std"] or 0.0),
-        "seeds": min(shallow["n_seeds"], deep["n_seeds"]),
-        "slope": float(np.polyfit(depths, lag1, 1)[0]),
-    }
+    depths = [float(r["depth"]) for r in rows]
+    slope = float(np.polyfit(depths, [float(r["lag1_mean"]) for r in rows], 1)[0])
+    gap = gap_of_rows(rows[0], rows[-1], "lag1", tolerance)
+    return {"shallow": rows[0], "deep": rows[-1], "gap": gap, "slope": slope}
 
 
 def _kind_verdict(kind: str, rows: Sequence[Mapping[str, Any]], tol: float) -> dict[str, Any]:
-    drops = {
-        f: _drop([r for r in rows if r["kind"] == kind and r["family"] == f]) for f in FAMILIES
-    }
-    plain, residual = drops["plain"], drops["residual"]
+    mine = [r for r in rows if r["kind"] == kind]
+    plain, residual = (_drop([r for r in mine if r["family"] == f], tol) for f in FAMILIES)
     if plain is None or residual is None:
         return {"text": f"{kind}: no verdict (needs plain and residual nets at two depths)"}
-    diff = plain["drop"] - residual["drop"]
-    noise = math.hypot(plain["noise"], residual["noise"])
-    one_seed = min(plain["seeds"], residual["seeds"]) < 2
-    faster = diff > tol and (one_seed or diff > 2 * noise)
+    p, r = plain["gap"], residual["gap"]
+    # The one rule (experiments/verdicts.py) on the two drops: each drop's seed noise is its
+    # two ends' in quadrature, so the difference's is all four's.
+    gap = Gap(p.value, r.value, p.seed_noise, r.seed_noise, tol, "in lag-1 correlation")
+    faster = gap.exceeds()
 
-    def ends(d: Mapping[str, Any]) -> str:
+    def drop(d: Mapping[str, Any]) -> str:
         s, t = d["shallow"], d["deep"]
-        return f"{t['label']} {t['lag1_mean']:.2f} vs {s['label']} {s['lag1_mean']:.2f}"
+        return (
+            f"{d['gap'].value:.2f} ({s['label']} {s['lag1_mean']:.2f} → "
+            f"{t['label']} {t['lag1_mean']:.2f})"
+        )
 
     how = "falls faster" if faster else "does not fall measurably faster"
-    noise_text = "seed noise unknown (one seed)" if one_seed else f"noise ±{2 * noise:.2f}"
     text = (
         f"{_KIND_NAMES[kind]}: the lag-1 gradient correlation {how} with depth in plain nets "
-        f"(drop {plain['drop']:.2f}: {ends(plain)}) than in residual nets (drop "
-        f"{residual['drop']:.2f}: {ends(residual)}); difference {diff:.2f}, {noise_text}"
+        f"than in residual nets: plain drops {drop(plain)}, residual {drop(residual)}; "
+        f"{gap.why()}"
     )
     return {
         "text": text,
         f"{kind}_plain_falls_faster": faster,
-        f"{kind}_plain_drop": round(plain["drop"], 4),
-        f"{kind}_residual_drop": round(residual["drop"], 4),
-        f"{kind}_drop_difference_noise": None if one_seed else round(noise, 4),
+        f"{kind}_plain_drop": round(p.value, 4),
+        f"{kind}_residual_drop": round(r.value, 4),
+        **gap.as_json(f"{kind}_drop"),
         f"{kind}_plain_slope": round(plain["slope"], 6),
         f"{kind}_residual_slope": round(residual["slope"], 6),
     }
@@ -286,10 +281,12 @@ def _kind_verdict(kind: str, rows: Sequence[Mapping[str, Any]], tol: float) -> d
 def shattering_verdict(summary: Sequence[Mapping[str, Any]], tolerance: float) -> dict[str, Any]:
     """Per kind of net: does the lag-1 correlation fall faster with depth in plain nets?
 
-    ``drop`` is the mean lag-1 correlation of a family's shallowest net minus its deepest;
-    its noise the two ends' seed stds in quadrature. Plain falls faster when the plain drop
-    exceeds the residual drop by more than ``tolerance`` and by more than twice the two noises
-    in quadrature. ``slope``: the least-squares slope of lag-1 against depth (per layer).
+    ``{kind}_plain_drop`` (``_residual_drop``) is the mean lag-1 correlation of the family's
+    shallowest net minus its deepest. Plain falls faster (``{kind}_plain_falls_faster``) when
+    the plain drop exceeds the residual drop by more than ``tolerance`` and twice the seed noise
+    (:mod:`reslab.experiments.verdicts`): ``{kind}_drop_gap`` is that excess,
+    ``{kind}_drop_gap_noise`` its seed noise (the four ends' stds in quadrature; null with one
+    seed). ``{kind}_*_slope``: least-squares slope of lag-1 correlation against depth.
     """
     parts = [_kind_verdict(kind, summary, tolerance) for kind in KINDS]
     out: dict[str, Any] = {"text": "; ".join(p.pop("text") for p in parts)}
