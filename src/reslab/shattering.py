@@ -119,8 +119,8 @@ class MLPStack(nn.Module):
 
     ``norm="batch"`` (the default): ``F(x) = W·relu(BN(x))``, one rectifier layer per block,
     so the depth is the number of rectifier layers; its plain twin is a feedforward rectifier
-    net with BN, and the residual net is a resnet with BN, the two families the paper's Fig. 1
-    and 2 compare. ``norm="layer"``: :class:`reslab.blocks.ResidualMLP` of hidden width
+    net with BN, and the residual net a resnet with BN: the feedforward nets and resnets the
+    paper compares. ``norm="layer"``: :class:`reslab.blocks.ResidualMLP` of hidden width
     ``width`` (``F(x) = W2·relu(W1·LayerNorm(x))``, the transformer-style block), and the same
     head with LayerNorm. Every weight is He-initialised (fan-in, ReLU gain); the biases keep
     PyTorch's uniform ±1/√fan_in. They matter for LayerNorm only: with zero biases a LayerNorm

@@ -7,7 +7,7 @@ with depth in plain (feedforward) nets until it looks like white noise, and far 
 residual nets. The study measures it, with no training run, for two kinds of net:
 
 * fully connected rectifier stacks of width 200 on the paper's 1-D input (256 points in
-  [-2, 2]), plain and residual, at the ``--mlp-depths`` (the paper's Fig. 1-3);
+  [-2, 2], the setting of the paper's Fig. 1), plain and residual, at the ``--mlp-depths``;
 * the CIFAR-family nets of ``--depths`` (plain twins and ResNets built by
   :func:`reslab.models.create_model` for the dataset's channels and classes), along the path
   ``x_t = (1-t)·a + t·b`` between two training images, the gradient of the logit of ``a``'s
