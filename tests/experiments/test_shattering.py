@@ -63,8 +63,9 @@ def test_the_mlp_numbers_are_the_measurement_itself(small: tuple[Path, dict[str,
         for n in results["shattering"]["mlp"]["nets"]
         if (n["family"], n["depth"], n["seed"]) == ("plain", 12, 1)
     ]
-    again = line_shattering(mlp_stack(12, width=64, plain=True, seed=1), line_inputs(64), max_lag=6)
-    np.testing.assert_allclose(net["correlation"], again.correlation, rtol=1e-6)
+    plain12 = mlp_stack(12, width=64, plain=True, seed=1).double()
+    again = line_shattering(plain12, line_inputs(64).double(), max_lag=6)
+    np.testing.assert_allclose(net["correlation"], again.correlation, rtol=1e-12)
 
 
 def test_summary_is_mean_and_sample_std_over_seeds(small: tuple[Path, dict[str, Any]]) -> None:
