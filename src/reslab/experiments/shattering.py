@@ -23,10 +23,11 @@ draws it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,11 +96,28 @@ def plan(config: StudyConfig) -> list[RunSpec]:
 # --- the measurement -----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _one_thread(device: torch.device, small: bool) -> Iterator[None]:
+    """One intra-op CPU thread for small nets, restored after: their operations are too small
+    to split, and two threads on a busy 2-core machine spin against each other (the default
+    study at load 5-7: 495 s with two threads, 44 s with one; the numbers are the same)."""
+    before = torch.get_num_threads()
+    if small and device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Measure every net at every depth and seed; results.json's ``shattering`` section."""
     device = pick_device(config.device, 0)
-    mlp = _measure_mlps(config, device)
-    cnn = _measure_cnns(config, device)
+    with _one_thread(device, small=True):
+        mlp = _measure_mlps(config, device)
+    images = _path_images(config)
+    with _one_thread(device, small=images["a"][0].numel() < 32 * 32):  # smaller than CIFAR's
+        cnn = _measure_cnns(config, device, images)
     section = {"max_lag": option(config, "max_lag"), "mlp": mlp, "cnn": cnn}
     section["summary"] = summarize(section)
     return {"shattering": section}
@@ -169,8 +187,9 @@ def _path_images(config: StudyConfig) -> dict[str, Any]:
     }
 
 
-def _measure_cnns(config: StudyConfig, device: torch.device) -> dict[str, Any]:
-    images = _path_images(config)
+def _measure_cnns(
+    config: StudyConfig, device: torch.device, images: Mapping[str, Any]
+) -> dict[str, Any]:
     calibration, a, b = (images[k].to(device) for k in ("calibration", "a", "b"))
     points = option(config, "path_points")
     along = {"output": images["logit"], "n_points": points, "max_lag": option(config, "max_lag")}
@@ -258,11 +277,8 @@ def _kind_verdict(kind: str, rows: Sequence[Mapping[str, Any]], tol: float) -> d
     faster = gap.exceeds()
 
     def drop(d: Mapping[str, Any]) -> str:
-        s, t = d["shallow"], d["deep"]
-        return (
-            f"{d['gap'].value:.2f} ({s['label']} {s['lag1_mean']:.2f} → "
-            f"{t['label']} {t['lag1_mean']:.2f})"
-        )
+        ends = (f"{e['label']} {e['lag1_mean']:.2f}" for e in (d["shallow"], d["deep"]))
+        return f"{d['gap'].value:.2f} ({' → '.join(ends)})"
 
     how = "falls faster" if faster else "does not fall measurably faster"
     text = (
@@ -558,35 +574,16 @@ STUDY = Study(
     seeds=(0, 1, 2),
     flags=(
         Flag(
-            "--mlp-depths",
-            comma(DEFAULTS["mlp_depths"]),
-            "fully connected nets' depths, rectifier layers (default 1,2,5,10,20,50)",
-            ints("--mlp-depths"),
+            "--mlp-depths", "1,2,5,10,20,50", "MLP depths (rectifier layers)", ints("--mlp-depths")
         ),
-        Flag("--mlp-width", "200", "fully connected nets' width (default 200)", int),
-        Flag(
-            "--mlp-norm",
-            "batch",
-            "fully connected blocks: batch (BN, the paper's) | layer "
-            "(reslab.blocks.ResidualMLP, LayerNorm)",
-            str,
-        ),
+        Flag("--mlp-width", "200", "MLP width (default 200)", int),
+        Flag("--mlp-norm", "batch", "MLP blocks: batch (BN) | layer (ResidualMLP)", str),
         Flag("--line-points", "256", "points on the 1-D line in [-2, 2] (default 256)", int),
         Flag("--path-points", "128", "points on the image path (default 128)", int),
-        Flag("--max-lag", "32", "largest lag of the correlation functions (default 32)", int),
-        Flag(
-            "--corr-tolerance",
-            "0.05",
-            "a lag-1 drop difference counts beyond this (default 0.05)",
-            float,
-        ),
+        Flag("--max-lag", "32", "largest lag of the correlations (default 32)", int),
+        Flag("--corr-tolerance", "0.05", "smallest lag-1 drop gap that counts (0.05)", float),
         Flag("--shortcut", "A", "option of the CIFAR ResNets: A|B|C", str.upper),
-        Flag(
-            "--probe-batch",
-            "256",
-            "training images that set the conv nets' BN statistics (default 256)",
-            int,
-        ),
+        Flag("--probe-batch", "256", "training images for the BN statistics (256)", int),
     ),
     check=check,
     check_results=check_results,
