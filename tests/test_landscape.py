@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reslab.landscape import (
+    ScanSettings,
     circle_coeffs,
     curvature_at_origin,
     direction_dot,
@@ -24,6 +25,7 @@ from reslab.landscape import (
     normalize_filters,
     radius_rise,
     random_direction,
+    scan,
     symmetric_range,
 )
 from reslab.models import create_model
@@ -220,6 +222,28 @@ def test_symmetric_range_needs_an_odd_count() -> None:
     for bad in (1, 4):
         with pytest.raises(ValueError, match="odd"):
             symmetric_range(1.0, bad)
+
+
+def test_scan_is_consistent_with_its_parts(tiny: tuple[Tiny, Tensor, Tensor]) -> None:
+    model, x, y = tiny
+    before = _state(model)
+    settings = ScanSettings(grid=5, curve=7, ring_radius=0.4, ring_points=6, seed=3)
+    out = scan(model, x, y, settings)
+    _assert_bit_identical(model, before)
+    with torch.no_grad():
+        own = F.cross_entropy(model(x), y).item()
+    assert out["loss_origin"] == pytest.approx(own, rel=1e-6, abs=1e-6)  # float32 CE
+    assert out["curve_loss"][3] == out["loss_origin"]  # type: ignore[index]
+    d1, d2 = random_direction(model, 6), random_direction(model, 7)
+    ring = evaluate_points(model, x, y, [d1, d2], circle_coeffs(0.4, 6)).loss
+    assert out["ring_loss"] == ring
+    assert out["rise"] == radius_rise(out["loss_origin"], ring)  # type: ignore[arg-type]
+    assert out["nonconvex"] == nonconvex_fraction(out["loss"])  # type: ignore[arg-type]
+    assert "hessian_ratio" not in out
+    with_h = scan(model, x, y, ScanSettings(grid=3, curve=3, hessian_iterations=3))
+    assert with_h["lambda_max"] > 0  # type: ignore[operator]
+    with pytest.raises(ValueError, match="odd"):
+        ScanSettings(grid=4)
 
 
 # --- the numbers ---------------------------------------------------------------------------------

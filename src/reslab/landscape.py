@@ -400,3 +400,77 @@ def _hvp(
             [g for g, _ in pairs], inputs, [x for _, x in pairs], materialize_grads=True
         )
     return [h.detach() for h in hv]
+
+
+# --- one net's landscape, end to end ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """What :func:`scan` measures: the grid, the curve, the circle, the directions' seed."""
+
+    radius: float = 1.0  # the grid and the curve span [-radius, radius] along each direction
+    grid: int = 11  # grid points per axis (odd: θ is the centre)
+    curve: int = 21  # points of the 1-D curve (odd)
+    ring_radius: float = 0.5  # the sharpness circle's radius, in filter-normalised units
+    ring_points: int = 16
+    seed: int = 0  # d1 = random_direction(seed 2s), d2 = random_direction(seed 2s + 1)
+    batch_size: int = 512
+    hessian_iterations: int = 0  # 0: skip |λmin/λmax| (each iteration is a double backward)
+
+    def __post_init__(self) -> None:
+        symmetric_range(self.radius, self.grid)  # odd and >= 3, or a ValueError
+        symmetric_range(self.radius, self.curve)
+        if not self.radius > 0 or not self.ring_radius > 0:
+            raise ValueError("radius and ring_radius must be positive")
+        if self.ring_points < 3 or self.batch_size < 1 or self.hessian_iterations < 0:
+            raise ValueError("ring_points >= 3, batch_size >= 1, hessian_iterations >= 0")
+
+
+def scan(
+    model: nn.Module, images: Tensor, labels: Tensor, settings: ScanSettings | None = None
+) -> dict[str, object]:
+    """Everything the landscape study keeps of one net, as JSON-ready numbers.
+
+    The 2-D surface on the grid, the 1-D curve along d1, the circle of ``ring_radius`` and the
+    numbers computed from them: ``rise`` (:func:`radius_rise`), ``curvature``
+    (:func:`curvature_at_origin` of the curve), ``nonconvex`` (:func:`nonconvex_fraction` of
+    the surface), ``cosine`` (of d1 and d2) and, if asked for, the Hessian's extremes.
+    """
+    s = settings or ScanSettings()
+    d1, d2 = random_direction(model, 2 * s.seed), random_direction(model, 2 * s.seed + 1)
+    grid = symmetric_range(s.radius, s.grid)
+    alphas = symmetric_range(s.radius, s.curve)
+    surface = loss_surface(model, images, labels, d1, d2, grid, grid, batch_size=s.batch_size)
+    curve = loss_curve(model, images, labels, d1, alphas, batch_size=s.batch_size)
+    ring = evaluate_points(
+        model,
+        images,
+        labels,
+        [d1, d2],
+        circle_coeffs(s.ring_radius, s.ring_points),
+        batch_size=s.batch_size,
+    )
+    mid = s.grid // 2
+    origin = surface.loss[mid][mid]
+    out: dict[str, object] = {
+        "images": len(images),
+        "grid": grid,
+        "loss": surface.loss,
+        "error": surface.error,
+        "curve_alpha": alphas,
+        "curve_loss": curve.loss,
+        "curve_error": curve.error,
+        "loss_origin": origin,
+        "error_origin": surface.error[mid][mid],
+        "ring_radius": s.ring_radius,
+        "ring_loss": ring.loss,
+        "rise": radius_rise(origin, ring.loss),
+        "curvature": curvature_at_origin(alphas, curve.loss),
+        "nonconvex": nonconvex_fraction(surface.loss),
+        "cosine": direction_dot(d1, d2) / math.sqrt(direction_dot(d1, d1) * direction_dot(d2, d2)),
+    }
+    if s.hessian_iterations:
+        h = hessian_extremes(model, images, labels, iterations=s.hessian_iterations, seed=s.seed)
+        out.update(lambda_max=h.lambda_max, lambda_min=h.lambda_min, hessian_ratio=h.ratio)
+    return out
