@@ -71,11 +71,17 @@ def plan(config: StudyConfig) -> list[RunSpec]:
     return own_runs(degradation.plan)(config)
 
 
+def _option(config: StudyConfig, key: str, default: Any) -> Any:
+    """A study flag's value, ``default`` when not given (from Python, or an older file)."""
+    value = config.options.get(key)
+    return default if value is None else value
+
+
 def settings_of(config: StudyConfig) -> ls.ScanSettings:
     """The scan the flags ask for (``--grid``, ``--radius``, ...), checked by ScanSettings."""
     keys = ("radius", "grid", "curve", "ring_radius", "hessian_iterations")
     given = {k: config.options[k] for k in keys if config.options.get(k) is not None}
-    return ls.ScanSettings(seed=int(config.options.get("direction_seed") or 0), **given)
+    return ls.ScanSettings(seed=int(_option(config, "direction_seed", 0)), **given)
 
 
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def scan_images(config: StudyConfig) -> tuple[Tensor, Tensor]:
     fixed images for every net (the paper uses the whole training set; a subset keeps a scan
     to seconds, and the surface is still that of one fixed loss function)."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
-    n = int(config.options.get("images") or 256)
+    n = int(_option(config, "images", 256))
     idx = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(0))[:n]
     x = normalize_batch(ds.train_images[idx], ds.mean, ds.std, channels_last=True)
     return x, ds.train_labels[idx]
@@ -118,16 +124,23 @@ def scan_models(
     settings: ls.ScanSettings,
     config: StudyConfig,
 ) -> list[dict[str, Any]]:
-    """Scan every net: on a GPU one after the other, on the CPU in parallel worker processes
-    with one thread each (small nets scale poorly across threads, and on a 2-core machine two
-    threads of one process lose badly to any other load)."""
+    """Scan every net: on a GPU one after the other; on the CPU in ``--jobs`` worker processes
+    (default one per core), the cores split between them, as the runner splits them for
+    training. Small nets scale poorly across threads, and two threads of one process can run
+    100x slower than one when other processes load a 2-core machine."""
     device = pick_device(config.device, 0)
-    workers = min(len(models), config.jobs or os.cpu_count() or 1)
+    cores = config.jobs or os.cpu_count() or 1
+    workers = min(len(models), cores)
+    threads = max(1, cores // max(1, workers))
     if device.type != "cpu" or workers < 2:
-        return [_scan(m, x, y, settings, device) for m in models]
+        saved = torch.get_num_threads()
+        try:
+            return [_scan(m, x, y, settings, device, threads) for m in models]
+        finally:
+            torch.set_num_threads(saved)
     context = mp.get_context("spawn")  # not fork: the parent's thread pools would come along
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(_scan, m, x, y, settings, device, 1) for m in models]
+        futures = [pool.submit(_scan, m, x, y, settings, device, threads) for m in models]
         return [f.result() for f in futures]
 
 
@@ -137,14 +150,14 @@ def _scan(
     y: Tensor,
     settings: ls.ScanSettings,
     device: torch.device,
-    threads: int | None = None,
+    threads: int,
 ) -> dict[str, Any]:
     """One net's :func:`reslab.landscape.scan` and its wall time (in a worker on the CPU)."""
-    if threads is not None:
+    if device.type == "cpu":
         torch.set_num_threads(threads)
-    # Trained plain nets carry denormal activations, ~50x slower on x86; flushing them changes
-    # nothing measurable (the probes do the same).
-    torch.set_flush_denormal(True)
+        # Trained plain nets carry denormal activations, ~50x slower on x86; flushing them
+        # changes nothing measurable (the probes do the same).
+        torch.set_flush_denormal(True)
     model = model.to(device).eval()
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # ~1.2x on CPU
     start = time.perf_counter()
@@ -209,7 +222,7 @@ def _pct(share: float | None) -> str:
 
 
 def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
-    return landscape_verdict(results, float(config.options.get("rise_tolerance") or 0.1))
+    return landscape_verdict(results, float(_option(config, "rise_tolerance", 0.1)))
 
 
 # --- figures --------------------------------------------------------------------------------------
@@ -548,7 +561,7 @@ def check(config: StudyConfig) -> None:
         settings_of(config)
     except ValueError as exc:
         raise ConfigError(f"landscape: {exc}") from None
-    if int(config.options.get("images") or 256) < 1:
+    if int(_option(config, "images", 256)) < 1:
         raise ConfigError("--images must be at least 1")
 
 
