@@ -474,7 +474,7 @@ def tables(results: Mapping[str, Any]) -> list[html.Section]:
             html.num(n.get("cosine"), 3),
         ]
         if hess:
-            row.append(html.sci(_num(n.get("hessian_ratio"))))
+            row += [html.sci(_num(n.get(k))) for k in ("lambda_max", "hessian_ratio")]
         rows.append([*row, html.num(n.get("scan_time"), 1)])
     headers = [
         "net",
@@ -486,7 +486,7 @@ def tables(results: Mapping[str, Any]) -> list[html.Section]:
         "non-convex (%)",
         "cos(d1, d2)",
     ]
-    headers += ["|λmin/λmax|"] if hess else []
+    headers += ["λmax", "|λmin/λmax|"] if hess else []
     settings = (results.get(SECTION) or {}).get("settings") or {}
     text = (
         f"<p>On {html.e(settings.get('images', '—'))} training images, eval mode; grid "
@@ -550,7 +550,7 @@ _SCAN_FLAGS = (
     ("--radius", "1.0", "the plots span [-radius, radius] along each direction", float),
     ("--ring-radius", "0.5", "radius r of the circle the sharpness is measured on", float),
     ("--direction-seed", "0", "seed of the two random directions", int),
-    ("--hessian-iterations", "0", "power iterations for |λmin/λmax| at θ (0: skip)", int),
+    ("--hessian-iterations", "0", "power iterations for λmax, |λmin/λmax| at θ (0: skip)", int),
     ("--rise-tolerance", "0.1", "rise gap (nats) within which surfaces are equally sharp", float),
 )
 
@@ -587,4 +587,8 @@ STUDY = Study(
     ),
     check=check,
     check_results=check_results,
+    verdict_formats={
+        "sharper": lambda v: f"plain net sharper than its twin: <b>{'yes' if v else 'no'}</b>",
+        "rise_gap_noise": lambda v: None if v is not None else "seed noise: <b>unknown</b>",
+    },
 )
