@@ -26,6 +26,7 @@ from reslab.experiments.landscape import (
 from reslab.landscape import ScanSettings
 from reslab.models import create_model
 from reslab.report.schema import validate_results
+from reslab.train import RunFolder
 from reslab.weights import load_model, save_weights
 
 SMALL = {"grid": 5, "curve": 5, "images": 64}
@@ -58,7 +59,7 @@ def test_the_origin_is_each_trained_nets_own_loss(study: tuple[Path, dict[str, A
     nets = results[SECTION]["nets"]
     assert {n["label"] for n in nets} == {"plain-8", "resnet-8"}
     for net in nets:
-        model = load_model(Path(net["source"]) / "checkpoints" / "last.safetensors").eval()
+        model = load_model(RunFolder(net["source"]).weights_path).eval()
         with torch.no_grad():
             logits = model(x)
         assert net["loss_origin"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
