@@ -17,6 +17,7 @@ from reslab.blocks import (
     PadShortcut,
     PreActBasicBlock,
     PreActBottleneck,
+    Residual,
     ResidualMLP,
     _Block,
 )
@@ -24,9 +25,12 @@ from reslab.errors import ModelError
 from reslab.lesion import (
     block_sites,
     delete_blocks,
+    deletion_curve,
     draw_deletions,
     draw_swaps,
+    error_per_deleted_block,
     swap_blocks,
+    swap_curve,
     swappable_pairs,
 )
 from reslab.models import ResNet, cifar_resnet, create_model
@@ -285,3 +289,81 @@ def test_every_block_of_every_net_is_found() -> None:
         assert [s.name for s in sites] == [
             n for n, m in model.named_modules() if isinstance(m, _Block)
         ]
+
+
+# --- the measurements: an error function that reads back what was lesioned ----------------------
+
+
+class _Add(nn.Module):
+    """F(x) = c: the net's output at 0 is the sum of the c of the blocks still there."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.c - x
+
+
+def _binary_net(n: int) -> nn.Sequential:
+    return nn.Sequential(*(Residual(_Add(2.0**i)) for i in range(n)))
+
+
+def _deleted_set(model: nn.Module, n: int) -> float:
+    """The deleted blocks, read from the output as a bit mask (block i adds 2**i)."""
+    kept = int(model(torch.zeros(1, 1)).item())
+    return float((2**n - 1) & ~kept)
+
+
+def test_error_per_deleted_block_deletes_each_block_alone() -> None:
+    net = _binary_net(5)
+    sites = block_sites(net, torch.zeros(1, 1))
+    masks = error_per_deleted_block(net, sites, lambda m: _deleted_set(m, 5))
+    assert masks == [1.0, 2.0, 4.0, 8.0, 16.0]
+    plain = _net("plain20")
+    plain_sites = block_sites(plain, _x(32))
+    errors = error_per_deleted_block(plain, plain_sites, lambda m: 0.0)
+    assert [i for i, e in enumerate(errors) if e is None] == [3, 6]
+
+
+def test_deletion_curve_deletes_the_drawn_blocks_k_at_a_time() -> None:
+    net = _binary_net(6)
+    sites = block_sites(net, torch.zeros(1, 1))
+    rows = deletion_curve(net, sites, lambda m: _deleted_set(m, 6), [1, 3, 6], draws=4, seed=2)
+    assert [r["k"] for r in rows] == [1, 3, 6]
+    for row in rows:
+        assert len(row["errors"]) == len(row["blocks"]) == 4
+        for mask, blocks in zip(row["errors"], row["blocks"], strict=True):
+            assert len(blocks) == row["k"]
+            assert mask == sum(2**b for b in blocks)  # exactly the drawn blocks were deleted
+    again = deletion_curve(net, sites, lambda m: 0.0, [3], draws=4, seed=2)
+    assert again[0]["blocks"] == rows[1]["blocks"]  # seeded, and independent of the other k
+    assert (
+        deletion_curve(net, sites, lambda m: 0.0, [3], draws=4, seed=3)[0]["blocks"]
+        != (rows[1]["blocks"])
+    )
+
+
+def test_swap_curve_applies_the_drawn_transpositions() -> None:
+    model, x = _net("resnet20"), _x(32)
+    sites = block_sites(model, x)
+    original = [m for _, m in _stage_children(model)]
+    orders: list[list[int]] = []
+
+    def record(m: nn.Module) -> float:
+        orders.append([original.index(b) for _, b in _stage_children(m)])
+        return float(len(orders))
+
+    rows = swap_curve(model, sites, record, [1, 2], draws=3, seed=0)
+    assert [r["errors"] for r in rows] == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    flat = [pairs for r in rows for pairs in r["pairs"]]
+    for order, pairs in zip(orders, flat, strict=True):
+        expected = list(range(9))
+        for a, b in pairs:
+            expected[a], expected[b] = expected[b], expected[a]
+        assert order == expected
+    assert [original.index(b) for _, b in _stage_children(model)] == list(range(9))
+
+
+def _stage_children(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _Block)]

@@ -43,11 +43,15 @@ from reslab.errors import ModelError
 
 __all__ = [
     "BlockSite",
+    "ErrorFn",
     "block_sites",
     "delete_blocks",
+    "deletion_curve",
     "draw_deletions",
     "draw_swaps",
+    "error_per_deleted_block",
     "swap_blocks",
+    "swap_curve",
     "swappable_pairs",
 ]
 
@@ -285,3 +289,74 @@ def swap_blocks(
     finally:
         for i, (container, key) in slots.items():
             container._modules[key] = originals[i]
+
+
+# --- the measurements of §4 ---------------------------------------------------------------------
+
+ErrorFn = Callable[[nn.Module], float]  # the model as it stands (lesioned) -> test error, %
+
+
+def _rng(kind: str, seed: int, k: int, draw: int) -> random.Random:
+    # A string seed is hashed with SHA-512 by random.Random: the same draws on every machine
+    # and in every process, and a draw at k does not depend on which other k were measured.
+    return random.Random(f"lesion-{kind}-{seed}-{k}-{draw}")
+
+
+def error_per_deleted_block(
+    model: nn.Module, sites: Sequence[BlockSite], error: ErrorFn
+) -> list[float | None]:
+    """Error with each block deleted alone (Veit et al. Fig. 3); None where it cannot be."""
+    errors: list[float | None] = []
+    for site in sites:
+        if not site.deletable:
+            errors.append(None)
+            continue
+        with delete_blocks(model, sites, [site.index]):
+            errors.append(float(error(model)))
+    return errors
+
+
+def deletion_curve(
+    model: nn.Module,
+    sites: Sequence[BlockSite],
+    error: ErrorFn,
+    ks: Sequence[int],
+    draws: int,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Error with ``k`` random shape-preserving blocks deleted, ``draws`` draws per ``k`` (Fig. 4a).
+
+    One row per ``k``: ``{"k", "errors", "blocks"}``, the blocks being the drawn indices.
+    """
+    rows = []
+    for k in ks:
+        drawn = [draw_deletions(sites, k, _rng("delete", seed, k, d)) for d in range(draws)]
+        errors = []
+        for blocks in drawn:
+            with delete_blocks(model, sites, blocks):
+                errors.append(float(error(model)))
+        rows.append({"k": k, "errors": errors, "blocks": [list(b) for b in drawn]})
+    return rows
+
+
+def swap_curve(
+    model: nn.Module,
+    sites: Sequence[BlockSite],
+    error: ErrorFn,
+    ks: Sequence[int],
+    draws: int,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Error with ``k`` random pairs of same-stage blocks swapped, ``draws`` per ``k`` (Fig. 4b).
+
+    One row per ``k``: ``{"k", "errors", "pairs"}``.
+    """
+    rows = []
+    for k in ks:
+        drawn = [draw_swaps(sites, k, _rng("swap", seed, k, d)) for d in range(draws)]
+        errors = []
+        for pairs in drawn:
+            with swap_blocks(model, sites, pairs):
+                errors.append(float(error(model)))
+        rows.append({"k": k, "errors": errors, "pairs": [[list(p) for p in ps] for ps in drawn]})
+    return rows
