@@ -42,6 +42,7 @@ from reslab.blocks import Residual, _Block
 from reslab.errors import ModelError
 
 __all__ = [
+    "MAX_KS",
     "BlockSite",
     "ErrorFn",
     "block_sites",
@@ -50,15 +51,19 @@ __all__ = [
     "draw_deletions",
     "draw_swaps",
     "error_per_deleted_block",
+    "k_grid",
+    "lesion_net",
     "swap_blocks",
     "swap_curve",
     "swappable_pairs",
+    "top1_error",
 ]
 
 # Names a block's forward calls for F(x): _Block.branch (post-activation), _PreActBlock._branch,
 # Residual.branch (a submodule, which the instance __dict__ shadows the same way).
 _BRANCH_NAMES = ("branch", "_branch")
 _LESIONED = "_reslab_lesioned"  # instance flag: a block already deleted in an open lesion
+MAX_KS = 12  # k values measured when there are more blocks than that: spread evenly
 
 
 @dataclass(frozen=True)
@@ -360,3 +365,55 @@ def swap_curve(
                 errors.append(float(error(model)))
         rows.append({"k": k, "errors": errors, "pairs": [[list(p) for p in ps] for ps in drawn]})
     return rows
+
+
+def k_grid(n: int, ks: Sequence[int] = ()) -> list[int]:
+    """The k to measure, 1 ≤ k ≤ n: ``ks`` if given, else every k up to :data:`MAX_KS` of them."""
+    if ks:
+        return sorted({k for k in ks if 1 <= k <= n})
+    if n <= MAX_KS:
+        return list(range(1, n + 1))
+    return sorted({round(1 + i * (n - 1) / (MAX_KS - 1)) for i in range(MAX_KS)})
+
+
+def top1_error(images: Tensor, labels: Tensor, batch_size: int = 1000) -> ErrorFn:
+    """Top-1 error (%) on normalised ``images``: the model as it stands, in eval mode."""
+
+    def error(model: nn.Module) -> float:
+        wrong = 0
+        with torch.inference_mode():
+            for i in range(0, len(labels), batch_size):
+                logits = model(images[i : i + batch_size])
+                wrong += int((logits.argmax(1) != labels[i : i + batch_size]).sum())
+        return 100.0 * wrong / max(1, len(labels))
+
+    return error
+
+
+def lesion_net(
+    model: nn.Module,
+    error: ErrorFn,
+    sample: Tensor,
+    *,
+    draws: int,
+    ks: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Every lesion of §4 on one net: a results.json ``lesion.nets`` entry without its labels.
+
+    ``intact_error``; per block ``block``, ``stage``, ``shape_preserving`` and
+    ``deleted_error`` (``None`` for a plain block that changes the shape); ``deleted`` and
+    ``swapped``: rows ``{"k", "errors", ...}`` over ``draws`` random draws per k.
+    """
+    model.eval()
+    sites = block_sites(model, sample)
+    n_delete = sum(s.shape_preserving for s in sites)
+    n_swap = len(swappable_pairs(sites))
+    return {
+        "intact_error": error(model),
+        "block": [s.name for s in sites],
+        "stage": [s.stage for s in sites],
+        "shape_preserving": [s.shape_preserving for s in sites],
+        "deleted_error": error_per_deleted_block(model, sites, error),
+        "deleted": deletion_curve(model, sites, error, k_grid(n_delete, ks), draws),
+        "swapped": swap_curve(model, sites, error, k_grid(n_swap, ks), draws),
+    }
