@@ -29,6 +29,7 @@ from reslab.lesion import (
     draw_deletions,
     draw_swaps,
     error_per_deleted_block,
+    k_grid,
     swap_blocks,
     swap_curve,
     swappable_pairs,
@@ -367,3 +368,12 @@ def test_swap_curve_applies_the_drawn_transpositions() -> None:
 
 def _stage_children(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _Block)]
+
+
+def test_the_k_grid_is_every_k_up_to_twelve_then_spread_evenly() -> None:
+    assert k_grid(5) == [1, 2, 3, 4, 5]
+    assert k_grid(12) == list(range(1, 13))
+    grid = k_grid(25)
+    assert len(grid) == 12 and grid[0] == 1 and grid[-1] == 25 and grid == sorted(set(grid))
+    assert k_grid(25, [0, 3, 3, 30, 1]) == [1, 3]  # given: kept where 1 <= k <= n
+    assert k_grid(0) == []

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import write_cifar
 from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import StudyConfig, build_report, run_study
 from reslab.experiments.lesion import STUDY, check_results, lesion_verdict
@@ -206,3 +207,50 @@ def test_a_study_from_another_studys_nets_and_its_report(tmp_path: Path) -> None
     build_report(out)  # from results.json alone
     assert (out / "figures" / "lesion_vs_k.png").read_bytes() == first
     assert load_results(out)["lesion"] == section
+
+
+def test_cifar10_trains_and_lesions_three_channel_nets(tmp_path: Path) -> None:
+    """``--dataset cifar10`` end to end, on a small CIFAR-10 tree in the official layout."""
+    write_cifar(tmp_path / "data", "cifar10", "py", n=20)
+    config = StudyConfig(
+        experiment="lesion",
+        dataset="cifar10",
+        data_dir=str(tmp_path / "data"),
+        depths=(8,),
+        seeds=(0,),
+        epochs=1,
+        batch_size=50,
+        width=0.25,
+        jobs=1,
+        device="cpu",
+        out=str(tmp_path / "lesion"),
+        options={"draws": 1},
+    )
+    results = run_study(config, log=lambda line: None)
+    nets = results["lesion"]["nets"]
+    assert [n["label"] for n in nets] == ["plain-8", "resnet-8"]
+    assert nets[1]["block"] == ["layer1.0", "layer2.0", "layer3.0"]
+    assert nets[0]["deleted_error"][1:] == [None, None]  # plain, shape-changing
+    assert results["lesion"]["images"] == 20 and len(results["runs"]) == 2
+    assert "one seed, so the seed noise is unknown" in results["verdict"]["text"]
+
+
+def test_one_weights_file_is_lesioned_and_the_verdict_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    weights = save_weights(_net("resnet14", 0), tmp_path / "w.safetensors")
+    config = StudyConfig(
+        experiment="lesion",
+        depths=(14,),
+        seeds=(0,),
+        device="cpu",
+        out=str(tmp_path / "lesion"),
+        options={"weights": str(weights), "draws": 1, "ks": (1,), "eval_images": 20},
+    )
+    results = run_study(config, log=lambda line: None)
+    (net,) = results["lesion"]["nets"]
+    assert (net["label"], net["seed"], net["source"]) == ("resnet-14", None, str(weights))
+    assert results["verdict"] == {
+        "text": "no verdict: the lesion verdict needs a plain and a residual net of one depth"
+    }
+    assert (tmp_path / "lesion" / "figures" / "lesion_per_block.png").is_file()
