@@ -204,6 +204,15 @@ def _chance(ax: Axes, results: Mapping[str, Any]) -> None:
         ax.axhline(float(chance), color="0.2", linestyle=":", linewidth=1.0, label="chance")
 
 
+def _positions(stages: Sequence[int]) -> np.ndarray:
+    """x of each block: its stage plus its place in the stage, so nets of any depth line up."""
+    xs, place = [], dict.fromkeys(stages, 0)
+    for s in stages:
+        xs.append(s + place[s] / stages.count(s))
+        place[s] += 1
+    return np.array(xs, dtype=float)
+
+
 @styled
 def per_block_figure(results: Mapping[str, Any]) -> Figure:
     """Error with each block deleted alone (Veit et al. Fig. 3); shape-changing blocks shaded."""
@@ -211,46 +220,39 @@ def per_block_figure(results: Mapping[str, Any]) -> Figure:
     groups = group(nets)
     fig = new_figure(8.5, 4.3)
     ax = fig.subplots()
-    widest = max(nets, key=lambda n: len(n["block"]))
     for key, members in groups.items():
-        colour = _colour(key, list(groups))
+        colour, dash = _colour(key, list(groups)), style_of(key[0])["linestyle"]
         n = min(len(m["deleted_error"]) for m in members)
         stack = np.vstack([array(m["deleted_error"])[:n] for m in members])
         seeds = f", {len(members)} seeds" if len(members) > 1 else ""
-        name = _name(key, nets)
+        name, x = _name(key, nets), _positions(members[0]["stage"][:n])
         _mean_band(
-            ax,
-            np.arange(n, dtype=float),
-            stack,
-            colour,
-            label=f"{name}: one block deleted{seeds}",
-            **style_of(key[0]),
+            ax, x, stack, colour, label=f"{name}: one block deleted{seeds}", **style_of(key[0])
         )
         intact = mean_std([m.get("intact_error") for m in members])[0]
         if intact is not None:
-            ax.axhline(
-                intact,
-                color=colour,
-                linewidth=1.0,
-                alpha=0.7,
-                linestyle=style_of(key[0])["linestyle"],
-                label=f"{name}: intact",
-            )
-    changing = [i for i, kept in enumerate(widest["shape_preserving"]) if not kept]
-    for i in changing:
-        ax.axvspan(i - 0.45, i + 0.45, color="0.88", linewidth=0, zorder=0)
-    if changing:
-        ax.text(
-            changing[0] + 0.5,
-            0.97,
-            "shaded: the block changes the shape",
-            transform=ax.get_xaxis_transform(),
-            fontsize=7.5,
-            color="0.35",
-            va="top",
-        )
+            ax.axhline(intact, color=colour, lw=1.0, alpha=0.7, ls=dash, label=f"{name}: intact")
+    widest = max(nets, key=lambda n: len(n["block"]))
+    x, stages = _positions(widest["stage"]), widest["stage"]
+    for i, kept in enumerate(widest["shape_preserving"]):
+        if not kept:
+            half = 0.45 / stages.count(stages[i])
+            ax.axvspan(x[i] - half, x[i] + half, color="0.88", linewidth=0, zorder=0)
+    ax.text(
+        0.5,
+        0.97,
+        "shaded: blocks that change the shape",
+        transform=ax.transAxes,
+        fontsize=7.5,
+        color="0.35",
+        va="top",
+        ha="center",
+    )
     _chance(ax, results)
-    ax.set_xticks(range(len(widest["block"])), widest["block"], rotation=90, fontsize=6.5)
+    if len({key[1] for key in groups}) == 1:
+        ax.set_xticks(x, widest["block"], rotation=90, fontsize=6.5)
+    else:  # nets of several depths: one tick per stage
+        ax.set_xticks(sorted(set(stages)), [f"stage {s + 1}" for s in sorted(set(stages))])
     ax.set_xlabel("deleted block")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, 100)
