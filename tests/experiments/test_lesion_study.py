@@ -209,6 +209,7 @@ def test_a_study_from_another_studys_nets_and_its_report(tmp_path: Path) -> None
     assert load_results(out)["lesion"] == section
 
 
+@pytest.mark.slow
 def test_cifar10_trains_and_lesions_three_channel_nets(tmp_path: Path) -> None:
     """``--dataset cifar10`` end to end, on a small CIFAR-10 tree in the official layout."""
     write_cifar(tmp_path / "data", "cifar10", "py", n=20)
