@@ -19,6 +19,7 @@ from reslab.experiments import (
     degradation,
     gradients,
     landscape,
+    lesion,
     responses,
     shattering,
     shortcuts,
@@ -34,6 +35,7 @@ register(degradation.STUDY)
 register(shortcuts.STUDY)
 register(gradients.STUDY)
 register(responses.STUDY)
+register(lesion.STUDY)
 register(landscape.STUDY)
 register(shattering.STUDY)
 
