@@ -15,7 +15,15 @@ as separate ``reslab train`` jobs and ``reslab report`` aggregates the folders.
 * ``responses``: std of the 3×3 layers' responses (Fig. 7) and ‖F(x)‖/‖x‖ per block.
 """
 
-from reslab.experiments import degradation, gradients, responses, shattering, shortcuts
+from reslab.experiments import (
+    degradation,
+    gradients,
+    landscape,
+    lesion,
+    responses,
+    shattering,
+    shortcuts,
+)
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.page import build_report
 from reslab.experiments.records import aggregate
@@ -27,6 +35,8 @@ register(degradation.STUDY)
 register(shortcuts.STUDY)
 register(gradients.STUDY)
 register(responses.STUDY)
+register(lesion.STUDY)
+register(landscape.STUDY)
 register(shattering.STUDY)
 
 __all__ = [
