@@ -145,14 +145,14 @@ def test_verdict_plain_falls_faster_with_the_numbers() -> None:
         "(plain-2 0.95 → plain-50 0.05), residual 0.15 (resnet-2 0.95 → resnet-50 0.80)"
         in (v["text"])
     )
-    assert "beyond the tolerance (0.05) and twice the seed noise (0.1)" in v["text"]
+    assert "beyond the tolerance (0.05) and twice the seed noise (0.08)" in v["text"]
 
 
 def test_verdict_a_difference_inside_the_seed_noise_does_not_count() -> None:
     v = shattering_verdict(_summary(0.05, 0.2), tolerance=0.05)  # 2·√(4·0.2²) = 0.8 > 0.75
     assert v["mlp_plain_falls_faster"] is False
     assert "does not fall measurably faster" in v["text"]
-    assert "within twice the seed noise (0.8)" in v["text"]
+    assert "within twice the seed noise (0.80)" in v["text"]
     small = shattering_verdict(_summary(0.78, 0.0), tolerance=0.05)  # 0.02 < tolerance
     assert small["cnn_plain_falls_faster"] is False
     assert "within the tolerance (0.05)" in small["text"]

@@ -261,7 +261,7 @@ def _drop(rows: Sequence[Mapping[str, Any]], tolerance: float) -> dict[str, Any]
         return None
     depths = [float(r["depth"]) for r in rows]
     slope = float(np.polyfit(depths, [float(r["lag1_mean"]) for r in rows], 1)[0])
-    gap = gap_of_rows(rows[0], rows[-1], "lag1", tolerance)
+    gap = gap_of_rows(rows[0], rows[-1], "lag1", tolerance, "in lag-1 correlation", digits=2)
     return {"shallow": rows[0], "deep": rows[-1], "gap": gap, "slope": slope}
 
 
@@ -273,7 +273,7 @@ def _kind_verdict(kind: str, rows: Sequence[Mapping[str, Any]], tol: float) -> d
     p, r = plain["gap"], residual["gap"]
     # The one rule (experiments/verdicts.py) on the two drops: each drop's seed noise is its
     # two ends' in quadrature, so the difference's is all four's.
-    gap = Gap(p.value, r.value, p.seed_noise, r.seed_noise, tol, "in lag-1 correlation")
+    gap = Gap(p.value, r.value, p.seed_noise, r.seed_noise, tol, "in lag-1 correlation", 2)
     faster = gap.exceeds()
 
     def drop(d: Mapping[str, Any]) -> str:
