@@ -346,6 +346,11 @@ def hessian_extremes(
     magnitude is positive, as it is near a trained minimum). λmin: power iteration on the
     shifted ``H − λmax I``, whose largest-magnitude eigenvalue is ``λmin − λmax``. Each
     iteration costs one double-backward pass; the parameters are never written to.
+
+    λmax converges in a few iterations; λmin converges far more slowly (its gap to the bulk
+    of near-zero eigenvalues is tiny next to λmax), so with few iterations it reads as ~0 and
+    the ratio is a lower bound: on digits, 10 iterations gave λmax 772 (plain-56) vs 6.5
+    (resnet-56) and ratios of ~1e-6 for both.
     """
     theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     was_training = model.training
