@@ -209,10 +209,11 @@ class ShortcutVariant:
         mode = self.shortcut_mode
         if not isinstance(mode, str) or mode not in SHORTCUT_MODES:
             raise ModelError(f"shortcut_mode {mode!r} is not one of {', '.join(SHORTCUT_MODES)}")
-        _check_number("shortcut_scale", self.shortcut_scale, "0 or more", lambda v: v >= 0)
-        _check_number("branch_scale", self.branch_scale, "positive", lambda v: v > 0)
+        _check_number("shortcut_scale", self.shortcut_scale, "a number ≥ 0", lambda v: v >= 0)
+        _check_number("branch_scale", self.branch_scale, "a number > 0", lambda v: v > 0)
         _check_number("gate_bias", self.gate_bias, "a finite number", lambda v: True)
-        _check_number("shortcut_dropout", self.shortcut_dropout, "in [0, 1)", lambda v: 0 <= v < 1)
+        in_range = "a number in [0, 1)"
+        _check_number("shortcut_dropout", self.shortcut_dropout, in_range, lambda v: 0 <= v < 1)
 
     @classmethod
     def of(cls, shortcut_mode: str | None = None, **options: Any) -> ShortcutVariant:
