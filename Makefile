@@ -22,9 +22,10 @@ test: $(BIN)/reslab lint
 	$(BIN)/pytest -q
 
 lint: $(BIN)/reslab
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_limits.py
 
 bench: $(BIN)/reslab
 	$(BIN)/python benchmarks/bench_cpu.py

@@ -100,3 +100,12 @@ def test_every_field_documents_itself_for_its_flag() -> None:
         assert help_text and "\n" not in help_text and len(help_text) < 120, f.name
         assert flag_name(f.name) == "--" + f.name.replace("_", "-")
     assert flag_name("weight_decay") == "--weight-decay"
+
+
+def test_resolve_classmethod_is_the_command_lines_resolution() -> None:
+    """TrainConfig.resolve(**flags) applies the recipe exactly as resolve({...}) does."""
+    assert TrainConfig.resolve(model="resnet56", epochs=5) == resolve(
+        {"model": "resnet56", "epochs": 5}
+    )
+    assert TrainConfig.resolve().warmup_steps == 20  # the digits recipe, not the field default
+    assert TrainConfig().warmup_steps == 0

@@ -1,71 +1,52 @@
-"""``reslab degradation``, ``shortcuts``, ``gradients``, ``responses`` and ``report``."""
+"""``reslab <study>`` for every registered study, and ``reslab report``.
+
+The subcommands come from :mod:`reslab.experiments`' registry: the common flags below, then
+each study's own (:attr:`reslab.experiments.Study.flags`) after ``--seeds``, with the study's
+defaults. A new study gets its subcommand by being registered.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from reslab.errors import ConfigError
-
-_HELP = {
-    "degradation": "the main job: train plain and residual twins at several depths and "
-    "show the degradation problem",
-    "shortcuts": "ablation: plain vs shortcut options A, B, C at one depth, same budget",
-    "gradients": "gradient norm reaching each block, plain vs residual, at init and trained",
-    "responses": "layer-response std (He et al. 2015 Fig. 7) and ||F(x)||/||x|| per block",
-}
-_DEFAULT_DEPTHS = {
-    "degradation": "20,32,56",
-    "shortcuts": "56",
-    "gradients": "20,56",
-    "responses": "20,56",
-}
-_DEFAULT_SEEDS = {"degradation": "0,1", "shortcuts": "0,1", "gradients": "0", "responses": "0"}
+# (flag, type, default, help): common to every study, before and after the study's own flags.
+_BEFORE: list[tuple[str, Any, Any, str]] = [
+    ("--dataset", str, "digits", "dataset (default: embedded digits)"),
+    ("--data-dir", str, None, "where datasets live"),
+]
+_AFTER: list[tuple[str, Any, Any, str]] = [
+    ("--recipe", str, None, "trainer recipe (default: the dataset's)"),
+    ("--epochs", int, None, "override the recipe's epochs"),
+    ("--steps", int, None, "override with iterations"),
+    ("--batch-size", int, None, "override the batch size"),
+    ("--lr", float, None, "override the learning rate"),
+    ("--width", float, 1.0, "channel multiplier"),
+    ("--device", str, "auto", "auto | cpu | cuda"),
+    ("--jobs", int, None, "parallel runs (default: one per CPU core, or one per GPU)"),
+]
 
 
 def register(sub: Any) -> None:
-    for name, help_text in _HELP.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--dataset", default="digits", help="dataset (default: embedded digits)")
-        p.add_argument("--data-dir", default=None, help="where datasets live")
+    from reslab.experiments import get_study, list_studies
+    from reslab.experiments.registry import comma
+
+    for name in list_studies():
+        study = get_study(name)
+        p = sub.add_parser(name, help=study.help, description=study.help)
+        _add(p, _BEFORE)
+        depths, seeds = comma(study.depths), comma(study.seeds)
         p.add_argument(
             "--depths",
-            default=_DEFAULT_DEPTHS[name],
-            help=f"CIFAR-family depths 6n+2, comma-separated (default {_DEFAULT_DEPTHS[name]})",
+            default=depths,
+            help=f"CIFAR-family depths 6n+2, comma-separated (default {depths})",
         )
-        p.add_argument(
-            "--seeds",
-            default=_DEFAULT_SEEDS[name],
-            help=f"seeds, comma-separated (default {_DEFAULT_SEEDS[name]})",
-        )
-        if name == "shortcuts":
-            p.add_argument(
-                "--variants", default="plain,A,B,C", help="variants to compare (plain,A,B,C)"
-            )
-        else:
-            p.add_argument("--shortcut", default="A", help="option of the residual nets: A|B|C")
-        if name in ("degradation", "gradients"):
-            default_steps = "0,10,30" if name == "gradients" else "0"
-            p.add_argument(
-                "--probe-steps",
-                default=default_steps,
-                help="gradient flow at these training steps too, 0 = at initialisation "
-                f"(default {default_steps})",
-            )
-        p.add_argument("--recipe", default=None, help="trainer recipe (default: the dataset's)")
-        p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-        p.add_argument("--steps", type=int, default=None, help="override with iterations")
-        p.add_argument("--batch-size", type=int, default=None, help="override the batch size")
-        p.add_argument("--lr", type=float, default=None, help="override the learning rate")
-        p.add_argument("--width", type=float, default=1.0, help="channel multiplier")
-        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-        p.add_argument(
-            "--jobs",
-            type=int,
-            default=None,
-            help="parallel runs (default: one per CPU core, or one per GPU)",
-        )
+        p.add_argument("--seeds", default=seeds, help=f"seeds, comma-separated (default {seeds})")
+        for flag in study.flags:
+            p.add_argument(flag.flag, default=flag.default, dest=flag.name, help=flag.help)
+        _add(p, _AFTER)
         p.add_argument("--out", default=f"runs/{name}", help=f"study folder (default runs/{name})")
         p.set_defaults(func=_cmd_study, experiment=name)
 
@@ -77,47 +58,40 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_report)
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{flag} must be integers separated by commas, got {text!r}") from exc
+def _add(p: argparse.ArgumentParser, flags: list[tuple[str, Any, Any, str]]) -> None:
+    for flag, kind, default, help_text in flags:
+        p.add_argument(flag, type=kind, default=default, help=help_text)
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from reslab.experiments import StudyConfig, run_study
+    from reslab.experiments import StudyConfig, get_study, run_study
+    from reslab.experiments.registry import parse_ints
 
-    extra: dict[str, Any] = {}
-    if getattr(args, "probe_steps", None) is not None:
-        extra["probe_steps"] = _ints(args.probe_steps, "--probe-steps")
-    if args.experiment == "shortcuts":
-        extra["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    else:
-        extra["shortcut"] = args.shortcut.upper()
-    study = StudyConfig(
-        experiment=args.experiment,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        depths=_ints(args.depths, "--depths"),
-        seeds=_ints(args.seeds, "--seeds"),
-        recipe=args.recipe,
-        epochs=args.epochs,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        width=args.width,
-        device=args.device,
-        jobs=args.jobs,
+    study = get_study(args.experiment)
+    fields = {f.name for f in dataclasses.fields(StudyConfig)}
+    settings: dict[str, Any] = {
+        "depths": parse_ints(args.depths, "--depths"),
+        "seeds": parse_ints(args.seeds, "--seeds"),
+    }
+    options: dict[str, Any] = {}
+    for flag in study.flags:
+        value = getattr(args, flag.name)
+        value = flag.parse(value) if isinstance(value, str) else value
+        (settings if flag.name in fields else options)[flag.name] = value
+    common = [f.lstrip("-").replace("-", "_") for f, *_ in (*_BEFORE, *_AFTER)]
+    config = StudyConfig(
+        experiment=study.name,
+        **{key: getattr(args, key) for key in common},
+        **settings,
         out=args.out,
-        **extra,
+        options=options,
     )
-    run_study(study)
+    run_study(config)
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from reslab.experiments import aggregate
-    from reslab.report import build_report
+    from reslab.experiments import aggregate, build_report
 
     folder = Path(args.dir)
     if not (folder / "results.json").is_file():

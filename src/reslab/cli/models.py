@@ -69,7 +69,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     changed = worked_example(SEED_X, SEED_H2, projection=SEED_WS)
     print(describe(same, changed))
     if args.figure:
-        from reslab.report import explain_figure
+        from reslab.explain import explain_figure
 
         path = explain_figure(same.x, same.target, same.correction, same.y, args.figure)
         print(f"\nblock diagram written to {path}")

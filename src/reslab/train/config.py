@@ -176,6 +176,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def resolve(cls, **values: Any) -> TrainConfig:
+        """The config ``reslab train`` would run for these flags: the dataset's recipe applied
+        (:func:`resolve`), e.g. ``TrainConfig.resolve(model="resnet56", epochs=5)``."""
+        return resolve(values)
+
+    @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Resolve a TOML (or ``config.json``) file; ``overrides`` win over the file."""
         return resolve({**load_config_file(path), **overrides})

@@ -6,16 +6,16 @@ the reason, only when those binaries are missing.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from reslab.report import build_report, write_results
+from conftest import synthetic_results
+from reslab.experiments import build_report
+from reslab.report import write_results
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -29,17 +29,6 @@ pytestmark = [
         "(apt-get install chromium chromium-driver)",
     ),
 ]
-
-
-def _fast_tests() -> ModuleType:
-    """tests/test_report.py, loaded by path so the synthetic results are shared in any mode."""
-    spec = importlib.util.spec_from_file_location(
-        "_reslab_test_report", Path(__file__).with_name("test_report.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -74,7 +63,7 @@ def driver(tmp_path: Path) -> Any:
 
 def test_report_renders_in_headless_chromium(tmp_path: Path, driver: Any) -> None:
     study = tmp_path / "study"
-    results = _fast_tests().synthetic_results(epochs=8)
+    results = synthetic_results(epochs=8)
     write_results(study, results)
     report = build_report(study)
 

@@ -1,0 +1,42 @@
+"""Studies that show the degradation problem and why shortcuts cure it, on one registry.
+
+A study is one module holding its plan, probes, verdict, figures, tables, title and CLI
+defaults as a :class:`~reslab.experiments.registry.Study`, and one :func:`register` line below;
+``reslab <study>``, :func:`run_study` and ``reslab report`` take everything from the registry.
+Every training run is an ordinary run folder written by :func:`reslab.train.fit` (a run is a
+function from (config, seed) to metrics, airbench's rule), so a cluster scheduler can run them
+as separate ``reslab train`` jobs and ``reslab report`` aggregates the folders.
+
+* ``degradation``: plain and residual twins at several depths, same recipe and budget
+  (He et al. 2015, arXiv:1512.03385, Fig. 6 and Table 6).
+* ``shortcuts``: plain vs options A, B, C at one depth (Table 3 in spirit).
+* ``gradients``: ‖∂L/∂x_l‖ per block at initialisation and after training (He et al. 2016,
+  arXiv:1603.05027, §3).
+* ``responses``: std of the 3×3 layers' responses (Fig. 7) and ‖F(x)‖/‖x‖ per block.
+"""
+
+from reslab.experiments import degradation, gradients, responses, shortcuts
+from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.page import build_report
+from reslab.experiments.records import aggregate
+from reslab.experiments.registry import Flag, Study, get_study, list_studies, register
+from reslab.experiments.runner import run_study
+
+# The registry, one line per study; `reslab --help` lists them in this order.
+register(degradation.STUDY)
+register(shortcuts.STUDY)
+register(gradients.STUDY)
+register(responses.STUDY)
+
+__all__ = [
+    "Flag",
+    "RunSpec",
+    "Study",
+    "StudyConfig",
+    "aggregate",
+    "build_report",
+    "get_study",
+    "list_studies",
+    "register",
+    "run_study",
+]

@@ -1,0 +1,92 @@
+"""What a study runs: :class:`StudyConfig` (the user's settings) and :class:`RunSpec` (one run).
+
+airbench's rule made literal: a run is a function from (config, seed) to metrics. A study plans
+its runs as :class:`RunSpec` values, and each becomes one ordinary ``reslab train`` run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from reslab.errors import ConfigError
+from reslab.experiments.registry import get_study
+from reslab.models import cifar_model_name
+
+__all__ = ["VARIANTS", "RunSpec", "StudyConfig"]
+
+#: The shortcuts study's variants: the plain twin and He et al. 2015's options A, B, C (§4.1).
+VARIANTS = ("plain", "A", "B", "C")
+
+
+@dataclass
+class StudyConfig:
+    """One study: which nets to train, how, and where to save them."""
+
+    experiment: str = "degradation"  # a registered study: reslab.experiments.list_studies()
+    dataset: str = "digits"  # a reslab.data dataset; digits is embedded and offline
+    depths: tuple[int, ...] = (20, 32, 56)  # CIFAR-family depths, 6n+2
+    families: tuple[str, ...] = ("plain", "residual")  # which twins to train
+    shortcut: str = "A"  # shortcut option of the residual nets (He et al. 2015 §4.2: A)
+    variants: tuple[str, ...] = VARIANTS  # shortcuts study: plain and options to compare
+    seeds: tuple[int, ...] = (0, 1)  # one run per seed; tables give mean ± std
+    recipe: str | None = None  # trainer recipe; None picks the dataset's default
+    epochs: int | None = None  # override the recipe's epochs
+    steps: int | None = None  # override with a number of iterations (paper: 64k)
+    batch_size: int | None = None  # override the recipe's batch size
+    lr: float | None = None  # override the recipe's peak learning rate
+    width: float = 1.0  # channel multiplier of every net
+    data_dir: str | None = None  # where datasets live (default ~/.cache/reslab)
+    device: str = "auto"  # auto | cpu | cuda
+    jobs: int | None = None  # parallel runs; None: one per GPU, or one per CPU core
+    probe_batch: int = 256  # images the probes look at
+    probe_steps: tuple[int, ...] = (0,)  # gradient flow also at these steps (0 = at init)
+    tolerance: float = 1.0  # points of training error within which two nets "train as well"
+    out: str = "runs/degradation"  # the study folder
+    options: dict[str, Any] = field(default_factory=dict)  # a study's own flags' values
+
+    def __post_init__(self) -> None:
+        study = get_study(self.experiment)  # an unknown name is a one-line ConfigError
+        # Repeated depths or seeds would plan the same run twice.
+        self.depths = tuple(dict.fromkeys(self.depths))
+        self.seeds = tuple(dict.fromkeys(self.seeds))
+        self.families = tuple(self.families)
+        self.probe_steps = tuple(sorted(set(self.probe_steps)))
+        if any(s < 0 for s in self.probe_steps):
+            raise ConfigError(f"--probe-steps must be 0 or more, got {self.probe_steps}")
+        self.variants = tuple(v if v == "plain" else v.upper() for v in self.variants)
+        if not self.depths:
+            raise ConfigError("--depths needs at least one depth, e.g. --depths 20,56")
+        study.check(self)
+        if not self.seeds:
+            raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1")
+        for family in self.families:
+            if family not in ("plain", "residual"):
+                raise ConfigError(f"family {family!r} is not one of plain, residual")
+        for variant in self.variants:
+            if variant not in VARIANTS:
+                raise ConfigError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
+        for depth in self.depths:
+            cifar_model_name(depth, plain=False)  # validates 6n+2 with a clear error
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as results.json's ``config``: every field, a study's options flat."""
+        settings = dataclasses.asdict(self)
+        options = settings.pop("options")
+        return {**settings, **options}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a study."""
+
+    name: str  # run folder name inside the study's runs/
+    model: str  # registry name
+    family: str  # plain | residual
+    depth: int
+    shortcut: str | None  # A | B | C, None for plain
+    seed: int
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False)  # TrainConfig fields

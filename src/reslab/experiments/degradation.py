@@ -1,0 +1,200 @@
+"""``reslab degradation``: plain and residual twins at several depths, one recipe, one budget.
+
+He et al. 2015 (arXiv:1512.03385), Fig. 1, Fig. 6 and Table 6: a deeper plain net trains
+*worse* than a shallower one — its training error is higher, so this is an optimisation
+failure, not overfitting — while its residual twin, with exactly the same layers, does not.
+The verdict is computed from the final clean training errors; the probes show what differs
+inside the nets (gradient flow, residual branch size, layer responses; §4.2 and Fig. 7).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from reslab.errors import ConfigError, ReslabError
+from reslab.experiments import probe_views, run_views
+from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.probing import KINDS, probe_runs
+from reslab.experiments.registry import Flag, Study, ints
+from reslab.models import cifar_model_name
+from reslab.report import html
+from reslab.report.schema import FAMILIES
+from reslab.report.stats import group_key, label, summarize_runs
+
+__all__ = ["STUDY", "degradation_verdict", "plan"]
+
+
+def plan(config: StudyConfig) -> list[RunSpec]:
+    """Every family at every depth and seed, the most expensive first."""
+    specs = []
+    for depth in config.depths:
+        for family in config.families:
+            name = cifar_model_name(depth, family == "plain")
+            shortcut = None if family == "plain" else config.shortcut
+            for seed in config.seeds:
+                overrides = {"shortcut": config.shortcut}
+                specs.append(
+                    RunSpec(f"{name}-s{seed}", name, family, depth, shortcut, seed, overrides)
+                )
+    return sorted(specs, key=lambda s: -s.depth)
+
+
+def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs, their summary over seeds, and the probes of each first-seed net."""
+    return {
+        "runs": records,
+        "summary": summarize_runs(records),
+        "probes": probe_runs(config, records, KINDS),
+    }
+
+
+def degradation_verdict(
+    summary: Sequence[Mapping[str, Any]], tolerance: float = 1.0
+) -> dict[str, Any]:
+    """The degradation study's verdict from its summary rows.
+
+    ``plain_gap`` (``residual_gap``) is the mean final clean training error of the deepest
+    plain (residual) net minus that of the shallowest, in percentage points. Degradation is
+    ``plain_gap > max(tolerance, 2 * noise)``, the noise (``plain_gap_noise``) being the two
+    ends' seed standard deviations added in quadrature; residual nets are fine
+    (``residual_ok``) if ``residual_gap <= tolerance``. Needs both families at two or more
+    depths (the first shortcut option, if there are several).
+    """
+    ends = {family: _ends(summary, family) for family in FAMILIES}
+
+    def gap(family: str) -> float:
+        shallow, deep = ends[family]
+        return float(deep["clean_train_error_mean"]) - float(shallow["clean_train_error_mean"])
+
+    def spread(family: str) -> float:
+        """Seed noise of the gap: the two ends' standard deviations added in quadrature."""
+        shallow, deep = ends[family]
+        stds = [float(r.get("clean_train_error_std") or 0.0) for r in (shallow, deep)]
+        return math.hypot(*stds)
+
+    plain_gap, residual_gap = gap("plain"), gap("residual")
+    # A gap counts only if it beats both the tolerance and twice the seed-to-seed noise.
+    degradation = plain_gap > max(tolerance, 2 * spread("plain"))
+    residual_ok = residual_gap <= tolerance
+    (ps, pd), (rs, rd) = ends["plain"], ends["residual"]
+    plain_text = (
+        f"{_name(pd)} trains worse than {_name(ps)} (degradation): {_errors(pd, ps)}"
+        if degradation
+        else f"{_name(pd)} trains as well as {_name(ps)} (no degradation at these depths): "
+        f"{_errors(pd, ps)}"
+    )
+    residual_text = (
+        f"{_name(rd)} trains as well as {_name(rs)}: {_errors(rd, rs)}"
+        if residual_ok
+        else f"{_name(rd)} also trains worse than {_name(rs)}: {_errors(rd, rs)}"
+    )
+    return {
+        "text": f"{plain_text}; {residual_text}",
+        "degradation": degradation,
+        "residual_ok": residual_ok,
+        "plain_gap": round(plain_gap, 4),
+        "plain_gap_noise": round(spread("plain"), 4),
+        "residual_gap": round(residual_gap, 4),
+        "tolerance": tolerance,
+    }
+
+
+def _ends(
+    summary: Sequence[Mapping[str, Any]], family: str
+) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """The shallowest and the deepest row of ``family`` with a final training error."""
+    rows = [
+        r
+        for r in summary
+        if r.get("family") == family and r.get("clean_train_error_mean") is not None
+    ]
+    if family == "residual" and rows:
+        first = sorted(str(r.get("shortcut")) for r in rows)[0]
+        rows = [r for r in rows if str(r.get("shortcut")) == first]
+    rows.sort(key=lambda r: int(r["depth"]))
+    if len(rows) < 2 or rows[0]["depth"] == rows[-1]["depth"]:
+        raise ReslabError(
+            f"the degradation verdict needs {family} nets at two or more depths with a "
+            "final training error; run the study with at least two --depths"
+        )
+    return rows[0], rows[-1]
+
+
+def _name(row: Mapping[str, Any]) -> str:
+    return str(row.get("label") or label(group_key(row), False))
+
+
+def _errors(deep: Mapping[str, Any], shallow: Mapping[str, Any]) -> str:
+    return (
+        f"{float(deep['clean_train_error_mean']):.1f} % vs "
+        f"{float(shallow['clean_train_error_mean']):.1f} % training error"
+    )
+
+
+def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
+    """The verdict, or why there is none (e.g. a family with one depth, or diverged runs)."""
+    try:
+        return degradation_verdict(results["summary"], config.tolerance)
+    except ReslabError as exc:
+        return {"text": f"no verdict: {exc}"}
+
+
+def check(config: StudyConfig) -> None:
+    if len(config.depths) < 2:
+        raise ConfigError("a degradation study needs two or more --depths, e.g. 20,56")
+
+
+def _yes_no(question: str) -> html.ItemFormat:
+    def item(value: Any) -> str | None:
+        return f"{question}: <b>{'yes' if value else 'no'}</b>" if isinstance(value, bool) else None
+
+    return item
+
+
+def tables(results: Mapping[str, Any]) -> list[html.Section]:
+    return [run_views.results_section(results), probe_views.probes_section(results)]
+
+
+STUDY = Study(
+    name="degradation",
+    help="the main job: train plain and residual twins at several depths and show the "
+    "degradation problem",
+    title="Degradation: plain vs residual networks on {dataset}",
+    intro="Plain networks and their residual twins, trained with identical settings at several "
+    "depths. Plain nets that get deeper can train worse (degradation); residual nets should "
+    "not.",
+    plan=plan,
+    analyse=analyse,
+    verdict=verdict,
+    figures=(
+        run_views.ERROR_CURVES,
+        run_views.ERROR_VS_DEPTH,
+        run_views.shortcut_errors_spec(always=False),
+        probe_views.GRADIENT_NORM,
+        probe_views.RESIDUAL_RATIO,
+        probe_views.LAYER_RESPONSES,
+    ),
+    tables=tables,
+    verdict_formats={
+        "degradation": _yes_no("degradation in plain nets"),
+        "residual_ok": _yes_no("residual nets train as well when deeper"),
+        "plain_gap": run_views.gap_format("plain", "deepest minus shallowest"),
+        "residual_gap": run_views.gap_format("residual", "deepest minus shallowest"),
+        "tolerance": run_views.tolerance_format,
+    },
+    depths=(20, 32, 56),
+    seeds=(0, 1),
+    flags=(
+        Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),
+        Flag(
+            "--probe-steps",
+            "0",
+            "gradient flow at these training steps too, 0 = at initialisation (default 0)",
+            ints("--probe-steps"),
+        ),
+    ),
+    check=check,
+    snapshots=True,
+)

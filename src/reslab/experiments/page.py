@@ -1,0 +1,57 @@
+"""``reslab report``: a study's figures and report.html, rebuilt from its results.json alone.
+
+Nothing is trained or measured again: the page is a pure function of the results file, and the
+same file gives the same PNG bytes. The study named in the file decides which figures and
+tables appear (:class:`reslab.experiments.registry.Study`); :mod:`reslab.report` draws them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reslab.experiments.registry import get_study, list_studies
+from reslab.fileio import atomic_write_bytes, atomic_write_text
+from reslab.report.figures import FIGURES_DIR, figure_png
+from reslab.report.html import REPORT_NAME, RenderedFigure, render_page, verdict_items
+from reslab.report.schema import load_results
+
+__all__ = ["build_report"]
+
+
+def build_report(study_dir: str | Path) -> Path:
+    """Rebuild ``figures/*.png`` and ``report.html`` in ``study_dir`` from its results.json.
+
+    Only the saved results are read; nothing is trained or measured again. Figures this
+    results file has no data for are not drawn (and stale copies of them are removed). Returns
+    the path of ``report.html``. Raises :class:`ReslabError` if results.json is missing or
+    invalid.
+    """
+    studies = {name: get_study(name) for name in list_studies()}
+    checks = {name: s.check_results for name, s in studies.items() if s.check_results}
+    folder = Path(study_dir)
+    results = load_results(folder, experiments=tuple(studies), checks=checks)
+    if folder.is_file():
+        folder = folder.parent
+    study = studies[results["experiment"]]
+    fig_dir = folder / FIGURES_DIR
+    rendered = []
+    for spec in study.figures:
+        fig = spec.draw(results)
+        if fig is None:
+            continue
+        png = figure_png(fig)
+        atomic_write_bytes(fig_dir / f"{spec.name}.png", png)
+        rendered.append(RenderedFigure(spec.name, spec.caption, spec.how_to, png))
+    # A figure that has no data now (e.g. probes dropped from a rerun) must not linger; files
+    # no study draws are the user's and stay.
+    drawn = {r.name for r in rendered}
+    for name in {spec.name for s in studies.values() for spec in s.figures} - drawn:
+        (fig_dir / f"{name}.png").unlink(missing_ok=True)
+    page = render_page(
+        results,
+        intro=study.intro,
+        verdict=verdict_items(results.get("verdict") or {}, study.verdict_formats),
+        sections=study.tables(results),
+        figures=rendered,
+    )
+    return atomic_write_text(folder / REPORT_NAME, page)

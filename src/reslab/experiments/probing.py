@@ -1,0 +1,108 @@
+"""Probing a study's trained nets: gradient flow, residual magnitude and layer responses.
+
+The probes themselves are in :mod:`reslab.probes`; this module loads each run's weights
+(final, and the snapshots the trainer kept at ``--probe-steps``), feeds every net the same
+batch of training images, and turns the measurements into results.json ``probes`` entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reslab import probes
+from reslab.data import load_dataset, normalize_batch
+from reslab.experiments.config import StudyConfig
+from reslab.train import RunFolder
+from reslab.weights import load_model
+
+__all__ = ["KINDS", "label", "probe_runs"]
+
+KINDS = ("gradient_flow", "residual_magnitude", "layer_responses")
+
+
+def label(record: dict[str, Any]) -> str:
+    """``plain-56`` or ``resnet-56``: the name probes and tables give a net."""
+    family = "plain" if record["family"] == "plain" else "resnet"
+    return f"{family}-{record['depth']}"
+
+
+def probe_runs(
+    study: StudyConfig,
+    records: Sequence[dict[str, Any]],
+    kinds: Iterable[str],
+    every_seed: bool = False,
+) -> dict[str, list[dict[str, Any]]]:
+    """Probe each (family, depth)'s nets at initialisation, at the probe steps, and trained.
+
+    Only the first seed's nets unless ``every_seed``; entries carry their ``seed`` when more
+    than one seed is probed. A run that diverged before its first checkpoint is skipped.
+    """
+    kinds = tuple(dict.fromkeys(kinds))  # results.json lists them in the study's order
+    # Trained plain nets carry denormal activations and gradients, which are ~50x slower on
+    # x86 CPUs; flushing them to zero changes nothing measurable.
+    torch.set_flush_denormal(True)
+    x, y = _probe_batch(study)
+    out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    first_seed = min(r["seed"] for r in records)
+    chosen = [r for r in records if every_seed or r["seed"] == first_seed]
+    several = len({r["seed"] for r in chosen}) > 1
+    for record in chosen:
+        folder = RunFolder(Path(study.out) / "runs" / record["name"])
+        if not folder.weights_path.is_file():
+            continue  # diverged before its first checkpoint: nothing trained to probe
+        meta = {"label": label(record), "family": record["family"], "depth": record["depth"]}
+        if several:
+            meta["seed"] = record["seed"]
+        trained = load_model(folder.weights_path)
+        if "gradient_flow" in kinds:
+            snapshots = [
+                ("init" if step == 0 else f"step {step}", folder.snapshot_path(step))
+                for step in study.probe_steps
+            ]
+            stages = [(when, load_model(path)) for when, path in snapshots if path.is_file()]
+            for when, model in [*stages, ("trained", trained)]:
+                out["gradient_flow"].append({**meta, "when": when, **_flow(model, x, y)})
+        if "residual_magnitude" in kinds:
+            out["residual_magnitude"].append({**meta, **_magnitude(trained, x)})
+        if "layer_responses" in kinds:
+            out["layer_responses"].append({**meta, **_responses(trained, x)})
+    return out
+
+
+def _probe_batch(study: StudyConfig) -> tuple[Tensor, Tensor]:
+    """The same ``probe_batch`` training images for every net (seed 0), normalised."""
+    ds = load_dataset(study.dataset, data_dir=study.data_dir)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(ds.train_labels), generator=gen)[: study.probe_batch]
+    x = normalize_batch(ds.train_images[idx], ds.mean, ds.std, channels_last=False)
+    return x, ds.train_labels[idx]
+
+
+def _flow(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Any]:
+    flow = probes.gradient_flow(model.train(), x, y)
+    return {
+        "block": flow.block_names,
+        "input_grad_norm": flow.input_grad_norms,
+        "layer": flow.weight_names,
+        "weight_grad_norm": flow.weight_grad_norms,
+    }
+
+
+def _magnitude(model: nn.Module, x: Tensor) -> dict[str, Any]:
+    mag = probes.residual_magnitude(model, x)
+    return {
+        "block": mag.block_names,
+        "ratio": mag.ratios,
+        "f_norm": mag.branch_norms,
+        "shortcut_norm": mag.shortcut_norms,
+    }
+
+
+def _responses(model: nn.Module, x: Tensor) -> dict[str, Any]:
+    resp = probes.layer_responses(model, x)
+    return {"layer": resp.layer_names, "std": resp.stds, "std_sorted": resp.sorted_stds}

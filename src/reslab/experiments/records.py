@@ -1,0 +1,90 @@
+"""Run records: what a study keeps of each finished run, read from its run folder alone.
+
+A record is a results.json ``runs`` entry (:class:`reslab.report.schema.RunRecord`). Because it
+is read from the run folder and nothing else, runs trained by a cluster scheduler as separate
+``reslab train`` jobs aggregate exactly like the runs a study trained itself
+(:func:`aggregate`). The run folder is read through :class:`reslab.train.RunFolder`, the only
+code that knows its files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reslab.errors import ReslabError
+from reslab.models import ResNet, create_model
+from reslab.report.schema import new_results, write_results
+from reslab.report.stats import summarize_runs
+from reslab.train import RunFolder
+from reslab.train.run_folder import find_runs
+
+__all__ = ["aggregate", "run_record"]
+
+# Curves a record keeps, in results.json's order; val_error is there with a validation split.
+_CURVES = (
+    "epoch",
+    "step",
+    "clean_train_error",
+    "train_error",
+    "test_error",
+    "val_error",
+    "train_loss",
+    "lr",
+)
+_MODEL_KEYS = ("shortcut", "plain", "width", "zero_init_residual")
+
+
+def run_record(run_dir: str | Path) -> dict[str, Any]:
+    """A results.json ``runs`` entry, read from a finished run folder alone."""
+    folder = RunFolder(run_dir)
+    config = folder.read_saved_config()
+    result = folder.read_result()
+    rows = folder.read_records()  # [] if the run diverged in its first epoch
+    model = create_model(
+        config["model"], **{k: config[k] for k in _MODEL_KEYS if config.get(k) is not None}
+    )
+    assert isinstance(model, ResNet)
+    return {
+        "name": folder.path.name,
+        "model": config["model"],
+        "family": "plain" if model.plain else "residual",
+        "depth": model.depth,
+        "shortcut": None if model.plain else model.shortcut_option,
+        "seed": config.get("seed", 0),
+        "params": result.get("params"),
+        "status": result.get("status", "finished"),
+        "final_clean_train_error": result.get("clean_train_error"),
+        "final_test_error": result.get("test_error"),
+        "wall_time": result.get("wall_time"),
+        "curves": {key: [row.get(key) for row in rows] for key in _CURVES},
+    }
+
+
+def aggregate(study_dir: str | Path) -> dict[str, Any]:
+    """Results of a study folder rebuilt from its run folders (e.g. runs made by a scheduler).
+
+    The runs are read as a degradation study's: a summary per family and depth, and its
+    verdict. Writes and returns the new results.json.
+    """
+    from reslab.experiments.config import StudyConfig
+    from reslab.experiments.registry import get_study
+
+    study_dir = Path(study_dir)
+    run_root = study_dir / "runs" if (study_dir / "runs").is_dir() else study_dir
+    run_dirs = find_runs(run_root)
+    if not run_dirs:
+        raise ReslabError(
+            f"no results.json and no finished run folders in {study_dir}: run "
+            f"`reslab degradation --out {study_dir}` or point at a folder of `reslab train` runs"
+        )
+    records = [run_record(d) for d in run_dirs]
+    study = get_study("degradation")
+    results = new_results(
+        study.name, f"Degradation study aggregated from {study_dir}", {"runs": len(records)}
+    )
+    results["runs"] = records
+    results["summary"] = summarize_runs(records)
+    results["verdict"] = study.verdict(results, StudyConfig())
+    write_results(study_dir, results)
+    return results

@@ -1,0 +1,130 @@
+"""The study registry: one :class:`Study` describes one ``reslab <study>`` command end to end.
+
+A study is data plus functions: which runs to train (``plan``), what to measure on them
+(``analyse``), what the numbers say (``verdict``), and how its report looks (``figures``,
+``tables``, ``intro``). :func:`reslab.experiments.run_study`, ``reslab report`` and the
+``reslab <study>`` subcommands read everything from here, so adding a study is one new module
+that builds a :class:`Study` and one :func:`register` line in ``experiments/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from reslab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from reslab.experiments.config import RunSpec, StudyConfig
+    from reslab.report.figures import FigureSpec
+    from reslab.report.html import ItemFormat, Section
+    from reslab.report.schema import Check
+
+__all__ = [
+    "Flag",
+    "Study",
+    "comma",
+    "get_study",
+    "ints",
+    "list_studies",
+    "names",
+    "parse_ints",
+    "register",
+]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One of a study's own command-line flags (the common ones are in ``reslab.cli``)."""
+
+    flag: str  # e.g. "--probe-steps"
+    default: str | None  # as typed on the command line, e.g. "0,10,30"
+    help: str  # the --help line
+    parse: Callable[[str], Any] = str  # the flag's text to the config value
+    dest: str = ""  # a StudyConfig field or a key of StudyConfig.options; "" = from the flag
+
+    @property
+    def name(self) -> str:
+        """Where the value goes: ``--probe-steps`` -> ``probe_steps``."""
+        return self.dest or self.flag.lstrip("-").replace("-", "_")
+
+
+def _no_check(config: StudyConfig) -> None:
+    return None
+
+
+def _no_tables(results: Mapping[str, Any]) -> list[Section]:
+    return []
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: its command, its runs, its analysis, its verdict and its report."""
+
+    name: str  # the subcommand and results.json's "experiment"
+    help: str  # one line for `reslab --help`
+    title: str  # report title; {dataset}, {depth} (the deepest) and any config key filled in
+    intro: str  # the report's opening paragraph
+    plan: Callable[[StudyConfig], list[RunSpec]]  # the runs, most expensive first
+    analyse: Callable[[StudyConfig, list[dict[str, Any]]], dict[str, Any]]  # results sections
+    verdict: Callable[[Mapping[str, Any], StudyConfig], dict[str, Any]]  # {"text": ..., ...}
+    figures: tuple[FigureSpec, ...] = ()  # in report order; each draws or returns None
+    tables: Callable[[Mapping[str, Any]], list[Section]] = _no_tables  # the report's tables
+    verdict_formats: Mapping[str, ItemFormat] = field(default_factory=dict)  # verdict keys
+    depths: tuple[int, ...] = (20, 56)  # --depths default
+    seeds: tuple[int, ...] = (0,)  # --seeds default
+    flags: tuple[Flag, ...] = ()  # the study's own flags, after --seeds in --help
+    check: Callable[[StudyConfig], None] = _no_check  # refuse configs the study cannot run
+    check_results: Check | None = None  # validate the study's own results.json section
+    snapshots: bool = False  # runs keep weights at config.probe_steps (for gradient flow)
+
+    def format_title(self, config: StudyConfig) -> str:
+        return self.title.format_map({**config.to_json(), "depth": max(config.depths)})
+
+
+_STUDIES: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    """Add ``study`` to the registry (its name must be new) and return it."""
+    if study.name in _STUDIES:
+        raise ValueError(f"a study named {study.name!r} is already registered")
+    _STUDIES[study.name] = study
+    return study
+
+
+def get_study(name: str) -> Study:
+    """The registered study called ``name``; a one-line ConfigError names the others."""
+    try:
+        return _STUDIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown experiment {name!r}: try {', '.join(_STUDIES)}") from None
+
+
+def list_studies() -> tuple[str, ...]:
+    """The registered studies' names, in registration order (``reslab --help``'s order)."""
+    return tuple(_STUDIES)
+
+
+def parse_ints(text: str, flag: str) -> tuple[int, ...]:
+    """``"20,56"`` -> ``(20, 56)``; a one-line ConfigError naming ``flag`` otherwise."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{flag} must be integers separated by commas, got {text!r}") from exc
+
+
+def ints(flag: str) -> Callable[[str], tuple[int, ...]]:
+    """A :attr:`Flag.parse` for comma-separated integers."""
+    return lambda text: parse_ints(text, flag)
+
+
+def names(text: str) -> tuple[str, ...]:
+    """A :attr:`Flag.parse` for comma-separated names: ``"plain, A"`` -> ``("plain", "A")``."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def comma(values: Sequence[int]) -> str:
+    """``(20, 56)`` -> ``"20,56"``: a default as the user would type it."""
+    return ",".join(str(v) for v in values)

@@ -1,0 +1,212 @@
+"""Running a study: its runs in parallel worker processes, then its analysis, verdict and report.
+
+Every training run is an ordinary run folder written by :func:`reslab.train.fit`. A study skips
+runs that already finished (an interrupted study resumes where it stopped), records a run whose
+loss diverged as a result rather than a failure, and splits the machine between runs: one run
+per GPU, or whole runs in parallel on the CPU cores, which beats threads per run for small nets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reslab.data import DATASETS
+from reslab.errors import ConfigError
+from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.records import run_record
+from reslab.experiments.registry import get_study
+from reslab.report.schema import new_results, write_results
+from reslab.train import NonFiniteLoss, RunFolder, TrainConfig, fit, pick_device, resolve
+
+__all__ = ["execute", "run_study", "summary_table", "train_config"]
+
+
+def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) a study, save results.json and report.html, and return the results.
+
+    plan -> train every run -> analyse -> verdict -> results.json -> report.html, each step
+    the registered study's own.
+    """
+    from reslab.experiments.page import build_report
+
+    study = get_study(config.experiment)
+    out = Path(config.out)
+    specs = study.plan(config)
+    for spec in specs:  # every run's settings are checked before anything is written
+        train_config(config, spec, None)
+    pick_device(config.device, 0)
+    if config.dataset.strip().lower().replace("_", "-") not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {out} as a study folder ({exc.strerror}); choose another --out"
+        ) from exc
+    log(f"{study.name}: {len(specs)} runs on {config.dataset} -> {out}")
+    records = execute(config, specs, log)
+    results = new_results(study.name, study.format_title(config), config.to_json())
+    results.update(study.analyse(config, records))
+    results["verdict"] = study.verdict(results, config)
+    write_results(out, results, check=study.check_results)
+    path = build_report(out)
+    log("")
+    log(summary_table(results))
+    log("")
+    log(results["verdict"]["text"])
+    log(f"report: {path}")
+    return results
+
+
+def train_config(study: StudyConfig, spec: RunSpec, threads: int | None) -> TrainConfig:
+    """The trainer's config for one run of the study: the recipe, then the study's overrides."""
+    fields: dict[str, Any] = {
+        "model": spec.model,
+        "dataset": study.dataset,
+        "data_dir": study.data_dir,
+        "recipe": study.recipe,
+        "seed": spec.seed,
+        "width": study.width,
+        "device": study.device,
+        "threads": threads,
+        "quiet": True,
+        "out": str(Path(study.out) / "runs" / spec.name),
+        **spec.overrides,
+    }
+    if get_study(study.experiment).snapshots:
+        fields["snapshot_steps"] = list(study.probe_steps)
+    for key in ("epochs", "steps", "batch_size", "lr"):
+        value = getattr(study, key)
+        if value is not None:
+            fields[key] = value
+    return resolve({k: v for k, v in fields.items() if v is not None})
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """The study's table as text: per family and depth, training and test error mean ± std."""
+    rows = results.get("summary") or []
+    if not rows:
+        return ""
+    lines = [f"{'net':<16}{'seeds':>6}  {'train error (%)':>16}  {'test error (%)':>16}"]
+    for row in rows:
+        lines.append(
+            f"{row['label']:<16}{row['n_seeds']:>6}  "
+            f"{_pm(row['clean_train_error_mean'], row['clean_train_error_std']):>16}  "
+            f"{_pm(row['test_error_mean'], row['test_error_std']):>16}"
+        )
+    return "\n".join(lines)
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.1f} ± {std or 0:.1f}"
+
+
+# --- the worker pool -----------------------------------------------------------------------------
+
+
+def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | None]:
+    """(workers, device name for every run, GPU index per worker, threads per run)."""
+    device = study.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        # One run per GPU: small CIFAR nets already saturate a GPU's launch queue.
+        gpus = max(1, torch.cuda.device_count())
+        jobs = min(study.jobs or gpus, n_runs)
+        return jobs, "cuda", [i % gpus for i in range(jobs)], None
+    if device.startswith("cuda:"):
+        return 1, device, [], None
+    cores = os.cpu_count() or 1
+    jobs = min(study.jobs or cores, n_runs)
+    # Small nets scale poorly across threads, so whole runs in parallel beat threads per run.
+    return jobs, "cpu", [], max(1, cores // jobs)
+
+
+def _init_worker(gpus: Any) -> None:
+    """Give a worker process its own GPU: its runs' device "cuda" then means that one."""
+    if gpus is not None:
+        torch.cuda.set_device(gpus.get())
+
+
+def _run_one(config: TrainConfig) -> dict[str, Any]:
+    """Train one run, resume it, or just read it if finished; runs in a worker process.
+
+    The run's own log lines go to ``train.log`` in its folder; the study prints one line a run.
+    """
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "train.log").open("a") as log, redirect_stdout(log), redirect_stderr(log):
+        try:
+            fit(config, resume=True)
+        except NonFiniteLoss as exc:
+            # A deep net that diverges is a result of the study, not a failure of it: record it
+            # (a rerun would diverge again at the same step) and let the other runs go on.
+            RunFolder(run_dir).write_diverged(str(exc))
+    return run_record(run_dir)
+
+
+def execute(
+    study: StudyConfig,
+    specs: Sequence[RunSpec],
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run every spec (in parallel worker processes when more than one job) and collect them."""
+    if not specs:
+        return []  # a study that trains nothing (e.g. it probes nets at initialisation only)
+    jobs, device, gpus, threads = _jobs(study, len(specs))
+    configs = [dataclasses.replace(train_config(study, s, threads), device=device) for s in specs]
+    records: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+
+    def done(spec: RunSpec, record: dict[str, Any]) -> None:
+        records[spec.name] = record
+        status = "" if record["status"] == "finished" else f" {record['status']}"
+        log(
+            f"[{len(records)}/{len(specs)}] {spec.name:<18} train error "
+            f"{_pct(record['final_clean_train_error'])}  test error "
+            f"{_pct(record['final_test_error'])}  ({record['wall_time'] or 0:.1f} s, "
+            f"{time.perf_counter() - started:.0f} s elapsed){status}"
+        )
+
+    if jobs == 1:
+        for spec, config in zip(specs, configs, strict=True):
+            done(spec, _run_one(config))
+    else:
+        # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
+        context = mp.get_context("spawn")
+        queue = None
+        if gpus:
+            queue = context.Queue()
+            for gpu in gpus:
+                queue.put(gpu)
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_init_worker, initargs=(queue,)
+        ) as pool:
+            futures = {pool.submit(_run_one, c): s for s, c in zip(specs, configs, strict=True)}
+            try:
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+            except BaseException:
+                # Fail now rather than after every queued run; finished runs stay on disk and
+                # a rerun of the study skips them.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
+
+
+def _pct(value: float | None) -> str:
+    return "   n/a" if value is None else f"{value:5.1f}%"

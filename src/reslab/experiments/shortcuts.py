@@ -1,0 +1,125 @@
+"""``reslab shortcuts``: the plain net and shortcut options A, B, C at one depth, one budget.
+
+He et al. 2015 (arXiv:1512.03385), §4.1 and Table 3: A pads the identity with zeros where the
+shape changes (no parameters), B projects only there, C projects on every block. All three beat
+the plain net by far and B, C are only marginally better than A: the identity path, not the
+projections, is what solves degradation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from reslab.errors import ConfigError, ReslabError
+from reslab.experiments import run_views
+from reslab.experiments.config import VARIANTS, RunSpec, StudyConfig
+from reslab.experiments.registry import Flag, Study, names
+from reslab.models import cifar_model_name
+from reslab.report import html
+from reslab.report.stats import summarize_runs
+
+__all__ = ["STUDY", "plan", "shortcut_verdict"]
+
+
+def plan(config: StudyConfig) -> list[RunSpec]:
+    """Every variant at every seed, at the study's one depth."""
+    (depth,) = config.depths
+    specs = []
+    for variant in config.variants:
+        for seed in config.seeds:
+            plain = variant == "plain"
+            shortcut = None if plain else variant
+            name = cifar_model_name(depth, plain)
+            family = "plain" if plain else "residual"
+            overrides = {"shortcut": shortcut or "A"}
+            specs.append(
+                RunSpec(f"{name}-{variant}-s{seed}", name, family, depth, shortcut, seed, overrides)
+            )
+    return specs
+
+
+def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"runs": records, "summary": summarize_runs(records)}
+
+
+def shortcut_verdict(summary: Sequence[Mapping[str, Any]], tolerance: float) -> dict[str, Any]:
+    """Which variant trains best, and by how much the plain net trails the best shortcut.
+
+    Keys: ``best`` (label of the lowest test error), ``plain_gap`` (plain minus the best
+    shortcut option's final clean training error, points) and ``option_spread`` (the options'
+    range of test error, points).
+    """
+    rows = [r for r in summary if r.get("clean_train_error_mean") is not None]
+    if not rows:
+        raise ReslabError("no finished runs to compare")
+    best = min(rows, key=lambda r: (r["test_error_mean"], r["clean_train_error_mean"]))
+    plain = [r for r in rows if r["family"] == "plain"]
+    parts = [f"best test error: {best['label']} ({best['test_error_mean']:.1f}%)"]
+    verdict: dict[str, Any] = {"best": best["label"]}
+    if plain:
+        residual = [r for r in rows if r["family"] == "residual"]
+        if residual:
+            p = plain[0]
+            fit = min(residual, key=lambda r: r["clean_train_error_mean"])
+            gap = p["clean_train_error_mean"] - fit["clean_train_error_mean"]
+            verdict["plain_gap"] = round(gap, 4)
+            how = "trains worse than" if gap > tolerance else "trains as well as"
+            parts.append(
+                f"{p['label']} {how} {fit['label']}: {p['clean_train_error_mean']:.1f} % vs "
+                f"{fit['clean_train_error_mean']:.1f} % training error"
+            )
+    spread = [r["test_error_mean"] for r in rows if r["family"] == "residual"]
+    if len(spread) > 1:
+        verdict["option_spread"] = round(max(spread) - min(spread), 4)
+        parts.append(
+            f"options A/B/C differ by {max(spread) - min(spread):.1f} points of test error"
+        )
+    verdict["text"] = "; ".join(parts)
+    return verdict
+
+
+def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
+    return shortcut_verdict(results["summary"], config.tolerance)
+
+
+def check(config: StudyConfig) -> None:
+    # One depth: the verdict and the bar chart compare the variants with each other, which only
+    # means something at equal depth. Several depths are several studies (one --out each).
+    if len(config.depths) > 1:
+        depths = ",".join(str(d) for d in config.depths)
+        raise ConfigError(
+            f"a shortcuts study compares variants at one depth, got --depths {depths}: give "
+            f"one, e.g. --depths {max(config.depths)}, and run one study per depth"
+        )
+
+
+def tables(results: Mapping[str, Any]) -> list[html.Section]:
+    return [run_views.results_section(results)]
+
+
+STUDY = Study(
+    name="shortcuts",
+    help="ablation: plain vs shortcut options A, B, C at one depth, same budget",
+    title="Shortcut options: plain vs A vs B vs C at depth {depth} on {dataset}",
+    intro="The same residual network with each shortcut option (A: zero-padding identity, B: "
+    "projections where the shape changes, C: projections everywhere) next to its plain twin.",
+    plan=plan,
+    analyse=analyse,
+    verdict=verdict,
+    figures=(
+        run_views.ERROR_CURVES,
+        run_views.ERROR_VS_DEPTH,
+        run_views.shortcut_errors_spec(always=True),
+    ),
+    tables=tables,
+    verdict_formats={
+        "plain_gap": run_views.gap_format("plain", "plain minus the best shortcut option"),
+        "residual_gap": run_views.gap_format("residual", "plain minus the best shortcut option"),
+        "tolerance": run_views.tolerance_format,
+    },
+    depths=(56,),
+    seeds=(0, 1),
+    flags=(Flag("--variants", ",".join(VARIANTS), "variants to compare (plain,A,B,C)", names),),
+    check=check,
+)

@@ -1,0 +1,494 @@
+"""results.json: the one file a study writes, and the only code that reads or writes it.
+
+Every study (``reslab degradation``, ``shortcuts``, ``gradients``, ``responses``, ...) saves
+one ``results.json`` in its study folder with :func:`write_results`; ``reslab report`` reads it
+back with :func:`load_results` and rebuilds the figures and ``report.html`` from it alone.
+
+results.json, schema 1
+======================
+
+Errors are in **percent** (0–100). Times are in seconds. ``null`` means "not measured" (a
+non-finite float such as a diverged loss is also written as ``null``). Keys not listed here are
+allowed and ignored by the report.
+
+Common top level (every study)::
+
+    {
+      "schema": 1,                      # int, required; a newer schema is refused
+      "experiment": "degradation",      # required: the registered study that wrote it
+      "title": "Degradation: plain vs residual nets on CIFAR-10",
+      "reslab_version": "0.1.0", "torch_version": "2.13.0", "python_version": "3.12.1",
+      "created": "2025-01-31T12:00:00+00:00",   # ISO 8601
+      "machine": "Linux-6.1-x86_64, 16 CPUs, CUDA: NVIDIA H100",
+      "config": {...},                  # the study's configuration, shown as JSON
+      "verdict": {"text": "...", ...}   # one-sentence conclusion, shown at the top
+    }
+
+:func:`provenance` returns the five version/date/machine fields and :func:`new_results` the whole
+skeleton.
+
+Studies that train nets and compare their errors (``degradation``, ``shortcuts``) add ``runs``
+and ``summary``::
+
+    "runs": [{
+      "name": "plain56-s0", "model": "plain56",
+      "family": "plain",            # plain | residual
+      "depth": 56,                  # weighted layers
+      "shortcut": null,             # A | B | C for residual nets, null for plain ones
+      "seed": 0, "params": 855770,
+      "status": "finished",         # or "diverged" (its errors are then null)
+      "final_clean_train_error": 9.1,  # % on the training set, no augmentation, eval mode
+      "final_test_error": 12.3,        # %
+      "wall_time": 1234.5,             # s
+      "curves": {                   # parallel lists, one entry per evaluation (usually an epoch)
+        "epoch": [...], "step": [...],   # step = optimiser iterations so far (x axis)
+        "clean_train_error": [...],      # %, as final_clean_train_error
+        "train_error": [...],            # %, running error on augmented batches
+        "test_error": [...], "val_error": [...], "train_loss": [...], "lr": [...]
+      }
+    }],
+    "summary": [{                   # one row per (family, depth, shortcut), over seeds
+      "family": "plain", "depth": 56, "shortcut": null,
+      "label": "plain-56",          # or "resnet-56", "resnet-20 (B)"
+      "n_seeds": 2,
+      "clean_train_error_mean": 9.1, "clean_train_error_std": 0.4,
+      "test_error_mean": 12.3, "test_error_std": 0.3
+    }],
+
+Standard deviations are sample standard deviations over seeds (``ddof=1``; 0 for one seed).
+:func:`reslab.report.stats.summarize_runs` computes ``summary`` from ``runs``; the report does
+the same when ``summary`` is missing. Each study documents its verdict's keys beside its
+verdict function (``reslab.experiments.degradation.degradation_verdict``, ...); the
+degradation verdict, for example::
+
+    "verdict": {
+      "text": "plain-56 trains worse than plain-20 (degradation); resnet-56 trains as well as ...",
+      "degradation": true,          # plain_gap > max(tolerance, 2 * plain_gap_noise)
+      "residual_ok": true,          # residual_gap <= tolerance
+      "plain_gap": 2.1,             # percentage points: final clean training error of the
+      "residual_gap": -0.8,         # deepest minus the shallowest net of that family (mean)
+      "plain_gap_noise": 0.5,       # the two ends' seed stds added in quadrature
+      "tolerance": 1.0              # percentage points
+    }
+
+Probes (``gradients`` and ``responses``; the degradation study adds all three) live under
+``"probes"``, each a list with one entry per (model, seed, time); ``seed`` is absent in files
+written before the studies probed every seed::
+
+    "probes": {
+      "gradient_flow": [{
+        "label": "plain-56", "family": "plain", "depth": 56, "seed": 0,
+        "when": "init",                 # init | trained | "step N"
+        "block": [names], "input_grad_norm": [...],  # ‖∂L/∂x_l‖ at each block's input
+        "layer": [names], "weight_grad_norm": [...]  # ‖∂L/∂W‖ per conv/linear layer
+      }],
+      "residual_magnitude": [{
+        "label": "resnet-56", "family": "residual", "depth": 56, "seed": 0,
+        "block": [names], "ratio": [...],            # ‖F(x)‖/‖x‖ per block
+        "f_norm": [...], "shortcut_norm": [...]      # ‖F(x)‖, ‖shortcut(x)‖ (null for plain)
+      }],
+      "layer_responses": [{
+        "label": "resnet-56", "family": "residual", "depth": 56, "seed": 0,
+        "layer": [names], "std": [...],              # std of each 3×3 layer's output (after BN)
+        "std_sorted": [...]                          # the same, sorted descending
+      }]
+    }
+
+A new study adds its own top-level section (e.g. ``"lesion": {...}``); :func:`validate_results`
+checks the common parts above, and a study checks its own section with a ``check`` callable that
+gets the same :class:`Validator`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn, TypedDict
+
+from reslab.errors import ReslabError
+from reslab.fileio import atomic_write_json
+
+__all__ = [
+    "FAMILIES",
+    "RESULTS_NAME",
+    "SCHEMA_VERSION",
+    "Curves",
+    "ProbeEntry",
+    "Results",
+    "RunRecord",
+    "SummaryRow",
+    "Validator",
+    "is_int",
+    "is_number",
+    "load_results",
+    "new_results",
+    "provenance",
+    "validate_results",
+    "write_results",
+]
+
+SCHEMA_VERSION = 1
+RESULTS_NAME = "results.json"
+FAMILIES: tuple[str, ...] = ("plain", "residual")
+
+
+class Curves(TypedDict, total=False):
+    """Parallel lists, one entry per evaluation; ``None`` where a metric was not measured."""
+
+    epoch: list[int | None]
+    step: list[int | None]
+    clean_train_error: list[float | None]
+    train_error: list[float | None]
+    test_error: list[float | None]
+    val_error: list[float | None]
+    train_loss: list[float | None]
+    lr: list[float | None]
+
+
+class RunRecord(TypedDict, total=False):
+    """One training run of a study (a ``runs`` entry), read from its run folder."""
+
+    name: str
+    model: str
+    family: str
+    depth: int
+    shortcut: str | None
+    seed: int
+    params: int | None
+    status: str
+    final_clean_train_error: float | None
+    final_test_error: float | None
+    wall_time: float | None
+    curves: Curves
+
+
+class SummaryRow(TypedDict, total=False):
+    """One ``summary`` row: a (family, depth, shortcut) group, mean and std over seeds."""
+
+    family: str
+    depth: int
+    shortcut: str | None
+    label: str
+    n_seeds: int
+    clean_train_error_mean: float | None
+    clean_train_error_std: float | None
+    test_error_mean: float | None
+    test_error_std: float | None
+
+
+class ProbeEntry(TypedDict, total=False):
+    """One probed net: ``label``/``family``/``depth``/``seed`` and the probe's lists."""
+
+    label: str
+    family: str
+    depth: int
+    seed: int
+    when: str
+    block: list[str]
+    layer: list[str]
+    input_grad_norm: list[float | None]
+    weight_grad_norm: list[float | None]
+    ratio: list[float | None]
+    f_norm: list[float | None]
+    shortcut_norm: list[float | None] | None
+    std: list[float | None]
+    std_sorted: list[float | None]
+
+
+class Results(TypedDict, total=False):
+    """A whole results.json; a study may add its own sections beside these."""
+
+    schema: int
+    experiment: str
+    title: str
+    reslab_version: str
+    torch_version: str
+    python_version: str
+    created: str
+    machine: str
+    config: dict[str, Any]
+    verdict: dict[str, Any]
+    runs: list[RunRecord]
+    summary: list[SummaryRow]
+    probes: dict[str, list[ProbeEntry]]
+
+
+# Each probe kind's required list, and every key of a probe entry that holds numbers.
+_PROBE_ARRAYS = {
+    "gradient_flow": "input_grad_norm",
+    "residual_magnitude": "ratio",
+    "layer_responses": "std",
+}
+_PROBE_NUMBER_LISTS = {
+    "input_grad_norm",
+    "weight_grad_norm",
+    "ratio",
+    "f_norm",
+    "shortcut_norm",
+    "std",
+    "std_sorted",
+}
+_SUMMARY_NUMBERS = (
+    "n_seeds",
+    "clean_train_error_mean",
+    "clean_train_error_std",
+    "test_error_mean",
+    "test_error_std",
+)
+
+#: A study's check of its own section: gets the results and the validator to fail with.
+Check = Callable[[Mapping[str, Any], "Validator"], None]
+
+
+# --- provenance and the skeleton -----------------------------------------------------------------
+
+
+def provenance() -> dict[str, str]:
+    """The version, date and machine fields every results.json carries.
+
+    Returns ``reslab_version``, ``torch_version``, ``python_version``, ``created`` (now, UTC,
+    ISO 8601) and ``machine`` (OS, architecture, CPU count and CUDA device if any; no hostname).
+    """
+    from reslab import __version__
+
+    machine = f"{platform.platform(terse=True)} {platform.machine()}, {os.cpu_count()} CPUs"
+    try:
+        import torch
+
+        torch_version = str(torch.__version__)
+        if torch.cuda.is_available():
+            machine += f", CUDA: {torch.cuda.get_device_name(0)}"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch_version = "not installed"
+    return {
+        "reslab_version": __version__,
+        "torch_version": torch_version,
+        "python_version": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+    }
+
+
+def new_results(experiment: str, title: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The common top level of a results.json, with provenance filled in and an empty verdict."""
+    if not experiment or not isinstance(experiment, str):
+        raise ValueError(f"experiment must be a study name, not {experiment!r}")
+    return {
+        "schema": SCHEMA_VERSION,
+        "experiment": experiment,
+        "title": title,
+        **provenance(),
+        "config": _jsonable(dict(config), "config"),
+        "verdict": {"text": ""},
+    }
+
+
+# --- write and load ------------------------------------------------------------------------------
+
+
+def write_results(
+    study_dir: str | Path, results: Mapping[str, Any], check: Check | None = None
+) -> Path:
+    """Validate ``results`` and write it atomically to ``study_dir/results.json``.
+
+    NumPy and torch scalars and arrays become plain numbers and lists, non-finite floats become
+    ``null``. Returns the path written. Raises :class:`ReslabError` if the results do not follow
+    the schema (the previous file, if any, is left untouched).
+    """
+    clean = _jsonable(dict(results), "results")
+    path = Path(study_dir) / RESULTS_NAME
+    validate_results(clean, source=f"results for {path}", check=check)
+    return atomic_write_json(path, clean)
+
+
+def load_results(
+    study_dir: str | Path,
+    experiments: Collection[str] | None = None,
+    checks: Mapping[str, Check] | None = None,
+) -> dict[str, Any]:
+    """Read and validate ``study_dir/results.json`` (or a results file given directly).
+
+    ``experiments`` are the study names a caller can handle, ``checks`` the checks of their own
+    sections by study name. Raises :class:`ReslabError` with a one-line message if the file is
+    missing, not JSON, or does not follow the schema.
+    """
+    study = Path(study_dir)
+    path = study if study.is_file() else study / RESULTS_NAME
+    if not path.is_file():
+        raise ReslabError(
+            f"no {RESULTS_NAME} in {study}: run `reslab degradation --out {study}` first"
+        )
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReslabError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+            "rerun the experiment to rewrite it"
+        ) from exc
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ReslabError(f"cannot read {path}: {exc}; rerun the experiment to rewrite it") from exc
+    name = results.get("experiment") if isinstance(results, dict) else None
+    check = (checks or {}).get(name) if isinstance(name, str) else None
+    return validate_results(results, str(path), experiments, check)
+
+
+# --- the validator -------------------------------------------------------------------------------
+
+
+def validate_results(
+    results: Any,
+    source: str = "results",
+    experiments: Collection[str] | None = None,
+    check: Check | None = None,
+) -> dict[str, Any]:
+    """Check the parts of ``results`` that the report reads; return it unchanged.
+
+    ``experiments``, if given, are the study names allowed; ``check`` validates the study's own
+    section. Raises :class:`ReslabError` naming the first problem, e.g. ``runs[2].curves.step
+    must be a list of numbers``. Unknown keys are allowed.
+    """
+    v = Validator(source)
+    if not isinstance(results, dict):
+        v.fail("", f"must be a JSON object, not {type(results).__name__}")
+    _check_top_level(results, v, experiments)
+    for i, run in enumerate(v.list_of_objects(results, "runs")):
+        where = f"runs[{i}]."
+        v.family_depth(run, where)
+        for key in ("final_clean_train_error", "final_test_error", "wall_time", "params"):
+            v.optional_number(run, key, where)
+        curves = run.get("curves")
+        if curves is not None:
+            if not isinstance(curves, dict):
+                v.fail(f"{where}curves", "must be an object of lists")
+            for key, values in curves.items():
+                v.numbers(values, f"{where}curves.{key}")
+    for i, row in enumerate(v.list_of_objects(results, "summary")):
+        where = f"summary[{i}]."
+        v.family_depth(row, where)
+        for key in _SUMMARY_NUMBERS:
+            v.optional_number(row, key, where)
+    _check_probes(results, v)
+    if check is not None:
+        check(results, v)
+    return results
+
+
+def _check_top_level(
+    results: dict[str, Any], v: Validator, experiments: Collection[str] | None
+) -> None:
+    schema = results.get("schema")
+    if schema is None:
+        v.fail("schema", f"is missing (expected {SCHEMA_VERSION})")
+    if not is_int(schema) or schema < 1:
+        v.fail("schema", f"must be a positive integer, not {schema!r}")
+    if schema > SCHEMA_VERSION:
+        raise ReslabError(
+            f"{v.source}: schema {schema} was written by a newer reslab (this one reads up to "
+            f"{SCHEMA_VERSION}); upgrade reslab"
+        )
+    experiment = results.get("experiment")
+    if experiments is not None and experiment not in experiments:
+        v.fail("experiment", f"must be one of {', '.join(experiments)}")
+    if not isinstance(experiment, str) or not experiment:
+        v.fail("experiment", "must be the name of a study, e.g. degradation")
+    for key in ("title", "reslab_version", "torch_version", "python_version", "created"):
+        v.optional_str(results, key)
+    v.optional_str(results, "machine")
+    if results.get("config") is not None and not isinstance(results["config"], dict):
+        v.fail("config", "must be an object")
+    verdict = results.get("verdict")
+    if verdict is not None:
+        if not isinstance(verdict, dict):
+            v.fail("verdict", 'must be an object like {"text": "..."}')
+        v.optional_str(verdict, "text", "verdict.")
+
+
+def _check_probes(results: dict[str, Any], v: Validator) -> None:
+    probes = results.get("probes")
+    if probes is None:
+        return
+    if not isinstance(probes, dict):
+        v.fail("probes", "must be an object")
+    for kind, required in _PROBE_ARRAYS.items():
+        for i, entry in enumerate(v.list_of_objects(probes, kind, "probes.")):
+            where = f"probes.{kind}[{i}]."
+            v.family_depth(entry, where)
+            v.numbers(entry.get(required), where + required)
+            for key, values in entry.items():
+                if key != required and key in _PROBE_NUMBER_LISTS and values is not None:
+                    v.numbers(values, where + key)
+
+
+class Validator:
+    """Small checks that raise one-line :class:`ReslabError` messages with a JSON path."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, problem: str) -> NoReturn:
+        what = f"{where} " if where else ""
+        raise ReslabError(f"{self.source}: {what}{problem}; rerun the experiment or fix the file")
+
+    def optional_str(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> None:
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            self.fail(prefix + key, "must be a string")
+
+    def optional_number(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> None:
+        if obj.get(key) is not None and not is_number(obj[key]):
+            self.fail(prefix + key, f"must be a number, not {obj[key]!r}")
+
+    def numbers(self, values: Any, where: str) -> None:
+        if not isinstance(values, list) or not all(x is None or is_number(x) for x in values):
+            self.fail(where, "must be a list of numbers")
+
+    def list_of_objects(
+        self, obj: Mapping[str, Any], key: str, prefix: str = ""
+    ) -> list[dict[str, Any]]:
+        value = obj.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+            self.fail(prefix + key, "must be a list of objects")
+        return value
+
+    def family_depth(self, obj: Mapping[str, Any], prefix: str) -> None:
+        if obj.get("family") not in FAMILIES:
+            self.fail(
+                prefix + "family", f"must be 'plain' or 'residual', not {obj.get('family')!r}"
+            )
+        if not is_int(obj.get("depth")) or obj["depth"] < 1:
+            self.fail(prefix + "depth", f"must be a positive integer, not {obj.get('depth')!r}")
+        shortcut = obj.get("shortcut")
+        if shortcut is not None and not isinstance(shortcut, str):
+            self.fail(prefix + "shortcut", "must be 'A', 'B', 'C' or null")
+
+
+def is_number(x: Any) -> bool:
+    """A JSON number: int or float, not bool."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """``obj`` as plain JSON data: arrays/tensors to lists, non-finite floats to None."""
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, torch tensors
+        return _jsonable(obj.tolist(), where)
+    raise TypeError(f"{where}: {type(obj).__name__} cannot be saved in results.json")

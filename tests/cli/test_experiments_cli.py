@@ -1,0 +1,89 @@
+"""``reslab <study>`` comes from the registry: the flags and defaults of before, no cut plurals."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reslab.cli import build_parser, main
+from reslab.experiments import StudyConfig, get_study, list_studies
+
+_COMMON: dict[str, Any] = {
+    "dataset": "digits",
+    "data_dir": None,
+    "recipe": None,
+    "epochs": None,
+    "steps": None,
+    "batch_size": None,
+    "lr": None,
+    "width": 1.0,
+    "device": "auto",
+    "jobs": None,
+}
+# Each study's own flags and defaults as reslab 0.1.0 (before the registry) parsed them.
+BEFORE: dict[str, dict[str, Any]] = {
+    "degradation": {"depths": "20,32,56", "seeds": "0,1", "shortcut": "A", "probe_steps": "0"},
+    "shortcuts": {"depths": "56", "seeds": "0,1", "variants": "plain,A,B,C"},
+    "gradients": {"depths": "20,56", "seeds": "0", "shortcut": "A", "probe_steps": "0,10,30"},
+    "responses": {"depths": "20,56", "seeds": "0", "shortcut": "A"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_every_study_keeps_its_flags_and_defaults(name: str) -> None:
+    parsed = vars(build_parser().parse_args([name]))
+    parsed.pop("func")
+    expected = {"command": name, **_COMMON, **BEFORE[name], "out": f"runs/{name}"}
+    assert parsed == {**expected, "experiment": name}
+    flags = [f"--{key.replace('_', '-')}" for key in expected if key != "command"]
+    for flag in flags:  # every flag still takes a value
+        assert vars(build_parser().parse_args([name, flag, "7"]))[flag[2:].replace("-", "_")]
+
+
+def test_subcommands_are_the_registered_studies_in_order() -> None:
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    studies = ["degradation", "shortcuts", "gradients", "responses"]
+    assert list(sub.choices)[:5] == [*studies, "report"]
+    assert list(list_studies()) == studies
+
+
+def _captured(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> StudyConfig:
+    seen: list[StudyConfig] = []
+    monkeypatch.setattr("reslab.experiments.run_study", lambda config: seen.append(config))
+    assert main(argv) == 0
+    (config,) = seen
+    return config
+
+
+def test_default_command_builds_the_documented_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _captured(monkeypatch, ["degradation"])
+    expected = StudyConfig(depths=(20, 32, 56), seeds=(0, 1), probe_steps=(0,))
+    assert config.to_json() == expected.to_json()
+    gradients = _captured(monkeypatch, ["gradients", "--shortcut", "b", "--probe-steps", "5,0"])
+    assert (gradients.shortcut, gradients.probe_steps, gradients.seeds) == ("B", (0, 5), (0,))
+    shortcuts = _captured(monkeypatch, ["shortcuts", "--variants", "plain, a", "--depths", "20"])
+    assert shortcuts.variants == ("plain", "A")
+    assert {s.depth for s in get_study("shortcuts").plan(shortcuts)} == {20}
+
+
+def test_shortcuts_refuses_several_depths_instead_of_cutting_them(
+    tmp_path: Path, cli_error: Callable[[list[str]], str]
+) -> None:
+    # It used to train depth 56 only and say nothing about 20.
+    line = cli_error(["shortcuts", "--depths", "20,56", "--out", str(tmp_path / "s")])
+    assert "compares variants at one depth" in line and "--depths 20,56" in line
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("name", ["gradients", "responses"])
+def test_probe_studies_plan_every_seed(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # They used to train and probe the first seed only.
+    config = _captured(monkeypatch, [name, "--depths", "8", "--seeds", "0,1,2"])
+    specs = get_study(name).plan(config)
+    assert sorted((s.family, s.seed) for s in specs) == [
+        (family, seed) for family in ("plain", "residual") for seed in (0, 1, 2)
+    ]
