@@ -16,6 +16,7 @@ as separate ``reslab train`` jobs and ``reslab report`` aggregates the folders.
 """
 
 from reslab.experiments import degradation, gradients, responses, shortcuts
+from reslab.experiments.ablation import STUDY as ABLATION
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.page import build_report
 from reslab.experiments.records import aggregate
@@ -27,6 +28,7 @@ register(degradation.STUDY)
 register(shortcuts.STUDY)
 register(gradients.STUDY)
 register(responses.STUDY)
+register(ABLATION)
 
 __all__ = [
     "Flag",
