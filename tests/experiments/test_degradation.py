@@ -46,12 +46,15 @@ def test_verdict_reports_degradation_when_the_numbers_show_it() -> None:
     verdict = degradation_verdict(summary, tolerance=1.0)
     assert verdict == {
         "text": "plain-56 trains worse than plain-20 (degradation): 8.0 % vs 5.0 % training "
-        "error; resnet-56 trains as well as resnet-20: 4.0 % vs 5.0 % training error",
+        "error, a gap of 3.0 points, beyond the tolerance (1) and twice the seed noise (0.3); "
+        "resnet-56 trains as well as resnet-20: 4.0 % vs 5.0 % training error, a gap of -1.0 "
+        "points, within the tolerance (1)",
         "degradation": True,
         "residual_ok": True,
         "plain_gap": 3.0,
         "plain_gap_noise": pytest.approx(0.1414, abs=1e-4),
         "residual_gap": -1.0,
+        "residual_gap_noise": pytest.approx(0.1414, abs=1e-4),
         "tolerance": 1.0,
     }
 
@@ -90,3 +93,27 @@ def test_no_verdict_without_two_depths_of_finished_runs() -> None:
     diverged = [{**r, "clean_train_error_mean": None} for r in summary]
     verdict = get_study("degradation").verdict({"summary": diverged}, StudyConfig())
     assert verdict["text"].startswith("no verdict: the degradation verdict needs plain nets")
+
+
+def test_the_noise_rule_holds_for_the_residual_family_too() -> None:
+    """Issue 12's example: a 23.8-point residual gap with a seed std of 32.9 is seed noise."""
+    summary = [_row("plain", 20, 83.8, std=1.0), _row("plain", 32, 89.9, std=4.0)]
+    summary += [_row("residual", 20, 40.7, std=32.9), _row("residual", 32, 64.5, std=1.0)]
+    verdict = degradation_verdict(summary, tolerance=1.0)
+    assert verdict["degradation"] is False  # 6.1 points < 2 × hypot(1, 4)
+    assert verdict["residual_ok"] is True
+    assert "resnet-32 trains as well as resnet-20" in verdict["text"]
+    assert "within twice the seed noise (65.8)" in verdict["text"]
+    assert "plain-32 trains as well as plain-20" in verdict["text"]
+
+
+def test_with_one_seed_the_verdict_says_the_noise_is_unknown() -> None:
+    one = [
+        _row(f, d, e, std=0.0, n_seeds=1)
+        for f, d, e in (("plain", 20, 1.0), ("plain", 56, 9.0), ("residual", 20, 1.0),
+                        ("residual", 56, 1.2))
+    ]  # fmt: skip
+    verdict = degradation_verdict(one, tolerance=1.0)
+    assert verdict["degradation"] and verdict["residual_ok"]
+    assert verdict["plain_gap_noise"] is None and verdict["residual_gap_noise"] is None
+    assert verdict["text"].count("one seed, so the seed noise is unknown") == 2

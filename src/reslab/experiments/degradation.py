@@ -9,7 +9,6 @@ inside the nets (gradient flow, residual branch size, layer responses; §4.2 and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from reslab.experiments import probe_views, run_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import KINDS, probe_runs
 from reslab.experiments.registry import Flag, Study, ints
+from reslab.experiments.verdicts import gap_of_rows
 from reslab.models import cifar_model_name
 from reslab.report import html
 from reslab.report.schema import FAMILIES
@@ -53,50 +53,41 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
 def degradation_verdict(
     summary: Sequence[Mapping[str, Any]], tolerance: float = 1.0
 ) -> dict[str, Any]:
-    """The degradation study's verdict from its summary rows.
+    """The degradation study's verdict from its summary rows, on the one rule of
+    :mod:`reslab.experiments.verdicts`.
 
     ``plain_gap`` (``residual_gap``) is the mean final clean training error of the deepest
-    plain (residual) net minus that of the shallowest, in percentage points. Degradation is
-    ``plain_gap > max(tolerance, 2 * noise)``, the noise (``plain_gap_noise``) being the two
-    ends' seed standard deviations added in quadrature; residual nets are fine
-    (``residual_ok``) if ``residual_gap <= tolerance``. Needs both families at two or more
-    depths (the first shortcut option, if there are several).
+    plain (residual) net minus that of the shallowest, in percentage points, and
+    ``plain_gap_noise`` (``residual_gap_noise``) its seed noise: the two ends' seed standard
+    deviations added in quadrature (None with one seed). Degradation is a plain gap beyond the
+    tolerance and twice its noise; residual nets are fine (``residual_ok``) unless their gap is
+    too. Needs both families at two or more depths (the first shortcut option, if several).
     """
     ends = {family: _ends(summary, family) for family in FAMILIES}
-
-    def gap(family: str) -> float:
-        shallow, deep = ends[family]
-        return float(deep["clean_train_error_mean"]) - float(shallow["clean_train_error_mean"])
-
-    def spread(family: str) -> float:
-        """Seed noise of the gap: the two ends' standard deviations added in quadrature."""
-        shallow, deep = ends[family]
-        stds = [float(r.get("clean_train_error_std") or 0.0) for r in (shallow, deep)]
-        return math.hypot(*stds)
-
-    plain_gap, residual_gap = gap("plain"), gap("residual")
-    # A gap counts only if it beats both the tolerance and twice the seed-to-seed noise.
-    degradation = plain_gap > max(tolerance, 2 * spread("plain"))
-    residual_ok = residual_gap <= tolerance
+    gaps = {
+        family: gap_of_rows(deep, shallow, "clean_train_error", tolerance)
+        for family, (shallow, deep) in ends.items()
+    }
+    degradation = gaps["plain"].exceeds()
+    residual_ok = not gaps["residual"].exceeds()
     (ps, pd), (rs, rd) = ends["plain"], ends["residual"]
     plain_text = (
-        f"{_name(pd)} trains worse than {_name(ps)} (degradation): {_errors(pd, ps)}"
+        f"{_name(pd)} trains worse than {_name(ps)} (degradation)"
         if degradation
-        else f"{_name(pd)} trains as well as {_name(ps)} (no degradation at these depths): "
-        f"{_errors(pd, ps)}"
+        else f"{_name(pd)} trains as well as {_name(ps)} (no degradation at these depths)"
     )
     residual_text = (
-        f"{_name(rd)} trains as well as {_name(rs)}: {_errors(rd, rs)}"
+        f"{_name(rd)} trains as well as {_name(rs)}"
         if residual_ok
-        else f"{_name(rd)} also trains worse than {_name(rs)}: {_errors(rd, rs)}"
+        else f"{_name(rd)} also trains worse than {_name(rs)}"
     )
     return {
-        "text": f"{plain_text}; {residual_text}",
+        "text": f"{plain_text}: {_errors(pd, ps)}, {gaps['plain'].why()}; "
+        f"{residual_text}: {_errors(rd, rs)}, {gaps['residual'].why()}",
         "degradation": degradation,
         "residual_ok": residual_ok,
-        "plain_gap": round(plain_gap, 4),
-        "plain_gap_noise": round(spread("plain"), 4),
-        "residual_gap": round(residual_gap, 4),
+        **gaps["plain"].as_json("plain"),
+        **gaps["residual"].as_json("residual"),
         "tolerance": tolerance,
     }
 

@@ -15,6 +15,7 @@ from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import run_views
 from reslab.experiments.config import VARIANTS, RunSpec, StudyConfig
 from reslab.experiments.registry import Flag, Study, names
+from reslab.experiments.verdicts import gap_of_rows
 from reslab.models import cifar_model_name
 from reslab.report import html
 from reslab.report.stats import summarize_runs
@@ -44,36 +45,46 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
 
 
 def shortcut_verdict(summary: Sequence[Mapping[str, Any]], tolerance: float) -> dict[str, Any]:
-    """Which variant trains best, and by how much the plain net trails the best shortcut.
+    """Which variant trains best, and by how much the plain net trails the best shortcut, on
+    the one rule of :mod:`reslab.experiments.verdicts`.
 
     Keys: ``best`` (label of the lowest test error), ``plain_gap`` (plain minus the best
-    shortcut option's final clean training error, points) and ``option_spread`` (the options'
-    range of test error, points).
+    shortcut option's final clean training error, points) with ``plain_gap_noise``, and
+    ``option_spread`` (the options' range of test error, points) with ``option_spread_noise``.
     """
     rows = [r for r in summary if r.get("clean_train_error_mean") is not None]
     if not rows:
         raise ReslabError("no finished runs to compare")
     best = min(rows, key=lambda r: (r["test_error_mean"], r["clean_train_error_mean"]))
     plain = [r for r in rows if r["family"] == "plain"]
+    residual = [r for r in rows if r["family"] == "residual"]
     parts = [f"best test error: {best['label']} ({best['test_error_mean']:.1f}%)"]
     verdict: dict[str, Any] = {"best": best["label"]}
-    if plain:
-        residual = [r for r in rows if r["family"] == "residual"]
-        if residual:
-            p = plain[0]
-            fit = min(residual, key=lambda r: r["clean_train_error_mean"])
-            gap = p["clean_train_error_mean"] - fit["clean_train_error_mean"]
-            verdict["plain_gap"] = round(gap, 4)
-            how = "trains worse than" if gap > tolerance else "trains as well as"
-            parts.append(
-                f"{p['label']} {how} {fit['label']}: {p['clean_train_error_mean']:.1f} % vs "
-                f"{fit['clean_train_error_mean']:.1f} % training error"
-            )
-    spread = [r["test_error_mean"] for r in rows if r["family"] == "residual"]
-    if len(spread) > 1:
-        verdict["option_spread"] = round(max(spread) - min(spread), 4)
+    if plain and residual:
+        p = plain[0]
+        fit = min(residual, key=lambda r: r["clean_train_error_mean"])
+        gap = gap_of_rows(p, fit, "clean_train_error", tolerance)
+        verdict.update(gap.as_json("plain"))
+        how = "trains worse than" if gap.exceeds() else "trains as well as"
         parts.append(
-            f"options A/B/C differ by {max(spread) - min(spread):.1f} points of test error"
+            f"{p['label']} {how} {fit['label']}: {p['clean_train_error_mean']:.1f} % vs "
+            f"{fit['clean_train_error_mean']:.1f} % training error, {gap.why()}"
+        )
+    if len(residual) > 1:
+        worst = max(residual, key=lambda r: r["test_error_mean"])
+        first = min(residual, key=lambda r: r["test_error_mean"])
+        spread = gap_of_rows(worst, first, "test_error", tolerance)
+        verdict.update(
+            {
+                "option_spread": round(spread.value, 4),
+                "option_spread_noise": spread.as_json("x")["x_gap_noise"],
+            }
+        )
+        how = "differ" if spread.differs() else "do not differ measurably"
+        parts.append(
+            f"the shortcut options {how} in test error ({first['label']} "
+            f"{first['test_error_mean']:.1f} % to {worst['label']} {worst['test_error_mean']:.1f} "
+            f"%, {spread.why()})"
         )
     verdict["text"] = "; ".join(parts)
     return verdict

@@ -62,14 +62,18 @@ verdict function (``reslab.experiments.degradation.degradation_verdict``, ...); 
 degradation verdict, for example::
 
     "verdict": {
-      "text": "plain-56 trains worse than plain-20 (degradation); resnet-56 trains as well as ...",
+      "text": "plain-56 trains worse than plain-20 (degradation): ..., a gap of ... points, ...",
       "degradation": true,          # plain_gap > max(tolerance, 2 * plain_gap_noise)
-      "residual_ok": true,          # residual_gap <= tolerance
+      "residual_ok": true,          # not residual_gap > max(tolerance, 2 * residual_gap_noise)
       "plain_gap": 2.1,             # percentage points: final clean training error of the
       "residual_gap": -0.8,         # deepest minus the shallowest net of that family (mean)
-      "plain_gap_noise": 0.5,       # the two ends' seed stds added in quadrature
+      "plain_gap_noise": 0.5,       # the two ends' seed stds added in quadrature; null with
+      "residual_gap_noise": 0.3,    #   one seed (the noise is unknown; the text says so)
       "tolerance": 1.0              # percentage points
     }
+
+Every study judges a difference by the same rule (:mod:`reslab.experiments.verdicts`): it
+counts only beyond the tolerance and twice the seed noise.
 
 Probes (``gradients`` and ``responses``; the degradation study adds all three) live under
 ``"probes"``, each a list with one entry per (model, seed, time); ``seed`` is absent in files

@@ -22,7 +22,7 @@ from reslab.train.run_folder import run_config_near
 from reslab.train.runtime import autocast_context, pick_device
 from reslab.weights import load_weights, read_model_config
 
-__all__ = ["EvalResult", "eval_run", "evaluate"]
+__all__ = ["EvalResult", "eval_run", "evaluate", "model_for_weights"]
 
 
 @dataclass
@@ -123,7 +123,7 @@ def eval_run(
         raise ConfigError(f"split must be test or train, got {split!r}")
     dev = pick_device(device, local_rank=0)
     ds = load_dataset(dataset, data_dir=data_dir or (run_config or {}).get("data_dir"))
-    net = _model_for_weights(weights, model, ds)
+    net = model_for_weights(weights, model, ds)
     net.to(dev)
     images = ds.test_images if split == "test" else ds.train_images
     labels = ds.test_labels if split == "test" else ds.train_labels
@@ -151,7 +151,12 @@ def eval_run(
     }
 
 
-def _model_for_weights(weights: Path, name: str | None, ds: Dataset) -> nn.Module:
+def model_for_weights(weights: Path, name: str | None, ds: Dataset) -> nn.Module:
+    """The net in ``weights``, built from its header or as ``name``, sized for ``ds``.
+
+    Imported checkpoints without a header need ``name``; a net whose classifier does not fit
+    ``ds`` is refused in one line.
+    """
     header: dict[str, Any] = {}
     if weights.suffix == ".safetensors":
         header = read_model_config(weights) or {}  # CheckpointError if the entry is corrupt

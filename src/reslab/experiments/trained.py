@@ -1,0 +1,131 @@
+"""Where a study's trained nets come from: its own runs, another study's, or a weights file.
+
+Studies that measure trained nets (lesion, landscape) take them from one of three sources:
+
+* their own runs (the default): the study plans plain and residual twins and trains them;
+* ``--from STUDY_DIR``: the nets a finished study already trained, read from its results.json
+  and run folders (e.g. ``reslab lesion --from runs/degradation``);
+* ``--weights FILE [--model NAME]``: any weights file reslab can load, imported CIFAR
+  checkpoints included, so the popular pretrained ResNet-56 can be measured as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from reslab.data import load_dataset
+from reslab.errors import ConfigError
+from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.probing import label
+from reslab.experiments.registry import Flag
+from reslab.report.schema import load_results
+from reslab.train import RunFolder
+from reslab.train.evaluate import model_for_weights
+from reslab.weights import load_model
+
+__all__ = ["SOURCE_FLAGS", "TrainedNet", "check_sources", "own_runs", "trained_nets"]
+
+SOURCE_FLAGS = (
+    Flag(
+        "--from",
+        None,
+        "measure the nets a finished study trained (its folder) instead of training new ones",
+        dest="from_dir",
+    ),
+    Flag(
+        "--weights",
+        None,
+        "measure this one weights file (safetensors, or a CIFAR .pt/.th checkpoint)",
+    ),
+    Flag("--model", None, "the net of --weights (default: the name in the file's header)"),
+)
+
+
+@dataclass
+class TrainedNet:
+    """One trained net to measure, and where it came from."""
+
+    label: str  # plain-56 / resnet-56
+    family: str  # plain | residual
+    depth: int
+    seed: int | None  # None for a weights file
+    model: nn.Module  # in eval mode, on the CPU
+    source: str  # the run folder or the weights file
+
+
+def _option(config: StudyConfig, key: str) -> str | None:
+    value = config.options.get(key)
+    return None if value in (None, "") else str(value)
+
+
+def check_sources(config: StudyConfig) -> None:
+    """Refuse, in one line, flags that name two sources or half of one."""
+    from_dir, weights = _option(config, "from_dir"), _option(config, "weights")
+    if from_dir and weights:
+        raise ConfigError("--from and --weights name two sources of nets; give one of them")
+    if _option(config, "model") and not weights:
+        raise ConfigError("--model names the net of a --weights file; add --weights FILE")
+    if from_dir and not (Path(from_dir) / "results.json").is_file():
+        raise ConfigError(
+            f"--from {from_dir}: no results.json there; point it at a finished study folder, "
+            "e.g. runs/degradation"
+        )
+    if weights and not Path(weights).is_file():
+        raise ConfigError(f"--weights {weights}: no such file")
+
+
+def own_runs(
+    plan: Callable[[StudyConfig], list[RunSpec]],
+) -> Callable[[StudyConfig], list[RunSpec]]:
+    """``plan``, or no runs at all when the nets come from ``--from`` or ``--weights``."""
+
+    def planned(config: StudyConfig) -> list[RunSpec]:
+        if _option(config, "from_dir") or _option(config, "weights"):
+            return []
+        return plan(config)
+
+    return planned
+
+
+def _net(record: dict[str, Any], folder: RunFolder) -> TrainedNet | None:
+    if not folder.weights_path.is_file():
+        return None  # diverged before its first checkpoint: nothing trained to measure
+    model = load_model(folder.weights_path).eval()
+    return TrainedNet(
+        label(record), record["family"], int(record["depth"]), record.get("seed"), model,
+        str(folder.path),
+    )  # fmt: skip
+
+
+def trained_nets(config: StudyConfig, records: Sequence[dict[str, Any]]) -> list[TrainedNet]:
+    """The nets to measure, from the source the flags name (see the module docstring)."""
+    weights, from_dir = _option(config, "weights"), _option(config, "from_dir")
+    if weights:
+        ds = load_dataset(config.dataset, data_dir=config.data_dir)
+        model = model_for_weights(Path(weights), _option(config, "model"), ds).eval()
+        plain = bool(getattr(model, "plain", False))
+        depth = int(getattr(model, "depth", 0))
+        family = "plain" if plain else "residual"
+        record: dict[str, Any] = {"family": family, "depth": depth}
+        return [TrainedNet(label(record), family, depth, None, model, weights)]
+    if from_dir:
+        results = load_results(from_dir)
+        trained_on = results.get("config", {}).get("dataset")
+        if trained_on is not None and trained_on != config.dataset:
+            raise ConfigError(
+                f"--from {from_dir} trained its nets on {trained_on}; pass --dataset {trained_on}"
+            )
+        runs = [r for r in results.get("runs", []) if isinstance(r, dict)]
+        root = Path(from_dir) / "runs"
+    else:
+        runs, root = list(records), Path(config.out) / "runs"
+    nets = [_net(r, RunFolder(root / r["name"])) for r in runs]
+    found = [n for n in nets if n is not None]
+    if not found:
+        raise ConfigError(f"no trained nets to measure in {root}: every run diverged or is missing")
+    return found

@@ -1,0 +1,119 @@
+"""One rule for every verdict: a difference counts only beyond the tolerance and the seed noise.
+
+Every study compares means over seeds — training errors, lesion errors, sharpness, gradient
+correlations. A gap between two means counts only when it is larger than the study's tolerance
+*and* larger than twice its seed noise: the two means' seed standard deviations added in
+quadrature (the spread of the gap if the two are independent), doubled for a band that one
+unlucky seed does not cross. With a single seed the noise is unknown: the gap is judged by the
+tolerance alone, and the verdict says so. Each verdict names what it compared and the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reslab.report.stats import mean_std
+
+__all__ = ["NOISE_WIDTHS", "Gap", "gap_of_rows", "gap_of_values"]
+
+# How many noise widths a gap must clear: twice the seed noise (a ~95 % band for a normal spread).
+NOISE_WIDTHS = 2.0
+
+
+@dataclass(frozen=True)
+class Gap:
+    """``a - b`` for two means over seeds, and whether that difference counts."""
+
+    a: float  # the first mean (e.g. the deep net's training error)
+    b: float  # the second mean
+    a_std: float | None  # seed standard deviation of ``a``; None with one seed
+    b_std: float | None
+    tolerance: float  # the smallest difference that means anything, in the numbers' unit
+    unit: str = "points"  # how to name the difference in text
+
+    @property
+    def value(self) -> float:
+        return self.a - self.b
+
+    @property
+    def seed_noise(self) -> float | None:
+        """The gap's seed noise (the two stds in quadrature); None when a side has one seed."""
+        if self.a_std is None or self.b_std is None:
+            return None
+        return math.hypot(self.a_std, self.b_std)
+
+    @property
+    def noise(self) -> float | None:
+        """What the gap must clear besides the tolerance: twice its seed noise."""
+        one = self.seed_noise
+        return None if one is None else NOISE_WIDTHS * one
+
+    @property
+    def bar(self) -> float:
+        """What the gap must exceed: the tolerance and, when known, twice the seed noise."""
+        return max(self.tolerance, self.noise or 0.0)
+
+    def exceeds(self) -> bool:
+        """``a`` is larger than ``b`` by more than the bar (e.g. "trains worse")."""
+        return self.value > self.bar
+
+    def differs(self) -> bool:
+        """``a`` and ``b`` differ, either way, by more than the bar."""
+        return abs(self.value) > self.bar
+
+    def why(self) -> str:
+        """The numbers behind the judgement, e.g. "a gap of 62.0 points, beyond the
+        tolerance (1.0) and twice the seed noise (30.2)"."""
+        gap = f"a gap of {self.value:.1f} {self.unit}"
+        noise = self.noise
+        unknown = "; one seed, so the seed noise is unknown"
+        tolerance = f"the tolerance ({self.tolerance:g})"
+        if abs(self.value) <= self.tolerance:
+            return f"{gap}, within {tolerance}" + ("" if noise is not None else unknown)
+        if noise is None:
+            return f"{gap}, beyond {tolerance}{unknown}"
+        if abs(self.value) <= noise:
+            return f"{gap}, within twice the seed noise ({noise:.1f})"
+        return f"{gap}, beyond {tolerance} and twice the seed noise ({noise:.1f})"
+
+    def as_json(self, prefix: str) -> dict[str, Any]:
+        """``{prefix}_gap``, ``{prefix}_gap_noise`` (one noise width; None with one seed)."""
+        one = self.seed_noise
+        return {
+            f"{prefix}_gap": round(self.value, 4),
+            f"{prefix}_gap_noise": None if one is None else round(one, 4),
+        }
+
+
+def gap_of_values(
+    a: Sequence[float], b: Sequence[float], tolerance: float, unit: str = "points"
+) -> Gap:
+    """The gap between the means of two lists of per-seed values (finite ones only)."""
+
+    def stats(values: Sequence[float]) -> tuple[float, float | None]:
+        finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+        mean, std = mean_std(finite)
+        if mean is None:
+            raise ValueError("a gap needs at least one finite value on each side")
+        return mean, std if len(finite) > 1 else None
+
+    (ma, sa), (mb, sb) = stats(a), stats(b)
+    return Gap(ma, mb, sa, sb, tolerance, unit)
+
+
+def gap_of_rows(
+    a: Mapping[str, Any], b: Mapping[str, Any], key: str, tolerance: float, unit: str = "points"
+) -> Gap:
+    """The gap between two summary rows' ``{key}_mean``, their noise from ``{key}_std`` (a row
+    of one seed, ``n_seeds`` < 2, has no noise)."""
+
+    def std(row: Mapping[str, Any]) -> float | None:
+        value = row.get(f"{key}_std")
+        if int(row.get("n_seeds") or 1) < 2 or value is None:
+            return None
+        return float(value)
+
+    return Gap(float(a[f"{key}_mean"]), float(b[f"{key}_mean"]), std(a), std(b), tolerance, unit)
