@@ -21,6 +21,7 @@ import numpy as np
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import Flag, Study, names
+from reslab.experiments.verdicts import gap_of_rows
 from reslab.models import cifar_model_name
 from reslab.report import html
 from reslab.report.figures import (
@@ -38,6 +39,7 @@ from reslab.report.schema import Validator, is_number
 from reslab.report.stats import mean_std, nan_mean_std
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["DEFAULT_VARIANTS", "STUDY", "VARIANTS", "Variant", "plan"]
@@ -58,53 +60,30 @@ class Variant:
 
 
 # The paper's order. "fail": test error above 20 %, as the paper reports it.
-VARIANTS: dict[str, Variant] = {
-    v.key: v
-    for v in (
-        Variant("identity", "original (identity)", (1, 2), "2(a), 4(a)", "1", "1", "6.61 / 5.93"),
-        Variant("plain", "no shortcut (plain)", (1,), "2(b)", "0", "1", "fail", {"plain": True}),
-        Variant(
-            "scale", "constant scaling", (1,), "2(b)", "0.5", "1", "fail",
-            {"shortcut_mode": "scale", "shortcut_scale": 0.5},
-        ),
-        Variant(
-            "frozen_gate", "constant scaling (frozen gate)", (1,), "2(b)", "0.5", "0.5", "12.35",
-            {"shortcut_mode": "scale", "shortcut_scale": 0.5, "branch_scale": 0.5},
-        ),
-        Variant(
-            "exclusive_gate", "exclusive gating, b_g = −6", (1,), "2(c)", "1−g(x)", "g(x)",
-            "8.70", {"shortcut_mode": "exclusive_gate", "gate_bias": -6.0},
-        ),
-        Variant(
-            "shortcut_gate", "shortcut-only gating, b_g = −6", (1,), "2(d)", "1−g(x)", "1",
-            "6.91", {"shortcut_mode": "shortcut_gate", "gate_bias": -6.0},
-        ),
-        Variant(
-            "conv", "1×1 conv shortcut", (1,), "2(e)", "1×1 conv", "1", "12.22",
-            {"shortcut_mode": "conv"},
-        ),
-        Variant(
-            "dropout", "dropout shortcut", (1,), "2(f)", "dropout 0.5", "1", "fail",
-            {"shortcut_mode": "dropout", "shortcut_dropout": 0.5},
-        ),
-        Variant(
-            "bn_after_add", "BN after addition", (2,), "4(b)", "1", "1", "8.17 / 6.50",
-            {"activation": "bn_after_add"},
-        ),
-        Variant(
-            "relu_before_add", "ReLU before addition", (2,), "4(c)", "1", "1", "7.84 / 6.14",
-            {"activation": "relu_before_add"},
-        ),
-        Variant(
-            "relu_preact", "ReLU-only pre-activation", (2,), "4(d)", "1", "1", "6.71 / 5.91",
-            {"activation": "relu_preact"},
-        ),
-        Variant(
-            "full_preact", "full pre-activation", (2,), "4(e)", "1", "1", "6.37 / 5.46",
-            {"activation": "full_preact"},
-        ),
-    )
-}  # fmt: skip
+VARIANTS: dict[str, Variant] = {v.key: v for v in (
+    Variant("identity", "original (identity)", (1, 2), "2(a), 4(a)", "1", "1", "6.61 / 5.93"),
+    Variant("plain", "no shortcut (plain)", (1,), "2(b)", "0", "1", "fail", {"plain": True}),
+    Variant("scale", "constant scaling", (1,), "2(b)", "0.5", "1", "fail",
+            {"shortcut_mode": "scale", "shortcut_scale": 0.5}),
+    Variant("frozen_gate", "constant scaling (frozen gate)", (1,), "2(b)", "0.5", "0.5", "12.35",
+            {"shortcut_mode": "scale", "shortcut_scale": 0.5, "branch_scale": 0.5}),
+    Variant("exclusive_gate", "exclusive gating, b_g = −6", (1,), "2(c)", "1−g(x)", "g(x)", "8.70",
+            {"shortcut_mode": "exclusive_gate", "gate_bias": -6.0}),
+    Variant("shortcut_gate", "shortcut-only gating, b_g = −6", (1,), "2(d)", "1−g(x)", "1", "6.91",
+            {"shortcut_mode": "shortcut_gate", "gate_bias": -6.0}),
+    Variant("conv", "1×1 conv shortcut", (1,), "2(e)", "1×1 conv", "1", "12.22",
+            {"shortcut_mode": "conv"}),
+    Variant("dropout", "dropout shortcut", (1,), "2(f)", "dropout 0.5", "1", "fail",
+            {"shortcut_mode": "dropout", "shortcut_dropout": 0.5}),
+    Variant("bn_after_add", "BN after addition", (2,), "4(b)", "1", "1", "8.17 / 6.50",
+            {"activation": "bn_after_add"}),
+    Variant("relu_before_add", "ReLU before addition", (2,), "4(c)", "1", "1", "7.84 / 6.14",
+            {"activation": "relu_before_add"}),
+    Variant("relu_preact", "ReLU-only pre-activation", (2,), "4(d)", "1", "1", "6.71 / 5.91",
+            {"activation": "relu_preact"}),
+    Variant("full_preact", "full pre-activation", (2,), "4(e)", "1", "1", "6.37 / 5.46",
+            {"activation": "full_preact"}),
+)}  # fmt: skip
 # Every row of both tables but two: the plain net (the "0 | 1" row, which the degradation
 # study already covers) and frozen gating, to keep the default run inside 90 s on two cores.
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(k for k in VARIANTS if k not in ("plain", "frozen_gate"))
@@ -134,15 +113,8 @@ def _spec(config: StudyConfig, variant: Variant, seed: int) -> RunSpec:
     digits = config.dataset.strip().lower() == "digits"
     if digits and config.epochs is None and config.steps is None:
         overrides["epochs"] = DIGITS_EPOCHS
-    return RunSpec(
-        f"{model}-{variant.key}-s{seed}",
-        model,
-        "plain" if plain else "residual",
-        depth,
-        None if plain else shortcut,
-        seed,
-        overrides,
-    )
+    family, name = "plain" if plain else "residual", f"{model}-{variant.key}-s{seed}"
+    return RunSpec(name, model, family, depth, None if plain else shortcut, seed, overrides)
 
 
 def plan(config: StudyConfig) -> list[RunSpec]:
@@ -174,9 +146,7 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
                 "test_error_std": test[1],
                 "variant": variant.key,
                 "tables": list(variant.tables),
-                "fig": variant.fig,
-                "on_shortcut": variant.on_shortcut,
-                "on_f": variant.on_f,
+                **{k: getattr(variant, k) for k in ("fig", "on_shortcut", "on_f")},
                 "paper_error": variant.paper,
                 "params": members[0].get("params"),
                 "diverged": sum(r.get("status") == "diverged" for r in members),
@@ -193,17 +163,8 @@ def _row(summary: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, Any] | 
     return next((r for r in summary if r.get("variant") == key), None)
 
 
-def _versus(row: Mapping[str, Any], ref: Mapping[str, Any], metric: str, tolerance: float) -> str:
-    """``worse``, ``better`` or ``as well``: ``row`` against ``ref`` on ``metric``'s means.
-
-    A difference counts only beyond the tolerance and beyond twice the seed noise (the two
-    stds in quadrature); with one seed each the noise is unknown and only the tolerance counts.
-    """
-    diff = float(row[f"{metric}_mean"]) - float(ref[f"{metric}_mean"])
-    noise = float(np.hypot(row.get(f"{metric}_std") or 0.0, ref.get(f"{metric}_std") or 0.0))
-    if abs(diff) <= max(tolerance, 2 * noise):
-        return "as well"
-    return "worse" if diff > 0 else "better"
+def _pct(row: Mapping[str, Any], metric: str = "clean_train_error") -> str:
+    return f"{row['label']} ({float(row[f'{metric}_mean']):.1f} %)"
 
 
 def ablation_verdict(
@@ -211,61 +172,55 @@ def ablation_verdict(
 ) -> dict[str, Any]:
     """Which variants train worse than the identity shortcut, and which placement is best.
 
-    Keys: ``worse``, ``as_well``, ``better`` (variant keys, by final clean training error
-    against ``identity``), ``identity_best`` (no shortcut variant trains better than the
-    identity), ``best_placement`` (the Table 2 row with the lowest test error) and
-    ``preact_best`` (no placement beats full pre-activation's test error), ``tolerance``.
+    Every comparison is :mod:`reslab.experiments.verdicts`' one rule. Keys: ``worse``,
+    ``as_well``, ``better`` (variant keys, by final clean training error against
+    ``identity``), ``gaps`` (per variant: its training error minus the identity's, and one
+    seed-noise width, None with one seed), ``identity_best`` (no Table 1 variant trains better
+    than the identity), ``best_placement`` (the Table 2 row with the lowest test error),
+    ``preact_best`` (no placement's test error beats full pre-activation's) and ``tolerance``.
     """
     rows = [r for r in summary if is_number(r.get("clean_train_error_mean"))]
     ref = _row(rows, REFERENCE)
     if ref is None:
         return {"text": "no verdict: the identity shortcut (the reference) has no finished run"}
-    metric = "clean_train_error"
-    groups: dict[str, list[str]] = {"worse": [], "as well": [], "better": []}
+    verdict: dict[str, Any] = {"worse": [], "as_well": [], "better": [], "gaps": {}}
     for row in rows:
-        if row["variant"] != REFERENCE:
-            groups[_versus(row, ref, metric, tolerance)].append(str(row["variant"]))
-    labels = {str(r["variant"]): str(r["label"]) for r in rows}
-
-    def named(keys: Sequence[str]) -> str:
-        return ", ".join(
-            f"{labels[k]} ({float(_row(rows, k)[f'{metric}_mean']):.1f} %)"  # type: ignore[index]
-            for k in keys
-        )
-
-    parts = [
-        f"final clean training error vs the identity shortcut "
-        f"({float(ref[f'{metric}_mean']):.1f} %)"
-    ]
-    for how in ("worse", "as well", "better"):
-        if groups[how]:
-            parts.append(f"train{'s' if len(groups[how]) == 1 else ''} {how}: {named(groups[how])}")
-    verdict: dict[str, Any] = {
-        "worse": groups["worse"],
-        "as_well": groups["as well"],
-        "better": groups["better"],
-        "identity_best": not any(
-            k in groups["better"] for k, v in VARIANTS.items() if 1 in v.tables
-        ),
-    }
-    placements = [
-        r for r in rows if 2 in (r.get("tables") or []) and is_number(r.get("test_error_mean"))
-    ]
+        if row is ref:
+            continue
+        gap = gap_of_rows(row, ref, "clean_train_error", tolerance)
+        how = "worse" if gap.exceeds() else "better" if gap.differs() else "as_well"
+        verdict[how].append(row["variant"])
+        noise = gap.as_json("x")["x_gap_noise"]
+        verdict["gaps"][row["variant"]] = {"gap": round(gap.value, 4), "noise": noise}
+    ref_error = f"{float(ref['clean_train_error_mean']):.1f} %"
+    parts = [f"against the identity shortcut's final clean training error ({ref_error})"]
+    for how, says in (("worse", "worse"), ("as_well", "as well"), ("better", "better")):
+        if verdict[how]:
+            named = ", ".join(_pct(_row(rows, k)) for k in verdict[how])  # type: ignore[arg-type]
+            parts.append(f"train{'s' if len(verdict[how]) == 1 else ''} {says}: {named}")
+    table1 = [str(r["variant"]) for r in rows if 1 in (r.get("tables") or [])]
+    verdict["identity_best"] = not set(verdict["better"]) & set(table1)
+    placements = [r for r in rows if 2 in (r.get("tables") or [])]
+    placements = [r for r in placements if is_number(r.get("test_error_mean"))]
     if len(placements) > 1:
         best = min(placements, key=lambda r: float(r["test_error_mean"]))
         verdict["best_placement"] = best["variant"]
         preact = _row(placements, "full_preact")
         if preact is not None:
             verdict["preact_best"] = not any(
-                _versus(r, preact, "test_error", tolerance) == "better" for r in placements
+                gap_of_rows(preact, r, "test_error", tolerance).exceeds() for r in placements
             )
-        parts.append(
-            f"lowest test error of the placements: {best['label']} "
-            f"({float(best['test_error_mean']):.1f} %)"
+        versus = (
+            ""
+            if best is ref
+            else (
+                f" vs {_pct(ref, 'test_error')}, "
+                + gap_of_rows(ref, best, "test_error", tolerance).why()
+            )
         )
-    one_seed = all(int(r.get("n_seeds") or 1) < 2 for r in rows)
-    if one_seed:
-        parts.append("seed noise unknown (one seed): only the tolerance counts")
+        parts.append(f"lowest test error of the placements: {_pct(best, 'test_error')}{versus}")
+    if all(int(r.get("n_seeds") or 1) < 2 for r in rows):
+        parts.append("one seed, so the seed noise is unknown and only the tolerance counts")
     verdict["tolerance"] = tolerance
     verdict["text"] = "; ".join(parts)
     return verdict
@@ -311,29 +266,9 @@ def error_bars(summary: Sequence[Mapping[str, Any]]) -> Figure:
                 (-0.2, "clean_train_error", "///"),
                 (0.2, "test_error", ""),
             ):
-                mean = row.get(f"{metric}_mean")
-                if not is_number(mean):
-                    continue
-                colour = _colour(i, row)
-                ax.barh(
-                    i + offset,
-                    mean,
-                    0.38,
-                    xerr=row.get(f"{metric}_std") or 0.0,
-                    color="white" if hatch else colour,
-                    edgecolor=colour,
-                    hatch=hatch,
-                    linewidth=1.3,
-                    error_kw={"elinewidth": 1.0, "ecolor": "0.2"},
-                )
-                ax.annotate(
-                    f"{mean:.1f}",
-                    (mean, i + offset),
-                    xytext=(3, 0),
-                    fontsize=7,
-                    textcoords="offset points",
-                    va="center",
-                )
+                mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+                if mean is not None and is_number(mean):
+                    _bar(ax, i + offset, float(mean), float(std or 0.0), _colour(i, row), hatch)
         ref = _row(rows, REFERENCE)
         if ref is not None and is_number(ref.get("clean_train_error_mean")):
             ax.axvline(float(ref["clean_train_error_mean"]), color="0.3", linestyle=":", lw=1)
@@ -354,6 +289,20 @@ def error_bars(summary: Sequence[Mapping[str, Any]]) -> Figure:
     return fig
 
 
+def _bar(ax: Axes, y: float, mean: float, std: float, colour: str, hatch: str) -> None:
+    errors = {"elinewidth": 1.0, "ecolor": "0.2"}
+    face = "white" if hatch else colour
+    ax.barh(y, mean, 0.38, xerr=std, color=face, edgecolor=colour, hatch=hatch, error_kw=errors)
+    ax.annotate(
+        f"{mean:.1f}",
+        (mean + std, y),
+        xytext=(3, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=7,
+    )
+
+
 @styled
 def training_curves(
     runs: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]]
@@ -364,32 +313,29 @@ def training_curves(
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (title, rows) in zip(axes, panels, strict=True):
         for i, row in enumerate(rows):
-            curves = [
-                r["curves"]
-                for r in runs
-                if r.get("variant") == row.get("variant") and isinstance(r.get("curves"), dict)
-            ]
-            curves = [c for c in curves if has_values(c.get("clean_train_error"))]
-            if not curves:
-                continue
-            n = min(len(c["clean_train_error"]) for c in curves)
-            mean, _ = nan_mean_std(np.vstack([array(c["clean_train_error"])[:n] for c in curves]))
-            xs, ys = finite(array(curves[0].get("step") or curves[0].get("epoch"))[:n], mean)
-            ax.plot(
-                xs,
-                ys,
-                color=_colour(i, row),
-                label=str(row["label"]),
-                marker="",
-                linewidth=2.2 if row.get("variant") == REFERENCE else 1.4,
-            )
+            line = _mean_curve([r for r in runs if r.get("variant") == row.get("variant")])
+            if line is not None:
+                width = 2.4 if row.get("variant") == REFERENCE else 1.4
+                ax.plot(*line, color=_colour(i, row), label=str(row["label"]), linewidth=width)
         ax.set_title(title)
         ax.set_xlabel("iterations (optimiser steps)")
         ax.set_ylabel("training error, clean (%)")
         ax.set_ylim(bottom=0)
         ax.tick_params(labelleft=True)
-        legend(ax, loc="upper right", fontsize=7)
+        legend(ax, loc="lower left", fontsize=7)
     return fig
+
+
+def _mean_curve(runs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Clean training error vs iterations, the mean over seeds; None without curves."""
+    curves = [
+        r["curves"] for r in runs if has_values((r.get("curves") or {}).get("clean_train_error"))
+    ]
+    if not curves:
+        return None
+    n = min(len(c["clean_train_error"]) for c in curves)
+    mean, _ = nan_mean_std(np.vstack([array(c["clean_train_error"])[:n] for c in curves]))
+    return finite(array(curves[0].get("step"))[:n], mean)
 
 
 def _draw_bars(results: Mapping[str, Any]) -> Figure | None:
@@ -399,8 +345,7 @@ def _draw_bars(results: Mapping[str, Any]) -> Figure | None:
 
 def _draw_curves(results: Mapping[str, Any]) -> Figure | None:
     runs, summary = results.get("runs") or [], results.get("summary") or []
-    has_curves = any(has_values((r.get("curves") or {}).get("clean_train_error")) for r in runs)
-    return training_curves(runs, summary) if has_curves and _panels(summary) else None
+    return training_curves(runs, summary) if _mean_curve(runs) and _panels(summary) else None
 
 
 ERRORS = FigureSpec(
@@ -532,17 +477,28 @@ def _names(keys: Any) -> str | None:
     return ", ".join(html.e(VARIANTS[k].label if k in VARIANTS else k) for k in keys) or "none"
 
 
+def _yes(question: str, value: Any) -> str | None:
+    return f"{question}: <b>{'yes' if value else 'no'}</b>" if isinstance(value, bool) else None
+
+
+def _gaps(gaps: Any) -> str | None:
+    if not isinstance(gaps, dict):
+        return None
+    noise = [f" ± {g['noise']:.1f}" if is_number(g.get("noise")) else "" for g in gaps.values()]
+    listed = ", ".join(
+        f"{html.e(k)} {g['gap']:+.1f}{n}" for (k, g), n in zip(gaps.items(), noise, strict=True)
+    )
+    return f"training error minus the identity's, points (± one seed-noise width): {listed}"
+
+
 VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "worse": lambda v: f"train worse than the identity shortcut: <b>{_names(v)}</b>",
     "as_well": lambda v: f"train as well as the identity shortcut: <b>{_names(v)}</b>",
     "better": lambda v: f"train better than the identity shortcut: <b>{_names(v)}</b>",
-    "identity_best": lambda v: (
-        f"no shortcut variant trains better than the identity: <b>{'yes' if v else 'no'}</b>"
-    ),
+    "identity_best": lambda v: _yes("no shortcut variant trains better than the identity", v),
     "best_placement": lambda v: f"lowest test error of the placements: <b>{_names([v])}</b>",
-    "preact_best": lambda v: (
-        f"no placement beats full pre-activation's test error: <b>{'yes' if v else 'no'}</b>"
-    ),
+    "preact_best": lambda v: _yes("no placement beats full pre-activation's test error", v),
+    "gaps": lambda v: _gaps(v),
     "tolerance": lambda v: f"tolerance: {v:.2f} percentage points" if is_number(v) else None,
 }
 
