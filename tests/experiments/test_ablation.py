@@ -111,8 +111,11 @@ def test_verdict_one_seed_judges_by_the_tolerance_and_says_the_noise_is_unknown(
     assert "train worse: constant scaling (88.3 %), BN after addition (78.6 %)" in text
     assert "trains as well: shortcut-only gating, b_g = −6 (6.9 %)" in text
     assert "lowest test error of the placements: full pre-activation (3.9 %) vs original" in text
-    assert "a gap of 5.8 points, beyond the tolerance (1); one seed" in text
-    assert text.endswith("one seed, so the seed noise is unknown and only the tolerance counts")
+    assert text.endswith(
+        "a gap of 5.8 points, beyond the tolerance (1); one seed, so the seed noise is unknown"
+    )
+    without = ablation_verdict(summary[:2], tolerance=1.0)["text"]  # no placement to compare
+    assert without.endswith("one seed, so the seed noise is unknown and only the tolerance counts")
 
 
 def test_verdict_a_gap_inside_twice_the_seed_noise_does_not_count() -> None:

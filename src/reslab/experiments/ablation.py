@@ -219,7 +219,8 @@ def ablation_verdict(
             )
         )
         parts.append(f"lowest test error of the placements: {_pct(best, 'test_error')}{versus}")
-    if all(int(r.get("n_seeds") or 1) < 2 for r in rows):
+    said = any("seed noise is unknown" in part for part in parts)  # gap.why() may say it
+    if all(int(r.get("n_seeds") or 1) < 2 for r in rows) and not said:
         parts.append("one seed, so the seed noise is unknown and only the tolerance counts")
     verdict["tolerance"] = tolerance
     verdict["text"] = "; ".join(parts)
@@ -248,7 +249,8 @@ def _panels(summary: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mappin
 def _colour(i: int, row: Mapping[str, Any]) -> str:
     if row.get("family") == "plain":
         return FAMILY_COLOURS["plain"]
-    return "0.15" if row.get("variant") == REFERENCE else OKABE_ITO[(i + 1) % len(OKABE_ITO)]
+    colours = [c for c in OKABE_ITO if c != "#000000"]  # black is the identity's (near-)colour
+    return "0.15" if row.get("variant") == REFERENCE else colours[(i - 1) % len(colours)]
 
 
 @styled
@@ -316,7 +318,16 @@ def training_curves(
             line = _mean_curve([r for r in runs if r.get("variant") == row.get("variant")])
             if line is not None:
                 width = 2.4 if row.get("variant") == REFERENCE else 1.4
-                ax.plot(*line, color=_colour(i, row), label=str(row["label"]), linewidth=width)
+                dash = "-" if i <= 6 else "--"  # more rows than colours: dashes tell them apart
+                ax.plot(
+                    *line,
+                    color=_colour(i, row),
+                    label=str(row["label"]),
+                    linewidth=width,
+                    linestyle=dash,
+                    marker="o",
+                    markersize=3,
+                )
         ax.set_title(title)
         ax.set_xlabel("iterations (optimiser steps)")
         ax.set_ylabel("training error, clean (%)")
