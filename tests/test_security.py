@@ -9,7 +9,7 @@
   it is checked against its md5 before use is proven by behaviour, for every dataset that
   downloads, in tests/data/test_download.py, with the hostile-archive cases.
 * Pickles carrying code: ``reslab eval --weights evil.pth`` and a CIFAR python batch naming
-  ``posix.system`` are refused with the payload never run (tests/test_bad_input.py, with a
+  ``posix.system`` are refused with the payload never run (tests/cli/test_bad_input.py, with a
   sentinel file); tests/data/test_unpickle.py and tests/test_weights.py prove it for the
   library calls.
 """

@@ -64,7 +64,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         ) from exc
     except Exception as exc:
         # A malformed file makes torch.load raise almost anything (RuntimeError, EOFError,
-        # KeyError, IndexError, struct.error... found by tests/test_bad_input.py's fuzzer).
+        # KeyError, IndexError, struct.error... found by the fuzzers in tests/test_fuzz.py).
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
         ) from exc

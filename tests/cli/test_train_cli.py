@@ -280,6 +280,8 @@ def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 _VALUES: dict[str, tuple[str, typing.Any]] = {
     "model": ("resnet32", "resnet32"),
     "shortcut": ("B", "B"),
+    "activation": ("relu_preact", "relu_preact"),
+    "shortcut_mode": ("exclusive_gate", "exclusive_gate"),
     "dataset": ("mnist", "mnist"),
     "data_dir": ("/data", "/data"),
     "augment": ("flip", "flip"),

@@ -139,7 +139,7 @@ def test_a_file_from_before_the_redesign_gives_the_same_page(tmp_path: Path, stu
 
 
 def test_an_unknown_study_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / RESULTS_NAME).write_text(json.dumps({"schema": 1, "experiment": "lesion"}))
+    (tmp_path / RESULTS_NAME).write_text(json.dumps({"schema": 1, "experiment": "no-such-study"}))
     with pytest.raises(ReslabError, match="experiment must be one of degradation, shortcuts"):
         build_report(tmp_path)
     assert not (tmp_path / "report.html").exists()

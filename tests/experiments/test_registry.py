@@ -113,5 +113,7 @@ def test_a_study_checks_its_section_when_the_report_is_rebuilt(
 def test_names_are_unique_and_unknown_names_are_one_line() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register(get_study("degradation"))
-    with pytest.raises(ConfigError, match="unknown experiment 'lesion': try degradation, short"):
-        get_study("lesion")
+    with pytest.raises(
+        ConfigError, match="unknown experiment 'no-such-study': try degradation, short"
+    ):
+        get_study("no-such-study")

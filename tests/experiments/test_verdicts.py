@@ -58,3 +58,11 @@ def test_gaps_from_summary_rows_take_one_seed_as_unknown_noise() -> None:
     other = {"x_mean": 1.0, "x_std": 0.3, "n_seeds": 3}
     gap = gap_of_rows(row, other, "x", tolerance=1.0)
     assert (gap.value, gap.a_std, gap.b_std) == (3.0, None, 0.3)
+
+
+def test_correlations_are_shown_to_two_decimals() -> None:
+    gap = Gap(0.95, 0.20, 0.02, 0.03, tolerance=0.05, unit="in lag-1 correlation", digits=2)
+    assert gap.why() == (
+        "a gap of 0.75 in lag-1 correlation, beyond the tolerance (0.05) and twice the seed "
+        "noise (0.07)"
+    )

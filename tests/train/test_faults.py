@@ -10,7 +10,7 @@ resume); points beyond the third are marked ``slow``. The full loop recorded in
 docs/RELIABILITY.md is::
 
     RESLAB_FAULT_POINTS=24 RESLAB_FAULT_LOG=/tmp/faults.jsonl \\
-        .venv/bin/pytest tests/test_faults.py -k kill -p no:cacheprovider
+        .venv/bin/pytest tests/train/test_faults.py -k kill -p no:cacheprovider
 
 ``RESLAB_FAULT_LOG`` (optional) appends one JSON line per kill point: what was hit, what the
 kill left behind, how many resumes it took.

@@ -64,7 +64,7 @@ def _decode_image(path: Path, size: int) -> np.ndarray:
         array = np.asarray(img, dtype=np.uint8)
     except Exception as exc:
         # A damaged file makes Pillow raise more than OSError/ValueError: SyntaxError ("broken
-        # PNG file"), EOFError, struct.error... (found by tests/test_bad_input.py's fuzzer).
+        # PNG file"), EOFError, struct.error... (found by the fuzzers in tests/test_fuzz.py).
         raise DataError(
             f"{path} is not an image Pillow can read ({exc}); remove it or convert it to PNG/JPEG"
         ) from exc

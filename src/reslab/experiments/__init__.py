@@ -13,9 +13,24 @@ as separate ``reslab train`` jobs and ``reslab report`` aggregates the folders.
 * ``gradients``: ‖∂L/∂x_l‖ per block at initialisation and after training (He et al. 2016,
   arXiv:1603.05027, §3).
 * ``responses``: std of the 3×3 layers' responses (Fig. 7) and ‖F(x)‖/‖x‖ per block.
+* ``lesion``: delete or swap blocks at test time (Veit et al. 2016, arXiv:1605.06431).
+* ``landscape``: filter-normalised loss surfaces (Li et al. 2018, arXiv:1712.09913).
+* ``shattering``: input-gradient correlation at initialisation (Balduzzi et al. 2017,
+  arXiv:1702.08591).
+* ``ablation``: shortcut variants and activation placements (He et al. 2016, arXiv:1603.05027,
+  Tables 1 and 2).
 """
 
-from reslab.experiments import degradation, gradients, landscape, responses, shortcuts
+from reslab.experiments import (
+    ablation,
+    degradation,
+    gradients,
+    landscape,
+    lesion,
+    responses,
+    shattering,
+    shortcuts,
+)
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.page import build_report
 from reslab.experiments.records import aggregate
@@ -27,7 +42,10 @@ register(degradation.STUDY)
 register(shortcuts.STUDY)
 register(gradients.STUDY)
 register(responses.STUDY)
+register(lesion.STUDY)
 register(landscape.STUDY)
+register(shattering.STUDY)
+register(ablation.STUDY)
 
 __all__ = [
     "Flag",

@@ -196,7 +196,7 @@ def landscape_verdict(results: Mapping[str, Any], tolerance: float) -> dict[str,
         return {"text": f"plain-{depth}: the loss overflowed on the circle"
                 + (f", so it is sharper than resnet-{depth}" if sharper else ""),
                 "sharper": sharper, "depth": depth}  # fmt: skip
-    gap = gap_of_values(plain, res, tolerance, unit="nats")
+    gap = gap_of_values(plain, res, tolerance, unit="nats", digits=2)
     sharper = gap.exceeds()
     radius = (results.get(SECTION) or {}).get("settings", {}).get("ring_radius")
     bent = {f: mean_std([n.get("nonconvex") for n in nets if n["family"] == f and

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from reslab import probes
 from reslab.data import load_dataset, normalize_batch
 from reslab.experiments.config import StudyConfig
+from reslab.report import stats
 from reslab.train import RunFolder
 from reslab.weights import load_model
 
@@ -27,8 +28,7 @@ KINDS = ("gradient_flow", "residual_magnitude", "layer_responses")
 
 def label(record: dict[str, Any]) -> str:
     """``plain-56`` or ``resnet-56``: the name probes and tables give a net."""
-    family = "plain" if record["family"] == "plain" else "resnet"
-    return f"{family}-{record['depth']}"
+    return stats.label((record["family"], int(record["depth"]), None), with_shortcut=False)
 
 
 def probe_runs(

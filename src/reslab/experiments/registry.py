@@ -78,6 +78,7 @@ class Study:
     check: Callable[[StudyConfig], None] = _no_check  # refuse configs the study cannot run
     check_results: Check | None = None  # validate the study's own results.json section
     snapshots: bool = False  # runs keep weights at config.probe_steps (for gradient flow)
+    text_table: Callable[[Mapping[str, Any]], str] | None = None  # console; None: generic
 
     def format_title(self, config: StudyConfig) -> str:
         return self.title.format_map({**config.to_json(), "depth": max(config.depths)})

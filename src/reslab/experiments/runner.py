@@ -63,7 +63,7 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
     write_results(out, results, check=study.check_results)
     path = build_report(out)
     log("")
-    log(summary_table(results))
+    log((study.text_table or summary_table)(results))
     log("")
     log(results["verdict"]["text"])
     log(f"report: {path}")

@@ -33,6 +33,7 @@ class Gap:
     b_std: float | None
     tolerance: float  # the smallest difference that means anything, in the numbers' unit
     unit: str = "points"  # how to name the difference in text
+    digits: int = 1  # decimals shown for the gap and the noise (2 for correlations)
 
     @property
     def value(self) -> float:
@@ -67,7 +68,8 @@ class Gap:
     def why(self) -> str:
         """The numbers behind the judgement, e.g. "a gap of 62.0 points, beyond the
         tolerance (1.0) and twice the seed noise (30.2)"."""
-        gap = f"a gap of {self.value:.1f} {self.unit}"
+        d = self.digits
+        gap = f"a gap of {self.value:.{d}f} {self.unit}"
         noise = self.noise
         unknown = "; one seed, so the seed noise is unknown"
         tolerance = f"the tolerance ({self.tolerance:g})"
@@ -76,8 +78,8 @@ class Gap:
         if noise is None:
             return f"{gap}, beyond {tolerance}{unknown}"
         if abs(self.value) <= noise:
-            return f"{gap}, within twice the seed noise ({noise:.1f})"
-        return f"{gap}, beyond {tolerance} and twice the seed noise ({noise:.1f})"
+            return f"{gap}, within twice the seed noise ({noise:.{d}f})"
+        return f"{gap}, beyond {tolerance} and twice the seed noise ({noise:.{d}f})"
 
     def as_json(self, prefix: str) -> dict[str, Any]:
         """``{prefix}_gap``, ``{prefix}_gap_noise`` (one noise width; None with one seed)."""
@@ -89,7 +91,11 @@ class Gap:
 
 
 def gap_of_values(
-    a: Sequence[float], b: Sequence[float], tolerance: float, unit: str = "points"
+    a: Sequence[float],
+    b: Sequence[float],
+    tolerance: float,
+    unit: str = "points",
+    digits: int = 1,
 ) -> Gap:
     """The gap between the means of two lists of per-seed values (finite ones only)."""
 
@@ -101,11 +107,16 @@ def gap_of_values(
         return mean, std if len(finite) > 1 else None
 
     (ma, sa), (mb, sb) = stats(a), stats(b)
-    return Gap(ma, mb, sa, sb, tolerance, unit)
+    return Gap(ma, mb, sa, sb, tolerance, unit, digits)
 
 
 def gap_of_rows(
-    a: Mapping[str, Any], b: Mapping[str, Any], key: str, tolerance: float, unit: str = "points"
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    key: str,
+    tolerance: float,
+    unit: str = "points",
+    digits: int = 1,
 ) -> Gap:
     """The gap between two summary rows' ``{key}_mean``, their noise from ``{key}_std`` (a row
     of one seed, ``n_seeds`` < 2, has no noise)."""
@@ -116,4 +127,5 @@ def gap_of_rows(
             return None
         return float(value)
 
-    return Gap(float(a[f"{key}_mean"]), float(b[f"{key}_mean"]), std(a), std(b), tolerance, unit)
+    mean_a, mean_b = float(a[f"{key}_mean"]), float(b[f"{key}_mean"])
+    return Gap(mean_a, mean_b, std(a), std(b), tolerance, unit, digits)

@@ -78,7 +78,9 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
     """(parameters, MACs) of every weighted layer, in the order :class:`ResNet` builds them.
 
     Mirrors ``ResNet.__init__`` and the blocks of :mod:`reslab.blocks`: a conv has ``k·k·c_in``
-    weights per output channel and no bias, a BN a scale and a shift per channel, fc a bias.
+    weights per output channel and no bias, a BN a scale and a shift per channel, fc a bias, a
+    gate's 1×1 conv a bias too. Activation placements move BNs and ReLUs but add none with
+    parameters; ``shortcut_mode="conv"`` is option C, counted as a projection.
     """
     h, w = size[1], size[2]
     planes = layout.widths[0]
@@ -89,6 +91,7 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
     if layout.stem == "imagenet":
         h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # 3×3 max-pool, stride 2, padding 1
     in_planes = planes
+    gated = layout.variant.shortcut_mode in ("exclusive_gate", "shortcut_gate")
     for i, (n_blocks, planes) in enumerate(zip(layout.layers, layout.widths, strict=True)):
         for j in range(n_blocks):
             stride = 2 if i > 0 and j == 0 else 1
@@ -103,6 +106,10 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
                 # Projection: 1×1 conv on the block's input, BN only in post-activation nets.
                 _, _, macs = _conv(in_planes, out_planes, 1, stride, h_in, w_in)
                 yield in_planes * out_planes + (0 if layout.preact else 2 * out_planes), macs
+            if gated and not layout.plain:
+                # The gate's 1×1 conv on the block's input, with its bias b_g (2016, Fig. 2c-d).
+                _, _, macs = _conv(in_planes, out_planes, 1, stride, h_in, w_in)
+                yield in_planes * out_planes + out_planes, macs
             in_planes = out_planes
     if layout.preact:
         yield 2 * in_planes, 0  # the final BN-ReLU

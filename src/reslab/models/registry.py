@@ -172,6 +172,12 @@ def create_model(
     zero_init_residual: bool | None = None,
     preact: bool | None = None,
     block: str | None = None,
+    activation: str | None = None,
+    shortcut_mode: str | None = None,
+    shortcut_scale: float | None = None,
+    branch_scale: float | None = None,
+    gate_bias: float | None = None,
+    shortcut_dropout: float | None = None,
     **unknown: NoReturn,
 ) -> ResNet:
     """Build a registered model by name, e.g. ``create_model("resnet56", shortcut="B")``.
@@ -186,6 +192,18 @@ def create_model(
     * ``zero_init_residual``: each block starts as its shortcut (arXiv:1706.02677 §5.1);
     * ``preact``: pre-activation blocks (He et al. 2016), with that paper's defaults;
     * ``block``: ``"basic"`` or ``"bottleneck"``, CIFAR nets only.
+
+    He et al. 2016's ablations (arXiv:1603.05027), CIFAR nets only:
+
+    * ``activation`` (Table 2 / Fig. 4): ``"original"`` (a), ``"bn_after_add"`` (b),
+      ``"relu_before_add"`` (c), ``"relu_preact"`` (d) or ``"full_preact"`` (e, the same net as
+      ``preact=True``); each has its plain twin;
+    * ``shortcut_mode`` (Table 1 / Fig. 2): ``"identity"``, ``"scale"`` (``y = λ·shortcut +
+      μ·F`` with ``shortcut_scale`` λ = 0.5 and ``branch_scale`` μ = 1 unless given),
+      ``"exclusive_gate"`` (``(1−g)·shortcut + g·F``) or ``"shortcut_gate"`` (``(1−g)·shortcut +
+      F``) with ``g = σ(1×1 conv(x) + b_g)`` and ``gate_bias`` b_g starting at −6, ``"conv"``
+      (a 1×1 conv on every shortcut: ``shortcut="C"``) or ``"dropout"`` (``shortcut_dropout``
+      0.5 on the shortcut). These change the shortcut, so they have no plain twin.
 
     Any other keyword, or a value of the wrong type, raises :class:`~reslab.errors.ModelError`
     (``**unknown`` is typed ``NoReturn`` so that type checkers flag a misspelt option too). The
@@ -203,6 +221,12 @@ def create_model(
         "zero_init_residual": zero_init_residual,
         "preact": preact,
         "block": block,
+        "activation": activation,
+        "shortcut_mode": shortcut_mode,
+        "shortcut_scale": shortcut_scale,
+        "branch_scale": branch_scale,
+        "gate_bias": gate_bias,
+        "shortcut_dropout": shortcut_dropout,
     }
     options = {**{k: v for k, v in given.items() if v is not None}, **unknown}
     model = ResNet.from_layout(model_layout(name, **options))

@@ -24,8 +24,10 @@ from torch import Tensor, nn
 
 from reslab.blocks import (
     BLOCKS,
+    ShortcutVariant,
     _Block,
     _PreActBlock,
+    block_class,
     check_shortcut_option,
     is_block,
 )
@@ -58,6 +60,8 @@ class ResNetLayout:
     shortcut: str = "A"  # upper-cased and checked on creation
     plain: bool = False
     zero_init_residual: bool = False
+    # How shortcuts meet F (2016, Table 1); frozen, so one default instance is safe to share.
+    variant: ShortcutVariant = ShortcutVariant()  # noqa: RUF009
 
     def __post_init__(self) -> None:
         _check_positive_int("num_classes", self.num_classes)
@@ -71,10 +75,23 @@ class ResNetLayout:
         object.__setattr__(self, "shortcut", check_shortcut_option(self.shortcut))
         if self.stem not in ("cifar", "imagenet"):
             raise ModelError(f"stem {self.stem!r} is not one of 'cifar', 'imagenet'")
+        mode = self.variant.shortcut_mode
+        if self.plain and mode != "identity":
+            raise ModelError(
+                f"shortcut_mode={mode!r} changes the shortcut, and a plain net has none: "
+                "drop plain=True or the shortcut_mode"
+            )
+        if mode == "conv" and self.shortcut != "C":
+            raise ModelError(f"shortcut_mode='conv' is option C, got shortcut {self.shortcut!r}")
 
     @property
     def preact(self) -> bool:
         return issubclass(self.block, _PreActBlock)
+
+    @property
+    def activation(self) -> str:
+        """Where the activations sit (He et al. 2016, Fig. 4): ``original`` … ``full_preact``."""
+        return self.block.activation
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -96,7 +113,9 @@ class ResNet(nn.Module):
 
     Attribute names follow torchvision (``conv1, bn1, layer1..4, fc``). Pre-activation nets
     have no BN after the stem and a final BN-ReLU (``bn_final``) after the last block, since
-    their blocks end on a convolution (He et al. 2016).
+    their blocks end on a convolution (He et al. 2016); ReLU-only pre-activation nets end on a
+    ReLU there for the same reason. ``variant`` changes how every block's shortcut meets its
+    branch (He et al. 2016, Table 1).
     """
 
     def __init__(
@@ -111,6 +130,7 @@ class ResNet(nn.Module):
         shortcut: str = "A",
         plain: bool = False,
         zero_init_residual: bool = False,
+        variant: ShortcutVariant | None = None,
     ) -> None:
         super().__init__()
         layout = ResNetLayout(
@@ -123,10 +143,13 @@ class ResNet(nn.Module):
             shortcut=shortcut,
             plain=plain,
             zero_init_residual=zero_init_residual,
+            variant=variant or ShortcutVariant(),
         )
         self.shortcut_option = shortcut = layout.shortcut
         self.plain = plain
+        self.variant = layout.variant
         self.preact = layout.preact
+        self.activation = layout.activation
         self.input_size = layout.input_size
 
         stem_width = widths[0]
@@ -143,16 +166,17 @@ class ResNet(nn.Module):
         self.stage_names: list[str] = []
         for i, (n_blocks, width) in enumerate(zip(layers, widths, strict=True)):
             name = f"layer{i + 1}"
-            stage = self._make_stage(block, width, n_blocks, 1 if i == 0 else 2, shortcut, plain)
+            stride = 1 if i == 0 else 2
+            stage = self._make_stage(block, width, n_blocks, stride, shortcut, plain)
             setattr(self, name, stage)
             self.stage_names.append(name)
 
         out_planes = self.in_planes
-        self.bn_final: nn.Module = (
-            nn.Sequential(nn.BatchNorm2d(out_planes), nn.ReLU(inplace=True))
-            if self.preact
-            else nn.Identity()
-        )
+        self.bn_final: nn.Module = nn.Identity()
+        if self.preact:
+            self.bn_final = nn.Sequential(nn.BatchNorm2d(out_planes), nn.ReLU(inplace=True))
+        elif self.activation == "relu_preact":
+            self.bn_final = nn.ReLU(inplace=True)  # its last addition, like (e)'s, is activated
         self.fc = nn.Linear(out_planes, num_classes)
 
         for m in self.modules():
@@ -185,6 +209,7 @@ class ResNet(nn.Module):
                     stride if i == 0 else 1,
                     shortcut=shortcut,
                     plain=plain,
+                    variant=self.variant,
                 )
             )
             self.in_planes = planes * block.expansion
@@ -203,6 +228,7 @@ class ResNet(nn.Module):
             shortcut=layout.shortcut,
             plain=layout.plain,
             zero_init_residual=layout.zero_init_residual,
+            variant=layout.variant,
         )
 
     def blocks(self) -> list[_Block]:
@@ -261,13 +287,19 @@ def cifar_layout(
     depth: int = 20,
     *,
     block: str | None = None,
-    preact: bool = False,
+    preact: bool | None = None,
     num_classes: int = 10,
     in_channels: int = 3,
     width: float = 1.0,
     shortcut: str | None = None,
     plain: bool = False,
     zero_init_residual: bool = False,
+    activation: str | None = None,
+    shortcut_mode: str | None = None,
+    shortcut_scale: float | None = None,
+    branch_scale: float | None = None,
+    gate_bias: float | None = None,
+    shortcut_dropout: float | None = None,
 ) -> ResNetLayout:
     """The CIFAR ResNet of He et al. 2015 §4.2 (or its pre-activation form, 2016) of any depth.
 
@@ -276,7 +308,29 @@ def cifar_layout(
     shortcuts (their Table 3 nets project where shapes change) and, at depth 164 and deeper
     where ``9n+2`` fits, bottleneck blocks (their ResNet-164 and ResNet-1001). Otherwise basic
     blocks with option A (He et al. 2015 §4.2).
+
+    He et al. 2016's ablations (arXiv:1603.05027): ``activation`` places the activations
+    (Table 2 / Fig. 4; ``"full_preact"`` is ``preact=True``, defaults and all), and
+    ``shortcut_mode`` with its ``shortcut_scale``, ``branch_scale``, ``gate_bias`` or
+    ``shortcut_dropout`` changes how each shortcut meets F (Table 1 / Fig. 2; ``"conv"`` is
+    ``shortcut="C"``).
     """
+    activation = _activation(activation, preact)
+    preact = activation == "full_preact"
+    variant = ShortcutVariant.of(
+        shortcut_mode,
+        shortcut_scale=shortcut_scale,
+        branch_scale=branch_scale,
+        gate_bias=gate_bias,
+        shortcut_dropout=shortcut_dropout,
+    )
+    if variant.shortcut_mode == "conv":
+        if shortcut is not None and shortcut != "C":
+            raise ModelError(
+                f"shortcut_mode='conv' puts a 1×1 conv on every shortcut, which is option C: "
+                f"drop shortcut={shortcut!r}"
+            )
+        shortcut = "C"
     if block is None:
         # He et al. 2016 build their deep CIFAR nets (164 and 1001 layers) from bottlenecks.
         deep = isinstance(depth, int) and depth >= 164 and (depth - 2) % 9 == 0
@@ -285,7 +339,7 @@ def cifar_layout(
         shortcut = "B" if preact else "A"
     n = cifar_blocks_per_stage(depth, block)
     return ResNetLayout(
-        BLOCKS[("preact_" if preact else "") + block],
+        block_class(block, activation),
         (n, n, n),
         _scaled((16, 32, 64), width),
         stem="cifar",
@@ -294,7 +348,21 @@ def cifar_layout(
         shortcut=shortcut,
         plain=plain,
         zero_init_residual=zero_init_residual,
+        variant=variant,
     )
+
+
+def _activation(activation: str | None, preact: bool | None) -> str:
+    """``activation`` checked against ``preact`` (its older spelling of ``"full_preact"``)."""
+    if activation is None:
+        return "full_preact" if preact else "original"
+    if preact is not None and preact != (activation == "full_preact"):
+        raise ModelError(
+            f"activation={activation!r} contradicts preact={preact} (a preact_ name sets it): "
+            "preact=True is activation='full_preact'; give one of the two"
+        )
+    block_class("basic", activation)  # a clear error for an unknown placement
+    return activation
 
 
 def imagenet_layout(

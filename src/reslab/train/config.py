@@ -84,6 +84,17 @@ class TrainConfig:
     zero_init_residual: bool = knob(
         False, "zero each block's last BN scale: blocks start as identity"
     )
+    # He et al. 2016's ablations (CIFAR nets; reslab.create_model documents them)
+    activation: str | None = knob(
+        None, "BN/ReLU placement: original, bn_after_add, relu_before_add, relu_preact, full_preact"
+    )
+    shortcut_mode: str | None = knob(
+        None, "identity, scale, exclusive_gate, shortcut_gate, conv or dropout (on the shortcut)"
+    )
+    shortcut_scale: float | None = knob(None, "λ on the shortcut (--shortcut-mode scale; 0.5)")
+    branch_scale: float | None = knob(None, "μ on the residual branch (--shortcut-mode scale; 1)")
+    gate_bias: float | None = knob(None, "initial gate bias b_g (the gating modes; -6)")
+    shortcut_dropout: float | None = knob(None, "drop rate on the shortcut (dropout mode; 0.5)")
     # data
     dataset: str = knob(
         "digits",

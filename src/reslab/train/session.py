@@ -79,6 +79,17 @@ def load_data(config: TrainConfig, dist: Dist, device: torch.device, fast: Runti
     )
 
 
+# He et al. 2016's ablation options, passed to create_model only when set.
+MODEL_VARIANT_OPTIONS = (
+    "activation",
+    "shortcut_mode",
+    "shortcut_scale",
+    "branch_scale",
+    "gate_bias",
+    "shortcut_dropout",
+)
+
+
 def build_model(
     config: TrainConfig, ds: Dataset, dist: Dist, device: torch.device, fast: Runtime
 ) -> nn.Module:
@@ -86,7 +97,7 @@ def build_model(
     kwargs: dict[str, Any] = {"num_classes": ds.num_classes, "in_channels": ds.in_channels}
     if config.width != 1.0:
         kwargs["width"] = config.width
-    for name in ("shortcut", "plain"):
+    for name in ("shortcut", "plain", *MODEL_VARIANT_OPTIONS):
         if getattr(config, name) is not None:
             kwargs[name] = getattr(config, name)
     if config.zero_init_residual:

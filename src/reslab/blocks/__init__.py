@@ -1,0 +1,93 @@
+"""Residual blocks and their plain twins.
+
+A residual block computes ``y = shortcut(x) + F(x)``: the layers in the branch learn only the
+correction ``F(x) = H(x) - x`` to the mapping ``H`` they are asked for (He et al. 2015,
+arXiv:1512.03385, §3.1). Where the branch changes the shape, the shortcut is either a
+parameter-free zero-padding subsample (option A) or a projection ``W_s x`` (options B and C,
+§3.3). The *plain* twin of a block is the same block with the shortcut removed and nothing else,
+so residual and plain networks differ by exactly one line of ``forward``.
+
+He et al. 2016 (arXiv:1603.05027) vary both halves of that line, and every block takes their
+variants as options, the original identity block being the default:
+
+* how the shortcut meets ``F(x)`` (Table 1 / Fig. 2): constant scaling, exclusive and
+  shortcut-only gating, a 1×1 convolution, dropout: a :class:`ShortcutVariant`, which builds the
+  block's ``join``;
+* where the activations sit (Table 2 / Fig. 4): BN after the addition, ReLU before it,
+  ReLU-only and full pre-activation: one block class per placement (:func:`block_class`).
+
+The rooms: :mod:`~reslab.blocks.shortcuts` (options A/B/C and the joins),
+:mod:`~reslab.blocks.conv` (the convolutional blocks) and :mod:`~reslab.blocks.residual` (the
+generic :class:`Residual` and :class:`ResidualMLP`).
+"""
+
+from reslab.blocks.conv import (
+    ACTIVATIONS,
+    BLOCKS,
+    BasicBlock,
+    BNAfterAddBasicBlock,
+    BNAfterAddBottleneck,
+    Bottleneck,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ReLUBeforeAddBasicBlock,
+    ReLUBeforeAddBottleneck,
+    ReLUPreActBasicBlock,
+    ReLUPreActBottleneck,
+    block_class,
+    conv3x3,
+    is_block,
+)
+
+# The base classes, for reslab.models and reslab.probes (private: not in __all__).
+from reslab.blocks.conv import _Block as _Block
+from reslab.blocks.conv import _PreActBlock as _PreActBlock
+from reslab.blocks.residual import Residual, ResidualMLP
+from reslab.blocks.shortcuts import (
+    SHORTCUT_MODES,
+    SHORTCUT_OPTIONS,
+    Add,
+    DropoutAdd,
+    GatedAdd,
+    PadShortcut,
+    Projection,
+    ScaledAdd,
+    ShortcutOption,
+    ShortcutVariant,
+    check_shortcut_option,
+    conv1x1,
+    make_shortcut,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "BLOCKS",
+    "SHORTCUT_MODES",
+    "SHORTCUT_OPTIONS",
+    "Add",
+    "BNAfterAddBasicBlock",
+    "BNAfterAddBottleneck",
+    "BasicBlock",
+    "Bottleneck",
+    "DropoutAdd",
+    "GatedAdd",
+    "PadShortcut",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+    "Projection",
+    "ReLUBeforeAddBasicBlock",
+    "ReLUBeforeAddBottleneck",
+    "ReLUPreActBasicBlock",
+    "ReLUPreActBottleneck",
+    "Residual",
+    "ResidualMLP",
+    "ScaledAdd",
+    "ShortcutOption",
+    "ShortcutVariant",
+    "block_class",
+    "check_shortcut_option",
+    "conv1x1",
+    "conv3x3",
+    "is_block",
+    "make_shortcut",
+]

@@ -1,0 +1,418 @@
+"""The convolutional blocks of the CIFAR and ImageNet ResNets, and their plain twins.
+
+A block computes ``y = shortcut(x) + F(x)`` (He et al. 2015, arXiv:1512.03385, §3.1); its plain
+twin is the same block with the shortcut removed and nothing else, so residual and plain
+networks differ by exactly one line of ``forward``. Where the activations sit is He et al.
+2016's Table 2 / Fig. 4 (arXiv:1603.05027): one class per placement and block type, each
+naming only what it moves.
+
+File order follows torchvision's ``resnet.py``: helpers, then blocks.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reslab.blocks.shortcuts import Projection, ShortcutVariant, conv1x1, make_shortcut
+from reslab.errors import ModelError
+
+# He et al. 2016, Table 2 (Fig. 4), in the paper's order.
+ACTIVATIONS: tuple[str, ...] = (
+    "original",
+    "bn_after_add",
+    "relu_before_add",
+    "relu_preact",
+    "full_preact",
+)
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3×3 convolution with padding 1 and no bias (a BN follows, which has its own)."""
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+# --- convolutional blocks ----------------------------------------------------------------------
+
+
+class _Block(nn.Module):
+    """What every convolutional block shares: the shortcut slot, its join, the zero-init hook.
+
+    The shortcut module is registered as ``downsample``, torchvision's name, so that ImageNet
+    checkpoints load key for key; ``self.shortcut`` is the name the code reads. ``None`` makes
+    the plain twin. ``join(x, shortcut(x), F(x))`` is ``shortcut(x) + F(x)`` unless a
+    :class:`~reslab.blocks.shortcuts.ShortcutVariant` says otherwise.
+    """
+
+    expansion = 1
+    branch_convs = 2  # convolutions on the branch, the block's share of the net's depth
+    activation = "original"  # where the activations sit: one of ACTIVATIONS (Fig. 4)
+    downsample: nn.Module | None
+    join: nn.Module
+
+    @property
+    def shortcut(self) -> nn.Module | None:
+        return self.downsample
+
+    def _attach_shortcut(
+        self,
+        option: str,
+        in_planes: int,
+        out_planes: int,
+        stride: int,
+        *,
+        plain: bool,
+        variant: ShortcutVariant | None,
+        norm: bool = True,
+    ) -> None:
+        """Register the shortcut as ``downsample`` (None for the plain twin) and the ``join``."""
+        variant = variant or ShortcutVariant()
+        mode = variant.shortcut_mode
+        if plain and mode != "identity":
+            raise ModelError(f"shortcut_mode={mode!r} needs a shortcut, and a plain block has none")
+        if mode == "conv":
+            option = "C"  # Fig. 2e: a 1×1 convolution on every shortcut is option C
+        self.downsample = (
+            None if plain else make_shortcut(option, in_planes, out_planes, stride, norm=norm)
+        )
+        self.join = variant.join(in_planes, out_planes, stride)
+
+    def branch(self, x: Tensor) -> Tensor:
+        """The residual function F(x), before the addition."""
+        raise NotImplementedError
+
+    def after_addition(self, out: Tensor) -> Tensor:
+        """What follows the addition: the original block's ReLU."""
+        raise NotImplementedError
+
+    def zero_init_last(self) -> None:
+        """Zero the last scale in the branch: the block then starts as its shortcut."""
+        raise NotImplementedError
+
+
+class BasicBlock(_Block):
+    """Two 3×3 convolutions, post-activation (He et al. 2015, Fig. 2 left; 2016, Fig. 4a)."""
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        plain: bool = False,
+        variant: ShortcutVariant | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self._attach_shortcut(shortcut, in_planes, planes, stride, plain=plain, variant=variant)
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(x)
+        if self.shortcut is not None:
+            out = self.join(x, self.shortcut(x), out)  # shortcut(x) + F(x)
+        return self.after_addition(out)
+
+    def after_addition(self, out: Tensor) -> Tensor:
+        return self.relu(out)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+
+class Bottleneck(_Block):
+    """1×1 reduce, 3×3, 1×1 expand ×4, post-activation (He et al. 2015, Fig. 5 right).
+
+    The stride sits on the 3×3 convolution, as in torchvision's "ResNet v1.5".
+    """
+
+    expansion = 4
+    branch_convs = 3
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        plain: bool = False,
+        variant: ShortcutVariant | None = None,
+    ) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, out_planes)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.relu = nn.ReLU(inplace=True)
+        self._attach_shortcut(shortcut, in_planes, out_planes, stride, plain=plain, variant=variant)
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(x)
+        if self.shortcut is not None:
+            out = self.join(x, self.shortcut(x), out)  # shortcut(x) + F(x)
+        return self.after_addition(out)
+
+    def after_addition(self, out: Tensor) -> Tensor:
+        return self.relu(out)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+
+# --- where the activations sit: He et al. 2016, Table 2 / Fig. 4 (b)-(d) -----------------------
+# Each placement overrides only what it moves: the branch F and what follows the addition. The
+# modules (and their state_dict keys) are the original block's. (e) is _PreActBlock below.
+
+
+class BNAfterAddBasicBlock(BasicBlock):
+    """(b) BN after addition: conv-BN-ReLU-conv, add, then BN-ReLU (Fig. 4b).
+
+    ``bn2`` moves from the end of F to after the addition, where it normalises the shortcut's
+    signal too: the path from block to block is no longer an identity.
+    """
+
+    activation = "bn_after_add"
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self.conv2(self.relu(self.bn1(self.conv1(x))))
+
+    def after_addition(self, out: Tensor) -> Tensor:
+        return self.relu(self.bn2(out))
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv2.weight)  # no BN ends F any more
+
+
+class BNAfterAddBottleneck(Bottleneck):
+    """(b) for bottlenecks: ``bn3`` moves after the addition."""
+
+    activation = "bn_after_add"
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.conv3(out)
+
+    def after_addition(self, out: Tensor) -> Tensor:
+        return self.relu(self.bn3(out))
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.weight)
+
+
+class _ReLUBeforeAdd(_Block):
+    """(c) ReLU before addition: F ends on the ReLU, nothing follows the addition (Fig. 4c).
+
+    F(x) ≥ 0 then, so the signal can only grow from block to block.
+    """
+
+    activation = "relu_before_add"
+
+    def branch(self, x: Tensor) -> Tensor:
+        return F.relu(super().branch(x))
+
+    def after_addition(self, out: Tensor) -> Tensor:
+        return out
+
+
+class _ReLUPreAct(_Block):
+    """(d) ReLU-only pre-activation: ReLU, then the original F; nothing after the addition.
+
+    The shortcut reads ``x`` itself, so that first ReLU is not in place. The net adds a ReLU
+    after its last block, as full pre-activation adds a final BN-ReLU (§4.1).
+    """
+
+    activation = "relu_preact"
+
+    def branch(self, x: Tensor) -> Tensor:
+        return super().branch(F.relu(x))
+
+    def after_addition(self, out: Tensor) -> Tensor:
+        return out
+
+
+class ReLUBeforeAddBasicBlock(_ReLUBeforeAdd, BasicBlock):
+    """(c) with two 3×3 convolutions: conv-BN-ReLU-conv-BN-ReLU, then the addition."""
+
+
+class ReLUBeforeAddBottleneck(_ReLUBeforeAdd, Bottleneck):
+    """(c) with a bottleneck: its F, then a ReLU, then the addition."""
+
+
+class ReLUPreActBasicBlock(_ReLUPreAct, BasicBlock):
+    """(d) with two 3×3 convolutions: ReLU-conv-BN-ReLU-conv-BN, then the addition."""
+
+
+class ReLUPreActBottleneck(_ReLUPreAct, Bottleneck):
+    """(d) with a bottleneck: a ReLU, then its F, then the addition."""
+
+
+# --- (e) full pre-activation -------------------------------------------------------------------
+
+
+class _PreActBlock(_Block):
+    """Pre-activation: BN and ReLU come before each convolution, nothing after the addition.
+
+    The shortcut is then a clean identity from block to block (He et al. 2016,
+    arXiv:1603.05027, §3-4, Fig. 4e). A projection shortcut reads the pre-activated input, as
+    the branch does (the paper's code shares that first BN-ReLU); identity and option A read
+    ``x``, and so does a gate.
+    """
+
+    activation = "full_preact"
+    bn1: nn.BatchNorm2d
+    relu: nn.ReLU
+
+    def _shortcut_input(self, x: Tensor, pre: Tensor) -> Tensor:
+        return pre if isinstance(self.downsample, Projection) else x
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self._branch(self.relu(self.bn1(x)))
+
+    def _branch(self, pre: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu(self.bn1(x))
+        out = self._branch(pre)
+        if self.shortcut is not None:
+            out = self.join(x, self.shortcut(self._shortcut_input(x, pre)), out)
+        return out
+
+    def after_addition(self, out: Tensor) -> Tensor:
+        return out
+
+
+class PreActBasicBlock(_PreActBlock):
+    """BN-ReLU-3×3, BN-ReLU-3×3, then the addition (He et al. 2016, Fig. 1b)."""
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        plain: bool = False,
+        variant: ShortcutVariant | None = None,
+    ) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu = nn.ReLU(inplace=False)  # `pre` is read again by a projection shortcut
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self._attach_shortcut(
+            shortcut, in_planes, planes, stride, plain=plain, variant=variant, norm=False
+        )
+
+    def _branch(self, pre: Tensor) -> Tensor:
+        out = self.conv1(pre)
+        return self.conv2(self.relu(self.bn2(out)))
+
+    def zero_init_last(self) -> None:
+        # No BN ends a pre-activation branch, so the last convolution is zeroed instead.
+        nn.init.zeros_(self.conv2.weight)
+
+
+class PreActBottleneck(_PreActBlock):
+    """BN-ReLU-1×1, BN-ReLU-3×3, BN-ReLU-1×1 ×4, then the addition (He et al. 2016)."""
+
+    expansion = 4
+    branch_convs = 3
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        plain: bool = False,
+        variant: ShortcutVariant | None = None,
+    ) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, out_planes)
+        self._attach_shortcut(
+            shortcut, in_planes, out_planes, stride, plain=plain, variant=variant, norm=False
+        )
+
+    def _branch(self, pre: Tensor) -> Tensor:
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        return self.conv3(self.relu(self.bn3(out)))
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.weight)
+
+
+# "basic" / "bottleneck" with the placement's prefix: "" (a), "bn_after_add_" (b), ...,
+# "preact_" (e), as block_class() spells it.
+BLOCKS: dict[str, type[_Block]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+    "bn_after_add_basic": BNAfterAddBasicBlock,
+    "bn_after_add_bottleneck": BNAfterAddBottleneck,
+    "relu_before_add_basic": ReLUBeforeAddBasicBlock,
+    "relu_before_add_bottleneck": ReLUBeforeAddBottleneck,
+    "relu_preact_basic": ReLUPreActBasicBlock,
+    "relu_preact_bottleneck": ReLUPreActBottleneck,
+    "preact_basic": PreActBasicBlock,
+    "preact_bottleneck": PreActBottleneck,
+}
+
+
+def block_class(block: str, activation: str = "original") -> type[_Block]:
+    """The block class of ``block`` ("basic" or "bottleneck") with ``activation``'s placement."""
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ModelError(f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    prefix = {"original": "", "full_preact": "preact_"}.get(activation, activation + "_")
+    return BLOCKS[prefix + block]
+
+
+def is_block(module: nn.Module) -> bool:
+    """True for the convolutional blocks above (residual or plain)."""
+    return isinstance(module, _Block)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "BLOCKS",
+    "BNAfterAddBasicBlock",
+    "BNAfterAddBottleneck",
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+    "ReLUBeforeAddBasicBlock",
+    "ReLUBeforeAddBottleneck",
+    "ReLUPreActBasicBlock",
+    "ReLUPreActBottleneck",
+    "block_class",
+    "conv3x3",
+    "is_block",
+]

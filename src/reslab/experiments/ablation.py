@@ -1,0 +1,583 @@
+"""``reslab ablation``: the shortcut and activation ablations of the identity-mapping paper.
+
+He, Zhang, Ren & Sun 2016, "Identity mappings in deep residual networks" (arXiv:1603.05027).
+Table 1 / Fig. 2 change what the shortcut carries (constant scaling, exclusive and
+shortcut-only gating, a 1×1 convolution, dropout) and Table 2 / Fig. 4 where BN and ReLU sit
+(BN after the addition, ReLU before it, ReLU-only and full pre-activation), all on one
+ResNet-110 trained on CIFAR-10 with one recipe. Their finding: every multiplicative manipulation
+of the shortcut hampers information propagation and so optimisation, and the identity shortcut
+with full pre-activation trains best. Each variant is a model option
+(:func:`reslab.create_model`), so every run here is an ordinary ``reslab train`` run folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reslab.errors import ConfigError
+from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.registry import Flag, Study, names
+from reslab.experiments.verdicts import gap_of_rows
+from reslab.models import cifar_model_name
+from reslab.report import html
+from reslab.report.figures import (
+    FAMILY_COLOURS,
+    OKABE_ITO,
+    FigureSpec,
+    array,
+    finite,
+    has_values,
+    legend,
+    new_figure,
+    styled,
+)
+from reslab.report.schema import Validator, is_number
+from reslab.report.stats import mean_std, nan_mean_std
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["DEFAULT_VARIANTS", "STUDY", "VARIANTS", "Variant", "plan"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the paper's Table 1 or Table 2, as model options."""
+
+    key: str  # the --variants name
+    label: str  # the table's row name
+    tables: tuple[int, ...]  # 1: Table 1 (shortcuts), 2: Table 2 (placements)
+    fig: str  # the paper's figure panel
+    on_shortcut: str  # Table 1's columns: what multiplies the shortcut, and F
+    on_f: str
+    paper: str  # the paper's CIFAR-10 test error (%), ResNet-110 (Table 2: / ResNet-164)
+    options: dict[str, Any] = field(default_factory=dict)  # create_model / TrainConfig options
+
+
+# The paper's order. "fail": test error above 20 %, as the paper reports it.
+VARIANTS: dict[str, Variant] = {v.key: v for v in (
+    Variant("identity", "original (identity)", (1, 2), "2(a), 4(a)", "1", "1", "6.61 / 5.93"),
+    Variant("plain", "no shortcut (plain)", (1,), "2(b)", "0", "1", "fail", {"plain": True}),
+    Variant("scale", "constant scaling", (1,), "2(b)", "0.5", "1", "fail",
+            {"shortcut_mode": "scale", "shortcut_scale": 0.5}),
+    Variant("frozen_gate", "constant scaling (frozen gate)", (1,), "2(b)", "0.5", "0.5", "12.35",
+            {"shortcut_mode": "scale", "shortcut_scale": 0.5, "branch_scale": 0.5}),
+    Variant("exclusive_gate", "exclusive gating, b_g = −6", (1,), "2(c)", "1−g(x)", "g(x)", "8.70",
+            {"shortcut_mode": "exclusive_gate", "gate_bias": -6.0}),
+    Variant("shortcut_gate", "shortcut-only gating, b_g = −6", (1,), "2(d)", "1−g(x)", "1", "6.91",
+            {"shortcut_mode": "shortcut_gate", "gate_bias": -6.0}),
+    Variant("conv", "1×1 conv shortcut", (1,), "2(e)", "1×1 conv", "1", "12.22",
+            {"shortcut_mode": "conv"}),
+    Variant("dropout", "dropout shortcut", (1,), "2(f)", "dropout 0.5", "1", "fail",
+            {"shortcut_mode": "dropout", "shortcut_dropout": 0.5}),
+    Variant("bn_after_add", "BN after addition", (2,), "4(b)", "1", "1", "8.17 / 6.50",
+            {"activation": "bn_after_add"}),
+    Variant("relu_before_add", "ReLU before addition", (2,), "4(c)", "1", "1", "7.84 / 6.14",
+            {"activation": "relu_before_add"}),
+    Variant("relu_preact", "ReLU-only pre-activation", (2,), "4(d)", "1", "1", "6.71 / 5.91",
+            {"activation": "relu_preact"}),
+    Variant("full_preact", "full pre-activation", (2,), "4(e)", "1", "1", "6.37 / 5.46",
+            {"activation": "full_preact"}),
+)}  # fmt: skip
+# Every row of both tables but two: the plain net (the "0 | 1" row, which the degradation
+# study already covers) and frozen gating, to keep the default run inside 90 s on two cores.
+DEFAULT_VARIANTS: tuple[str, ...] = tuple(k for k in VARIANTS if k not in ("plain", "frozen_gate"))
+REFERENCE = "identity"
+# The digits budget: 4 epochs (44 steps) at depth 56 separate the variants as the paper's
+# Table 1 and Table 2 do, where 10 epochs at depth 20 bring nearly all of them to 0 % training
+# error; and the ten default runs fit in 90 s on two cores. Other data sets: the recipe's.
+DIGITS_EPOCHS = 4
+
+
+def _variants(config: StudyConfig) -> tuple[Variant, ...]:
+    keys = config.options.get("ablation_variants") or DEFAULT_VARIANTS
+    return tuple(VARIANTS[k] for k in dict.fromkeys(keys))
+
+
+# --- the runs ------------------------------------------------------------------------------------
+
+
+def _spec(config: StudyConfig, variant: Variant, seed: int) -> RunSpec:
+    (depth,) = config.depths
+    plain = bool(variant.options.get("plain"))
+    # One shortcut option for every variant, so that each differs from the original in one
+    # thing only; the 1×1-conv shortcut is option C by definition.
+    shortcut = "C" if variant.options.get("shortcut_mode") == "conv" else config.shortcut
+    model = cifar_model_name(depth, plain)
+    overrides = {**variant.options, "shortcut": shortcut}
+    digits = config.dataset.strip().lower() == "digits"
+    if digits and config.epochs is None and config.steps is None:
+        overrides["epochs"] = DIGITS_EPOCHS
+    family, name = "plain" if plain else "residual", f"{model}-{variant.key}-s{seed}"
+    return RunSpec(name, model, family, depth, None if plain else shortcut, seed, overrides)
+
+
+def plan(config: StudyConfig) -> list[RunSpec]:
+    """Every chosen variant at every seed, at the study's one depth."""
+    return [_spec(config, v, seed) for v in _variants(config) for seed in config.seeds]
+
+
+def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs (each marked with its variant) and one summary row per variant."""
+    by_name = {_spec(config, v, s).name: v for v in _variants(config) for s in config.seeds}
+    runs = [{**r, "variant": by_name[r["name"]].key} for r in records if r["name"] in by_name]
+    summary = []
+    for variant in _variants(config):
+        members = [r for r in runs if r["variant"] == variant.key]
+        if not members:
+            continue
+        train = mean_std([r.get("final_clean_train_error") for r in members])
+        test = mean_std([r.get("final_test_error") for r in members])
+        summary.append(
+            {
+                "family": members[0]["family"],
+                "depth": members[0]["depth"],
+                "shortcut": members[0]["shortcut"],
+                "label": variant.label,
+                "n_seeds": len(members),
+                "clean_train_error_mean": train[0],
+                "clean_train_error_std": train[1],
+                "test_error_mean": test[0],
+                "test_error_std": test[1],
+                "variant": variant.key,
+                "tables": list(variant.tables),
+                **{k: getattr(variant, k) for k in ("fig", "on_shortcut", "on_f")},
+                "paper_error": variant.paper,
+                "params": members[0].get("params"),
+                "diverged": sum(r.get("status") == "diverged" for r in members),
+            }
+        )
+    section = {"depth": config.depths[0], "shortcut": config.shortcut, "reference": REFERENCE}
+    return {"runs": runs, "summary": summary, "ablation": section}
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+
+
+def _row(summary: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, Any] | None:
+    return next((r for r in summary if r.get("variant") == key), None)
+
+
+def _pct(row: Mapping[str, Any], metric: str = "clean_train_error") -> str:
+    return f"{row['label']} ({float(row[f'{metric}_mean']):.1f} %)"
+
+
+def ablation_verdict(
+    summary: Sequence[Mapping[str, Any]], tolerance: float = 1.0
+) -> dict[str, Any]:
+    """Which variants train worse than the identity shortcut, and which placement is best.
+
+    Every comparison is :mod:`reslab.experiments.verdicts`' one rule. Keys: ``worse``,
+    ``as_well``, ``better`` (variant keys, by final clean training error against
+    ``identity``), ``gaps`` (per variant: its training error minus the identity's, and one
+    seed-noise width, None with one seed), ``identity_best`` (no Table 1 variant trains better
+    than the identity), ``best_placement`` (the Table 2 row with the lowest test error),
+    ``preact_best`` (no placement's test error beats full pre-activation's) and ``tolerance``.
+    """
+    rows = [r for r in summary if is_number(r.get("clean_train_error_mean"))]
+    ref = _row(rows, REFERENCE)
+    if ref is None:
+        return {"text": "no verdict: the identity shortcut (the reference) has no finished run"}
+    verdict: dict[str, Any] = {"worse": [], "as_well": [], "better": [], "gaps": {}}
+    for row in rows:
+        if row is ref:
+            continue
+        gap = gap_of_rows(row, ref, "clean_train_error", tolerance)
+        how = "worse" if gap.exceeds() else "better" if gap.differs() else "as_well"
+        verdict[how].append(row["variant"])
+        noise = gap.as_json("x")["x_gap_noise"]
+        verdict["gaps"][row["variant"]] = {"gap": round(gap.value, 4), "noise": noise}
+    ref_error = f"{float(ref['clean_train_error_mean']):.1f} %"
+    parts = [f"against the identity shortcut's final clean training error ({ref_error})"]
+    for how, says in (("worse", "worse"), ("as_well", "as well"), ("better", "better")):
+        if verdict[how]:
+            named = ", ".join(_pct(_row(rows, k)) for k in verdict[how])  # type: ignore[arg-type]
+            parts.append(f"train{'s' if len(verdict[how]) == 1 else ''} {says}: {named}")
+    table1 = [str(r["variant"]) for r in rows if 1 in (r.get("tables") or [])]
+    verdict["identity_best"] = not set(verdict["better"]) & set(table1)
+    placements = [r for r in rows if 2 in (r.get("tables") or [])]
+    placements = [r for r in placements if is_number(r.get("test_error_mean"))]
+    if len(placements) > 1:
+        best = min(placements, key=lambda r: float(r["test_error_mean"]))
+        verdict["best_placement"] = best["variant"]
+        preact = _row(placements, "full_preact")
+        if preact is not None:
+            verdict["preact_best"] = not any(
+                gap_of_rows(preact, r, "test_error", tolerance).exceeds() for r in placements
+            )
+        versus = (
+            ""
+            if best is ref
+            else (
+                f" vs {_pct(ref, 'test_error')}, "
+                + gap_of_rows(ref, best, "test_error", tolerance).why()
+            )
+        )
+        parts.append(f"lowest test error of the placements: {_pct(best, 'test_error')}{versus}")
+    said = any("seed noise is unknown" in part for part in parts)  # gap.why() may say it
+    if all(int(r.get("n_seeds") or 1) < 2 for r in rows) and not said:
+        parts.append("one seed, so the seed noise is unknown and only the tolerance counts")
+    verdict["tolerance"] = tolerance
+    verdict["text"] = "; ".join(parts)
+    return verdict
+
+
+def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
+    return ablation_verdict(results.get("summary") or [], config.tolerance)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+_PANELS = ((1, "Table 1: what the shortcut carries"), (2, "Table 2: where BN and ReLU sit"))
+
+
+def _panels(summary: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    """(title, rows) of each table that has rows, rows in the study's order."""
+    out = []
+    for table, title in _PANELS:
+        rows = [r for r in summary if table in (r.get("tables") or [])]
+        if rows:
+            out.append((title, rows))
+    return out
+
+
+def _colour(i: int, row: Mapping[str, Any]) -> str:
+    if row.get("family") == "plain":
+        return FAMILY_COLOURS["plain"]
+    colours = [c for c in OKABE_ITO if c != "#000000"]  # black is the identity's (near-)colour
+    return "0.15" if row.get("variant") == REFERENCE else colours[(i - 1) % len(colours)]
+
+
+@styled
+def error_bars(summary: Sequence[Mapping[str, Any]]) -> Figure:
+    """Final clean training error (hatched) and test error (solid) per variant, per table."""
+    from matplotlib.patches import Patch
+
+    panels = _panels(summary)
+    height = 1.2 + 0.55 * max(len(rows) for _, rows in panels)
+    fig = new_figure(5.2 * len(panels), height)
+    axes = fig.subplots(1, len(panels), sharex=True, squeeze=False)[0]
+    for ax, (title, rows) in zip(axes, panels, strict=True):
+        for i, row in enumerate(rows):
+            for offset, metric, hatch in (
+                (-0.2, "clean_train_error", "///"),
+                (0.2, "test_error", ""),
+            ):
+                mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+                if mean is not None and is_number(mean):
+                    _bar(ax, i + offset, float(mean), float(std or 0.0), _colour(i, row), hatch)
+        ref = _row(rows, REFERENCE)
+        if ref is not None and is_number(ref.get("clean_train_error_mean")):
+            ax.axvline(float(ref["clean_train_error_mean"]), color="0.3", linestyle=":", lw=1)
+        ax.set_yticks(range(len(rows)), [str(r["label"]) for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.grid(axis="y", visible=False)
+        ax.set_title(title)
+        ax.set_xlabel("final error (%)")
+        ax.set_xlim(left=0)
+    legend(
+        axes[-1],
+        [
+            Patch(facecolor="white", edgecolor="0.3", hatch="///", label="training error (clean)"),
+            Patch(facecolor="0.45", edgecolor="0.3", label="test error"),
+        ],
+        loc="lower right",
+    )
+    return fig
+
+
+def _bar(ax: Axes, y: float, mean: float, std: float, colour: str, hatch: str) -> None:
+    errors = {"elinewidth": 1.0, "ecolor": "0.2"}
+    face = "white" if hatch else colour
+    ax.barh(y, mean, 0.38, xerr=std, color=face, edgecolor=colour, hatch=hatch, error_kw=errors)
+    ax.annotate(
+        f"{mean:.1f}",
+        (mean + std, y),
+        xytext=(3, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=7,
+    )
+
+
+@styled
+def training_curves(
+    runs: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]]
+) -> Figure:
+    """Clean training error vs iterations per variant (mean over seeds), per table."""
+    panels = _panels(summary)
+    fig = new_figure(5.4 * len(panels), 4.2)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, rows) in zip(axes, panels, strict=True):
+        for i, row in enumerate(rows):
+            line = _mean_curve([r for r in runs if r.get("variant") == row.get("variant")])
+            if line is not None:
+                width = 2.4 if row.get("variant") == REFERENCE else 1.4
+                dash = "-" if i <= 6 else "--"  # more rows than colours: dashes tell them apart
+                ax.plot(
+                    *line,
+                    color=_colour(i, row),
+                    label=str(row["label"]),
+                    linewidth=width,
+                    linestyle=dash,
+                    marker="o",
+                    markersize=3,
+                )
+        ax.set_title(title)
+        ax.set_xlabel("iterations (optimiser steps)")
+        ax.set_ylabel("training error, clean (%)")
+        ax.set_ylim(bottom=0)
+        ax.tick_params(labelleft=True)
+        legend(ax, loc="lower left", fontsize=7)
+    return fig
+
+
+def _mean_curve(runs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Clean training error vs iterations, the mean over seeds; None without curves."""
+    curves = [
+        r["curves"] for r in runs if has_values((r.get("curves") or {}).get("clean_train_error"))
+    ]
+    if not curves:
+        return None
+    n = min(len(c["clean_train_error"]) for c in curves)
+    mean, _ = nan_mean_std(np.vstack([array(c["clean_train_error"])[:n] for c in curves]))
+    return finite(array(curves[0].get("step"))[:n], mean)
+
+
+def _draw_bars(results: Mapping[str, Any]) -> Figure | None:
+    summary = results.get("summary") or []
+    return error_bars(summary) if _panels(summary) else None
+
+
+def _draw_curves(results: Mapping[str, Any]) -> Figure | None:
+    runs, summary = results.get("runs") or [], results.get("summary") or []
+    return training_curves(runs, summary) if _mean_curve(runs) and _panels(summary) else None
+
+
+ERRORS = FigureSpec(
+    "ablation_errors",
+    "Final errors of each shortcut variant (Table 1, left) and activation placement "
+    "(Table 2, right); dotted line: the identity shortcut's training error.",
+    "Hatched bars are the final error on the training set itself (no augmentation), solid "
+    "bars the test error, ± one std over seeds. All nets share one depth, one recipe and one "
+    "budget, so a longer hatched bar than the identity's means that variant is harder to "
+    "optimise. He et al. (2016) find every multiplicative change of the shortcut (scaling, "
+    "gating, 1×1 convolutions, dropout) trains worse than the identity, and full "
+    "pre-activation the best placement.",
+    _draw_bars,
+)
+CURVES = FigureSpec(
+    "ablation_curves",
+    "Training error vs iterations of each variant (He et al. 2016, Fig. 3 and Fig. 6 style).",
+    "Each line is a variant's clean training error during training, the mean over seeds; the "
+    "bold dark line is the identity shortcut. A line that stays above it is slower to "
+    "optimise: the paper's gated and scaled shortcuts, and BN after the addition, do that.",
+    _draw_curves,
+)
+
+
+# --- tables in the paper's layout ----------------------------------------------------------------
+
+
+def _columns(table: int) -> list[str]:
+    first = ["case", "Fig."] + (["on shortcut", "on F"] if table == 1 else [])
+    paper = "paper, ResNet-110" if table == 1 else "paper, ResNet-110 / 164"
+    return [*first, "train error (%)", "test error (%)", f"{paper} (%)", "params"]
+
+
+def _cells(row: Mapping[str, Any], table: int, fmt: Any) -> list[str]:
+    first = [str(row["label"]), str(row.get("fig", ""))]
+    if table == 1:
+        first += [str(row.get("on_shortcut", "")), str(row.get("on_f", ""))]
+    n = row.get("n_seeds")
+    errors = [
+        fmt(row.get(f"{m}_mean"), row.get(f"{m}_std"), n)
+        for m in ("clean_train_error", "test_error")
+    ]
+    params = f"{row['params']:,}" if is_number(row.get("params")) else "—"
+    return [*first, *errors, str(row.get("paper_error", "")), params]
+
+
+def _text_error(mean: Any, std: Any, n: Any) -> str:
+    if not is_number(mean):
+        return "n/a"
+    return f"{mean:.1f}" + (f" ± {std:.1f}" if is_number(n) and n > 1 and is_number(std) else "")
+
+
+def console_table(results: Mapping[str, Any]) -> str:
+    """Table 1 and Table 2 as text, in the paper's columns."""
+    lines = []
+    for table, title in _PANELS:
+        rows = [r for r in results.get("summary") or [] if table in (r.get("tables") or [])]
+        if not rows:
+            continue
+        cells = [_columns(table)] + [_cells(r, table, _text_error) for r in rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+        lines.append(title)
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells
+        ]
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def tables(results: Mapping[str, Any]) -> list[html.Section]:
+    section = results.get("ablation") or {}
+    summary = results.get("summary") or []
+    parts = [
+        '<section id="results"><h2>Results in the paper\'s layout</h2>',
+        f"<p>Every net: depth {html.e(section.get('depth', '—'))}, shortcut option "
+        f"{html.e(section.get('shortcut', '—'))} where the shape changes (the 1×1-conv row: "
+        "C), one recipe and budget. Errors in percent, mean ± sample std over seeds; "
+        "training error is measured on the whole training set without augmentation. The "
+        "paper's column is its CIFAR-10 test error (fail: above 20 %).</p>",
+    ]
+    for table, title in _PANELS:
+        rows = [r for r in summary if table in (r.get("tables") or [])]
+        if rows:
+            body = [[html.e(c) for c in _cells(r, table, _html_error)] for r in rows]
+            numeric = set(range(len(body[0]) - 4, len(body[0])))
+            parts += [f"<h3>{html.e(title)}</h3>", html.table(_columns(table), body, numeric)]
+    parts.append(_runs_table(results.get("runs") or []))
+    parts.append("</section>")
+    return [html.Section("results", "Results", "\n".join(parts))]
+
+
+def _html_error(mean: Any, std: Any, n: Any) -> str:
+    return _text_error(mean, std, n).replace("n/a", "—")
+
+
+def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        [
+            html.e(r.get("name", "—")),
+            html.e(r.get("variant", "—")),
+            html.e(r.get("seed", "—")),
+            html.e(r.get("status", "—")),
+            html.num(r.get("final_clean_train_error")),
+            html.num(r.get("final_test_error")),
+            html.num(r.get("wall_time"), 1),
+        ]
+        for r in runs
+    ]
+    headers = [
+        "run",
+        "variant",
+        "seed",
+        "status",
+        "clean train error (%)",
+        "test error (%)",
+        "wall time (s)",
+    ]
+    return (
+        f"<details><summary>Per-run results ({len(runs)} runs)</summary>"
+        + html.table(headers, rows, {2, 4, 5, 6})
+        + "</details>"
+    )
+
+
+def _names(keys: Any) -> str | None:
+    if not isinstance(keys, list):
+        return None
+    return ", ".join(html.e(VARIANTS[k].label if k in VARIANTS else k) for k in keys) or "none"
+
+
+def _yes(question: str, value: Any) -> str | None:
+    return f"{question}: <b>{'yes' if value else 'no'}</b>" if isinstance(value, bool) else None
+
+
+def _gaps(gaps: Any) -> str | None:
+    if not isinstance(gaps, dict):
+        return None
+    noise = [f" ± {g['noise']:.1f}" if is_number(g.get("noise")) else "" for g in gaps.values()]
+    listed = ", ".join(
+        f"{html.e(k)} {g['gap']:+.1f}{n}" for (k, g), n in zip(gaps.items(), noise, strict=True)
+    )
+    return f"training error minus the identity's, points (± one seed-noise width): {listed}"
+
+
+VERDICT_FORMATS: dict[str, html.ItemFormat] = {
+    "worse": lambda v: f"train worse than the identity shortcut: <b>{_names(v)}</b>",
+    "as_well": lambda v: f"train as well as the identity shortcut: <b>{_names(v)}</b>",
+    "better": lambda v: f"train better than the identity shortcut: <b>{_names(v)}</b>",
+    "identity_best": lambda v: _yes("no shortcut variant trains better than the identity", v),
+    "best_placement": lambda v: f"lowest test error of the placements: <b>{_names([v])}</b>",
+    "preact_best": lambda v: _yes("no placement beats full pre-activation's test error", v),
+    "gaps": lambda v: _gaps(v),
+    "tolerance": lambda v: f"tolerance: {v:.2f} percentage points" if is_number(v) else None,
+}
+
+
+# --- checks and the study ------------------------------------------------------------------------
+
+
+def check(config: StudyConfig) -> None:
+    if len(config.depths) != 1:
+        depths = ",".join(str(d) for d in config.depths)
+        raise ConfigError(
+            f"an ablation study compares variants at one depth, got --depths {depths}: give "
+            f"one, e.g. --depths {max(config.depths)} (the paper: 110)"
+        )
+    keys = config.options.get("ablation_variants") or DEFAULT_VARIANTS
+    bad = [k for k in keys if k not in VARIANTS]
+    if bad:
+        raise ConfigError(f"unknown variant {bad[0]!r}: choose from {', '.join(VARIANTS)}")
+    if not keys:
+        raise ConfigError(f"--variants needs at least one of {', '.join(VARIANTS)}")
+
+
+def check_results(results: Mapping[str, Any], v: Validator) -> None:
+    """The ablation's parts of results.json: its section and the summary rows' extra keys."""
+    section = results.get("ablation")
+    if not isinstance(section, dict):
+        v.fail("ablation", "must be an object with the study's depth and shortcut option")
+    if not isinstance(section.get("depth"), int) or section["depth"] < 1:
+        v.fail("ablation.depth", "must be a positive integer")
+    for i, row in enumerate(v.list_of_objects(results, "summary")):
+        where = f"summary[{i}]."
+        for key in ("variant", "label", "fig", "on_shortcut", "on_f", "paper_error"):
+            if not isinstance(row.get(key), str):
+                v.fail(where + key, "must be a string")
+        tables_ = row.get("tables")
+        if not isinstance(tables_, list) or not tables_ or not set(tables_) <= {1, 2}:
+            v.fail(where + "tables", "must be a list of table numbers, 1 and/or 2")
+        v.optional_number(row, "params", where)
+
+
+STUDY = Study(
+    name="ablation",
+    help="He et al. 2016's Tables 1-2: shortcut variants and activation placements, one budget",
+    title="Identity mappings: shortcut variants and activation placements at depth {depth} "
+    "on {dataset}",
+    intro="One residual network, changed in one place at a time as in He et al. 2016 "
+    "(arXiv:1603.05027): what the shortcut carries (Table 1: constant scaling, gating, a 1×1 "
+    "convolution, dropout) and where BN and ReLU sit (Table 2). Every variant is trained with "
+    "the same recipe and budget; the identity shortcut is the reference.",
+    plan=plan,
+    analyse=analyse,
+    verdict=verdict,
+    figures=(ERRORS, CURVES),
+    tables=tables,
+    verdict_formats=VERDICT_FORMATS,
+    depths=(56,),
+    seeds=(0,),
+    flags=(
+        Flag("--shortcut", "A", "option where the shape changes: A|B|C (paper: A)", str.upper),
+        Flag(
+            "--variants",
+            ",".join(DEFAULT_VARIANTS),
+            f"variants to train, from {', '.join(VARIANTS)}",
+            names,
+            dest="ablation_variants",
+        ),
+    ),
+    check=check,
+    check_results=check_results,
+    text_table=console_table,
+)

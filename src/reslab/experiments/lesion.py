@@ -1,0 +1,591 @@
+"""``reslab lesion``: delete or reorder blocks of trained nets at test time, plain vs residual.
+
+Veit, Wilber & Belongie 2016, "Residual networks behave like ensembles of relatively shallow
+networks" (arXiv:1605.06431), §4. Deleting any one block of a trained ResNet (keeping its
+shortcut) barely changes its test error, except for the blocks that change the shape; a plain
+net falls to chance (their Fig. 3). Error then rises smoothly with the number of blocks deleted
+(Fig. 4a) and of pairs of same-stage blocks swapped (Fig. 4b), as an ensemble's would, rather
+than collapsing after the first, as a single deep path's would.
+
+The study trains plain and residual twins at one depth with the degradation study's recipe
+and budget, or lesions nets trained elsewhere; the lesions themselves are in
+:mod:`reslab.lesion`. Every net of a depth faces the same deletions and swaps (the draws depend
+only on k and the draw number), so plain and residual nets are compared pair for pair.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from reslab import lesion
+from reslab.data import load_dataset, normalize_batch
+from reslab.errors import ConfigError, ReslabError
+from reslab.experiments import degradation, run_views
+from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.registry import Flag, Study, ints
+from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
+from reslab.experiments.verdicts import Gap, gap_of_values
+from reslab.report import html
+from reslab.report.figures import (
+    FAMILY_COLOURS,
+    FigureSpec,
+    array,
+    colours,
+    legend,
+    new_figure,
+    style_of,
+    styled,
+)
+from reslab.report.schema import Validator, is_int, is_number
+from reslab.report.stats import (
+    group,
+    group_key,
+    label,
+    mean_std,
+    nan_mean_std,
+    several_shortcuts,
+    summarize_runs,
+)
+from reslab.train import pick_device
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["STUDY", "lesion_verdict", "plan"]
+
+SECTION = "lesion"
+DEPTH = 32  # default: both twins train on digits (plain-56 would not), 13 blocks keep the shape
+DRAWS = 5  # random draws per k
+
+
+def plan(config: StudyConfig) -> list[RunSpec]:
+    """Both families at the study's depth and seeds, as the degradation study trains them."""
+    return degradation.plan(config)
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def _test_data(config: StudyConfig, device: torch.device) -> tuple[Tensor, Tensor, int]:
+    """The normalised test images (the first ``--eval-images`` of them), labels, classes."""
+    ds = load_dataset(config.dataset, data_dir=config.data_dir)
+    n = int(config.options.get("eval_images") or 0) or len(ds.test_labels)
+    images = ds.test_images[:n].to(device)
+    x = normalize_batch(images, ds.mean, ds.std, channels_last=False)
+    return x, ds.test_labels[:n].to(device), ds.num_classes
+
+
+# --- the per-net summary the verdict, the table and the figures share ---------------------------
+
+
+def per_block_increase(net: Mapping[str, Any]) -> float | None:
+    """Mean test-error increase (points) over the shape-preserving blocks deleted one at a time."""
+    intact: Any = net.get("intact_error")
+    deleted = mean_deleted_error(net)
+    return deleted - float(intact) if deleted is not None and is_number(intact) else None
+
+
+def mean_deleted_error(net: Mapping[str, Any], shape_preserving: bool = True) -> float | None:
+    """Mean test error with one block deleted, over the shape-preserving (or -changing) ones."""
+    errors = [
+        float(e)
+        for e, kept in zip(net["deleted_error"], net["shape_preserving"], strict=True)
+        if kept == shape_preserving and is_number(e)
+    ]
+    return sum(errors) / len(errors) if errors else None
+
+
+def _nets(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    section = results.get(SECTION)
+    return list(section.get("nets") or []) if isinstance(section, Mapping) else []
+
+
+def _name(key: tuple[str, int, str | None], nets: Sequence[Mapping[str, Any]]) -> str:
+    return label(key, several_shortcuts(nets))
+
+
+def family_means(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per (family, depth, shortcut): the numbers the verdict compares, mean ± std over seeds."""
+    nets = _nets(results)
+    rows = []
+    for key, members in group(nets).items():
+        rise = mean_std([per_block_increase(n) for n in members])
+        deleted = mean_std([mean_deleted_error(n) for n in members])
+        intact = mean_std([n.get("intact_error") for n in members])
+        rows.append(
+            {
+                "family": key[0],
+                "depth": key[1],
+                "shortcut": key[2],
+                "label": _name(key, nets),
+                "n_seeds": len(members),
+                "increase_mean": rise[0],
+                "increase_std": rise[1],
+                "deleted_error_mean": deleted[0],
+                "deleted_error_std": deleted[1],
+                "intact_error_mean": intact[0],
+                "intact_error_std": intact[1],
+            }
+        )
+    return rows
+
+
+# --- results.json ---------------------------------------------------------------------------------
+
+
+def check_results(results: Mapping[str, Any], v: Validator) -> None:
+    """Validate the ``lesion`` section that the report reads (documented in the README)."""
+    section = results.get(SECTION)
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        v.fail(SECTION, "must be an object")
+    v.optional_number(section, "chance_error", f"{SECTION}.")
+    for i, net in enumerate(v.list_of_objects(section, "nets", f"{SECTION}.")):
+        where = f"{SECTION}.nets[{i}]."
+        v.family_depth(net, where)
+        v.optional_number(net, "intact_error", where)
+        n = _check_blocks(net, v, where)
+        v.numbers(net.get("deleted_error"), where + "deleted_error")
+        if len(net["deleted_error"]) != n:
+            v.fail(where + "deleted_error", f"must have one entry per block ({n})")
+        for curve in ("deleted", "swapped"):
+            for j, row in enumerate(v.list_of_objects(net, curve, where)):
+                if not is_int(row.get("k")) or row["k"] < 1:
+                    v.fail(f"{where}{curve}[{j}].k", "must be a positive integer")
+                v.numbers(row.get("errors"), f"{where}{curve}[{j}].errors")
+
+
+def _check_blocks(net: Mapping[str, Any], v: Validator, where: str) -> int:
+    names, stages, kept = net.get("block"), net.get("stage"), net.get("shape_preserving")
+    if not isinstance(names, list) or not all(isinstance(b, str) for b in names):
+        v.fail(where + "block", "must be a list of block names")
+    if not isinstance(stages, list) or not all(is_int(s) for s in stages):
+        v.fail(where + "stage", "must be a list of integers")
+    if not isinstance(kept, list) or not all(isinstance(b, bool) for b in kept):
+        v.fail(where + "shape_preserving", "must be a list of true/false")
+    if not len(names) == len(stages) == len(kept):
+        v.fail(where + "block", "block, stage and shape_preserving must have one length")
+    return len(names)
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def _colour(key: tuple[str, int, str | None], keys: Sequence[tuple[str, int, str | None]]) -> str:
+    """Family colours when one depth is shown (the default), a depth palette otherwise."""
+    depths = sorted({k[1] for k in keys})
+    if len(depths) == 1:
+        return FAMILY_COLOURS.get(key[0], "0.3")
+    return colours(depths)[key[1]]
+
+
+def _mean_band(ax: Axes, x: np.ndarray, stack: np.ndarray, colour: str, **kw: Any) -> None:
+    """The column means of a (repeats × points) array as a line, ±1 std as a band."""
+    mean, std = nan_mean_std(stack)
+    ax.plot(x, mean, color=colour, linewidth=1.6, markersize=4, **kw)
+    if len(stack) > 1:
+        ok = np.isfinite(mean)
+        ax.fill_between(x, mean - std, mean + std, where=ok, color=colour, alpha=0.13, lw=0)
+
+
+def _chance(ax: Axes, results: Mapping[str, Any]) -> None:
+    chance: Any = (results.get(SECTION) or {}).get("chance_error")
+    if is_number(chance):
+        ax.axhline(float(chance), color="0.2", linestyle=":", linewidth=1.0, label="chance")
+
+
+def _positions(stages: Sequence[int]) -> np.ndarray:
+    """x of each block: its stage plus its place in the stage, so nets of any depth line up."""
+    xs, place = [], dict.fromkeys(stages, 0)
+    for s in stages:
+        xs.append(s + place[s] / stages.count(s))
+        place[s] += 1
+    return np.array(xs, dtype=float)
+
+
+@styled
+def per_block_figure(results: Mapping[str, Any]) -> Figure:
+    """Error with each block deleted alone (Veit et al. Fig. 3); shape-changing blocks shaded."""
+    nets = _nets(results)
+    groups = group(nets)
+    fig = new_figure(8.5, 4.3)
+    ax = fig.subplots()
+    for key, members in groups.items():
+        colour, dash = _colour(key, list(groups)), style_of(key[0])["linestyle"]
+        n = min(len(m["deleted_error"]) for m in members)
+        stack = np.vstack([array(m["deleted_error"])[:n] for m in members])
+        seeds = f", {len(members)} seeds" if len(members) > 1 else ""
+        name, x = _name(key, nets), _positions(members[0]["stage"][:n])
+        _mean_band(
+            ax, x, stack, colour, label=f"{name}: one block deleted{seeds}", **style_of(key[0])
+        )
+        intact = mean_std([m.get("intact_error") for m in members])[0]
+        if intact is not None:
+            ax.axhline(intact, color=colour, lw=1.0, alpha=0.7, ls=dash, label=f"{name}: intact")
+    widest = max(nets, key=lambda n: len(n["block"]))
+    x, stages = _positions(widest["stage"]), widest["stage"]
+    for i, kept in enumerate(widest["shape_preserving"]):
+        if not kept:
+            half = 0.45 / stages.count(stages[i])
+            ax.axvspan(x[i] - half, x[i] + half, color="0.88", linewidth=0, zorder=0)
+    ax.text(
+        0.5,
+        0.97,
+        "shaded: blocks that change the shape",
+        transform=ax.transAxes,
+        fontsize=7.5,
+        color="0.35",
+        va="top",
+        ha="center",
+    )
+    _chance(ax, results)
+    if len({key[1] for key in groups}) == 1:
+        ax.set_xticks(x, widest["block"], rotation=90, fontsize=6.5)
+    else:  # nets of several depths: one tick per stage
+        ax.set_xticks(sorted(set(stages)), [f"stage {s + 1}" for s in sorted(set(stages))])
+    ax.set_xlabel("deleted block")
+    ax.set_ylabel("test error (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Test error with one block deleted")
+    legend(ax, loc="center right", fontsize=7.5)
+    return fig
+
+
+@styled
+def vs_k_figure(results: Mapping[str, Any]) -> Figure:
+    """Error vs k blocks deleted (left) and k pairs swapped (right), mean ± std (Fig. 4)."""
+    nets = _nets(results)
+    groups = group(nets)
+    fig = new_figure(10.5, 4.2)
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = (("deleted", "blocks deleted"), ("swapped", "pairs of blocks swapped"))
+    for ax, (curve, what) in zip(axes, panels, strict=True):
+        for key, members in groups.items():
+            ks, mean, std = _k_points(members, curve)
+            if not ks:
+                continue
+            colour = _colour(key, list(groups))
+            ax.errorbar(
+                ks,
+                mean,
+                yerr=std,
+                color=colour,
+                linewidth=1.6,
+                markersize=4,
+                capsize=2,
+                label=_name(key, nets),
+                **style_of(key[0]),
+            )
+        _chance(ax, results)
+        ax.set_xlabel(f"k, {what} at random")
+        ax.set_title(f"Error vs {what}")
+        ax.tick_params(labelleft=True)
+        legend(ax, loc="center right")
+    axes[0].set_ylabel("test error (%)")
+    axes[0].set_ylim(0, 100)
+    return fig
+
+
+def _k_points(
+    members: Sequence[Mapping[str, Any]], curve: str
+) -> tuple[list[int], list[float], list[float]]:
+    """k = 0 (intact) and every measured k: mean and std over draws and seeds together."""
+    pooled: dict[int, list[Any]] = {0: [m.get("intact_error") for m in members]}
+    for m in members:
+        for row in m.get(curve) or []:
+            pooled.setdefault(int(row["k"]), []).extend(row["errors"])
+    points = [(k, *mean_std(v)) for k, v in sorted(pooled.items())]
+    kept = [(k, mu, sd) for k, mu, sd in points if mu is not None]
+    if len(kept) < 2:
+        return [], [], []
+    return [p[0] for p in kept], [float(p[1]) for p in kept], [float(p[2] or 0) for p in kept]
+
+
+def _draw(
+    fn: Callable[[Mapping[str, Any]], Figure],
+) -> Callable[[Mapping[str, Any]], Figure | None]:
+    def draw(results: Mapping[str, Any]) -> Figure | None:
+        return fn(results) if _nets(results) else None
+
+    return draw
+
+
+PER_BLOCK = FigureSpec(
+    "lesion_per_block",
+    "Test error with one block deleted at test time, for every block in turn (Veit et al. "
+    "2016, Fig. 3). Plain: dashed, squares; residual: solid, circles; horizontal lines: the "
+    "intact nets; dotted: chance.",
+    "Each point is the test error of the trained net with that one block deleted: a residual "
+    "block is replaced by its shortcut, a plain block by the identity (possible only where the "
+    "block keeps the shape; the shaded blocks change it, and a plain net has no point there). "
+    "A residual net stays close to its intact line for most blocks — no single block is "
+    "indispensable, as if the net were an ensemble of shallower paths — and loses more where "
+    "its shortcut is a subsample or projection (shaded). Its plain twin falls to or near "
+    "chance whichever block goes: it is one deep path, and every block lies on it.",
+    _draw(per_block_figure),
+)
+VS_K = FigureSpec(
+    "lesion_vs_k",
+    "Test error vs the number of blocks deleted (left) and of pairs of same-stage blocks "
+    "swapped (right), mean ± std over random draws and seeds (Veit et al. 2016, Fig. 4); "
+    "k = 0 is the intact net.",
+    "Deleted blocks are drawn from the blocks that keep the shape, so both families lose the "
+    "same blocks; swapped pairs are two such blocks of one stage trading places. A residual "
+    "net's error rises smoothly with k, as an ensemble's does when members are removed, and "
+    "reordering hurts it only gradually; a plain net is at or near chance from k = 1 on.",
+    _draw(vs_k_figure),
+)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def lesion_section(results: Mapping[str, Any]) -> html.Section:
+    """Per net: intact error, one block deleted (keeping / changing the shape), k at most."""
+    nets = _nets(results)
+    if not nets:
+        return html.Section(SECTION, "Lesions", "")
+    rows = []
+    means = {(r["family"], r["depth"], r["shortcut"]): r for r in family_means(results)}
+    for key, members in group(nets).items():
+        row = means[key]
+        n = row["n_seeds"]
+        changing = mean_std([mean_deleted_error(m, shape_preserving=False) for m in members])
+        rows.append(
+            [
+                html.e(row["label"]),
+                str(n),
+                html.mean_pm(row["intact_error_mean"], row["intact_error_std"], n),
+                html.mean_pm(row["deleted_error_mean"], row["deleted_error_std"], n),
+                html.mean_pm(row["increase_mean"], row["increase_std"], n),
+                html.mean_pm(*changing, n) if changing[0] is not None else "cannot delete",
+                _at_most(members, "deleted"),
+                _at_most(members, "swapped"),
+            ]
+        )
+    headers = ["net", "seeds", "intact error (%)", "one block deleted (%)"]
+    headers += ["increase per block (points)", "one shape-changing block deleted (%)"]
+    headers += ["most blocks deleted (%)", "most pairs swapped (%)"]
+    text = (
+        '<section id="lesion"><h2>Lesions</h2><p>Test error in percent, mean ± sample std over '
+        "seeds. “One block deleted” and the increase per block average over the blocks that "
+        "keep the shape, each deleted alone; the last two columns are the largest k measured "
+        "(mean over draws and seeds, k in brackets).</p>"
+        + html.table(headers, rows, set(range(1, 8)))
+        + "</section>"
+    )
+    return html.Section(SECTION, "Lesions", text)
+
+
+def _at_most(members: Sequence[Mapping[str, Any]], curve: str) -> str:
+    ks, mean, _ = _k_points(members, curve)
+    return f"{html.num(mean[-1], 1)} (k = {ks[-1]})" if ks else "—"
+
+
+def tables(results: Mapping[str, Any]) -> list[html.Section]:
+    return [lesion_section(results), run_views.results_section(results)]
+
+
+# --- the study ------------------------------------------------------------------------------------
+
+
+def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Lesion every trained net (own runs, ``--from`` or ``--weights``) on the test set.
+
+    On the CPU the nets are lesioned in parallel worker processes, one thread each where the
+    cores allow no more: a small net's forward pass gains little from a second thread, and
+    loses 15x when the cores are shared (measured on this project's 2-core machines).
+    """
+    nets = trained_nets(config, records)
+    cpu = pick_device(config.device, 0).type == "cpu"
+    jobs = min(config.jobs or os.cpu_count() or 1, len(nets)) if cpu else 1
+    models = [n.model for n in nets]
+    if jobs == 1:
+        measured = [_lesion_one(config, m, jobs) for m in models]
+    else:
+        # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            measured = list(pool.map(_lesion_one, [config] * len(nets), models, [jobs] * len(nets)))
+    entries = []
+    for net, (measures, _, _) in zip(nets, measured, strict=True):
+        shortcut = getattr(net.model, "shortcut_option", None) if net.family == "residual" else None
+        meta = {"label": net.label, "family": net.family, "depth": net.depth}
+        meta.update(shortcut=shortcut, seed=net.seed, source=net.source)
+        entries.append({**meta, **measures})
+    (_, images, classes), draws = measured[0], int(config.options.get("draws", DRAWS))
+    section = {"chance_error": 100.0 * (1 - 1 / classes), "draws": draws, "images": images}
+    out: dict[str, Any] = {SECTION: {**section, "nets": entries}}
+    if records:
+        out.update(runs=records, summary=summarize_runs(records))
+    return out
+
+
+def _lesion_one(
+    config: StudyConfig, model: nn.Module, jobs: int
+) -> tuple[dict[str, Any], int, int]:
+    """One net's lesions, its test images and classes; runs in a worker process or in place."""
+    threads = torch.get_num_threads()
+    device = pick_device(config.device, 0)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    # Trained plain nets carry denormal activations, ~50x slower on x86 CPUs; flushing them
+    # to zero changes no prediction measurably (the probes do the same).
+    flush = torch.set_flush_denormal(True)
+    try:
+        x, y, classes = _test_data(config, device)
+        draws, ks = int(config.options.get("draws", DRAWS)), tuple(config.options.get("ks") or ())
+        error = lesion.top1_error(x, y)
+        measured = lesion.lesion_net(model.to(device), error, x[:1], draws=draws, ks=ks)
+        return measured, len(y), classes
+    finally:
+        torch.set_num_threads(threads)
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def lesion_verdict(results: Mapping[str, Any], tolerance: float) -> dict[str, Any]:
+    """Residual vs plain: the mean test-error increase per deleted shape-preserving block.
+
+    Compares the twins at the deepest depth that has both families (the first shortcut
+    option), on the one rule of :mod:`reslab.experiments.verdicts`. Keys:
+    ``residual_increase`` / ``plain_increase`` (points: per net, the mean over its
+    shape-preserving blocks of the error with that block deleted minus the intact error; then
+    the mean over seeds), ``increase_gap`` (plain minus residual) and ``increase_gap_noise``,
+    ``residual_loses_less`` (the gap counts), ``plain_deleted_error`` (the plain net's mean
+    error with one such block deleted), ``chance_error``, ``plain_at_chance`` (chance minus
+    that error does not count) with ``chance_gap``/``chance_gap_noise``, and ``tolerance``.
+    """
+    rows = [r for r in family_means(results) if r["increase_mean"] is not None]
+    depths = [{r["depth"] for r in rows if r["family"] == f} for f in ("plain", "residual")]
+    both = sorted(depths[0] & depths[1])
+    if not both:
+        raise ReslabError("the lesion verdict needs a plain and a residual net of one depth")
+    at = [r for r in rows if r["depth"] == both[-1]]
+    plain = next(r for r in at if r["family"] == "plain")
+    residual = min((r for r in at if r["family"] == "residual"), key=lambda r: str(r["shortcut"]))
+    nets = [n for n in _nets(results) if n["depth"] == both[-1]]
+    increases = {
+        row["label"]: [
+            rise
+            for n in nets
+            if group_key(n) == group_key(row) and (rise := per_block_increase(n)) is not None
+        ]
+        for row in (plain, residual)
+    }
+    gap = gap_of_values(increases[plain["label"]], increases[residual["label"]], tolerance)
+    chance = float(results[SECTION]["chance_error"])
+    plain_std = plain["deleted_error_std"] if plain["n_seeds"] > 1 else None
+    to_chance = Gap(chance, plain["deleted_error_mean"], 0.0, plain_std, tolerance)
+    loses_less, at_chance = gap.exceeds(), not to_chance.exceeds()
+    p, r = plain["label"], residual["label"]
+    how = "far less than" if loses_less else "not clearly less than"
+    chance_text = (
+        f"{p} falls to chance with one block deleted"
+        if at_chance
+        else f"{p} does not fall all the way to chance"
+    )
+    text = (
+        f"deleting one shape-preserving block costs {r} {how} {p}: +{gap.b:.1f} vs "
+        f"+{gap.a:.1f} points of test error on average (intact {residual['intact_error_mean']:.1f}"
+        f" % vs {plain['intact_error_mean']:.1f} %), {gap.why()}; {chance_text}: "
+        f"{to_chance.b:.1f} % vs {chance:.0f} % chance, {to_chance.why()}"
+    )
+    return {
+        "text": text,
+        "residual_loses_less": loses_less,
+        "residual_increase": round(gap.b, 4),
+        "plain_increase": round(gap.a, 4),
+        **gap.as_json("increase"),
+        "plain_deleted_error": round(to_chance.b, 4),
+        "chance_error": round(chance, 4),
+        "plain_at_chance": at_chance,
+        **to_chance.as_json("chance"),
+        "tolerance": tolerance,
+    }
+
+
+def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
+    try:
+        return lesion_verdict(results, config.tolerance)
+    except ReslabError as exc:
+        return {"text": f"no verdict: {exc}"}
+
+
+def check(config: StudyConfig) -> None:
+    check_sources(config)
+    if len(config.depths) > 1:
+        raise ConfigError(
+            f"a lesion study lesions nets of one depth, got --depths "
+            f"{','.join(map(str, config.depths))}: give one, e.g. --depths {max(config.depths)}"
+        )
+    if int(config.options.get("draws", DRAWS)) < 1:
+        raise ConfigError(f"--draws must be at least 1, got {config.options.get('draws')}")
+    if any(k < 1 for k in config.options.get("ks") or ()):
+        raise ConfigError(f"--ks must be 1 or more, got {config.options.get('ks')}")
+
+
+def _yes_no(question: str) -> html.ItemFormat:
+    def item(value: Any) -> str | None:
+        return f"{question}: <b>{'yes' if value else 'no'}</b>" if isinstance(value, bool) else None
+
+    return item
+
+
+def _item(what: str, spec: str = "+.2f", unit: str = " points") -> html.ItemFormat:
+    def item(value: Any) -> str | None:
+        return f"{what}: <b>{value:{spec}}</b>{unit}" if is_number(value) else None
+
+    return item
+
+
+STUDY = Study(
+    name="lesion",
+    help="delete or swap blocks of trained plain and residual nets at test time (Veit et al.)",
+    title="Lesions: deleting and reordering blocks of plain and residual nets on {dataset}",
+    intro="Trained plain and residual twins, lesioned at test time: each block deleted in turn "
+    "(a residual block keeps its shortcut, a plain block becomes the identity where the shape "
+    "allows), k random blocks deleted, k random pairs of same-stage blocks swapped (Veit, "
+    "Wilber & Belongie 2016, arXiv:1605.06431, §4). Residual nets should lose little from any "
+    "one block but the shape-changing ones; plain nets should fall to chance.",
+    plan=own_runs(plan),
+    analyse=analyse,
+    verdict=verdict,
+    figures=(PER_BLOCK, VS_K, run_views.ERROR_CURVES),
+    tables=tables,
+    verdict_formats={
+        "residual_loses_less": _yes_no("residual nets lose clearly less per deleted block"),
+        "plain_at_chance": _yes_no("plain nets fall to chance with one block deleted"),
+        "residual_increase": _item("residual: mean error increase per deleted block"),
+        "plain_increase": _item("plain: mean error increase per deleted block"),
+        "increase_gap": _item("plain minus residual increase"),
+        "increase_gap_noise": _item("its seed noise (one std)", ".2f"),
+        "plain_deleted_error": _item("plain: mean error with one block deleted", ".1f", " %"),
+        "chance_error": _item("chance", ".1f", " %"),
+        "chance_gap": _item("chance minus that error"),
+        "chance_gap_noise": _item("its seed noise (one std)", ".2f"),
+        "tolerance": run_views.tolerance_format,
+    },
+    depths=(DEPTH,),
+    seeds=(0, 1),
+    flags=(
+        Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),
+        Flag("--draws", str(DRAWS), f"random draws per k (default {DRAWS})", int),
+        Flag(
+            "--ks", "", "k to measure, e.g. 1,2,4,8 (default: up to 12 from 1 to all)", ints("--ks")
+        ),
+        Flag("--eval-images", "0", "test images to evaluate on, 0 = all (default 0)", int),
+        *SOURCE_FLAGS,
+    ),
+    check=check,
+    check_results=check_results,
+)

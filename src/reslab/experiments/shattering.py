@@ -1,0 +1,590 @@
+"""``reslab shattering``: the gradients of plain and residual nets along a line of inputs.
+
+Balduzzi, Frean, Leary, Lewis, Ma & McWilliams 2017, "The shattered gradients problem: If
+resnets are the answer, then what is the question?" (arXiv:1702.08591). At initialisation, the
+gradient of a fixed output with respect to the input, taken at neighbouring inputs, decorrelates
+with depth in plain (feedforward) nets until it looks like white noise, and far more slowly in
+residual nets. The study measures it, with no training run, for two kinds of net:
+
+* fully connected rectifier stacks of width 200 on the paper's 1-D input (256 points in
+  [-2, 2], the setting of the paper's Fig. 1), plain and residual, at the ``--mlp-depths``;
+* the CIFAR-family nets of ``--depths`` (plain twins and ResNets built by
+  :func:`reslab.models.create_model` for the dataset's channels and classes), along the path
+  ``x_t = (1-t)·a + t·b`` between two training images, the gradient of the logit of ``a``'s
+  class.
+
+For every net and seed it keeps the correlation of the gradients at lag 1…K (the
+:mod:`reslab.shattering` definitions: the autocorrelation of ``df/dx`` on the 1-D line, the mean
+Pearson correlation of gradient images k steps apart on the image path); the verdict compares
+how far the lag-1 correlation falls from the shallowest to the deepest net in each family.
+The measurement itself lives in :mod:`reslab.shattering`; this module plans, runs, judges and
+draws it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from reslab.data import load_dataset, normalize_batch
+from reslab.errors import ConfigError
+from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.registry import Flag, Study, comma, ints
+from reslab.experiments.verdicts import Gap, gap_of_rows
+from reslab.models import cifar_model_name, create_model
+from reslab.report import html
+from reslab.report.figures import (
+    FAMILY_COLOURS,
+    FigureSpec,
+    array,
+    colours,
+    finite,
+    legend,
+    new_figure,
+    style_of,
+    styled,
+)
+from reslab.report.schema import FAMILIES, Validator, is_number
+from reslab.report.stats import mean_std, nan_mean_std
+from reslab.shattering import (
+    MLP_NORMS,
+    Shattering,
+    calibrate_batchnorm,
+    line_inputs,
+    line_shattering,
+    mlp_stack,
+    path_shattering,
+    seeded,
+)
+from reslab.train import pick_device
+
+__all__ = ["STUDY", "analyse", "plan", "shattering_verdict"]
+
+KINDS = ("mlp", "cnn")
+_KIND_NAMES = {"mlp": "fully connected nets (1-D input)", "cnn": "CIFAR-family nets (image path)"}
+#: The study's own settings, by their config.options key: the values `reslab shattering` and
+#: a bare StudyConfig(experiment="shattering") both get.
+DEFAULTS: dict[str, Any] = {
+    "mlp_depths": (1, 2, 5, 10, 20, 50),
+    "mlp_width": 200,
+    "mlp_norm": "batch",
+    "line_points": 256,
+    "path_points": 128,
+    "max_lag": 32,
+    "corr_tolerance": 0.05,
+}
+_LINE = (-2.0, 2.0)  # the paper's 1-D input range
+
+
+def option(config: StudyConfig, key: str) -> Any:
+    """A study setting: the user's value, or :data:`DEFAULTS`."""
+    return config.options.get(key, DEFAULTS[key])
+
+
+def plan(config: StudyConfig) -> list[RunSpec]:
+    """Nothing to train: the study measures nets at initialisation."""
+    return []
+
+
+# --- the measurement -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device, small: bool) -> Iterator[None]:
+    """One intra-op CPU thread for small nets, restored after: their operations are too small
+    to split, and two threads on a busy 2-core machine spin against each other (the default
+    study at load 5-7: 495 s with two threads, 44 s with one; the numbers are the same)."""
+    before = torch.get_num_threads()
+    if small and device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Measure every net at every depth and seed; results.json's ``shattering`` section."""
+    device = pick_device(config.device, 0)
+    with _one_thread(device, small=True):
+        mlp = _measure_mlps(config, device)
+    images = _path_images(config)
+    with _one_thread(device, small=images["a"][0].numel() < 32 * 32):  # smaller than CIFAR's
+        cnn = _measure_cnns(config, device, images)
+    section = {"max_lag": option(config, "max_lag"), "mlp": mlp, "cnn": cnn}
+    section["summary"] = summarize(section)
+    return {"shattering": section}
+
+
+def _entry(
+    label: str, family: str, depth: int, seed: int, result: Shattering, first_seed: int
+) -> dict[str, Any]:
+    """One net's numbers; ``label`` plain-N / residual-N (MLPs) or plain-N / resnet-N."""
+    data = result.to_dict()
+    entry = {
+        "label": f"{label}-{depth}",
+        "family": family,
+        "depth": depth,
+        "seed": seed,
+        "lag1": data["correlation"][1],
+        "correlation": data["correlation"],
+    }
+    if seed == first_seed:  # the sequences of one seed are enough for the figures
+        entry["gradients"] = data["gradients"]
+    return entry
+
+
+def _measure_mlps(config: StudyConfig, device: torch.device) -> dict[str, Any]:
+    width, norm = option(config, "mlp_width"), option(config, "mlp_norm")
+    # float64: a deep plain net is chaotic in its input, and float32 rounding (which differs
+    # with the thread count) moves its kinks enough to change its correlations at large lags.
+    x = line_inputs(option(config, "line_points"), *_LINE).to(device, torch.float64)
+    first = min(config.seeds)
+    nets = []
+    for depth in option(config, "mlp_depths"):
+        for family in config.families:
+            for seed in config.seeds:
+                net = mlp_stack(depth, width=width, plain=family == "plain", norm=norm, seed=seed)
+                net = net.to(device, torch.float64)
+                result = line_shattering(net, x, max_lag=option(config, "max_lag"))
+                nets.append(_entry(family, family, depth, seed, result, first))
+    return {
+        "width": width,
+        "norm": norm,
+        "range": list(_LINE),
+        "positions": x.squeeze(1).tolist(),
+        "nets": nets,
+    }
+
+
+def _path_images(config: StudyConfig) -> dict[str, Any]:
+    """The calibration batch, the two ends of the path and the logit, the same for every net.
+
+    ``probe_batch`` training images drawn with seed 0 set the BN statistics; ``a`` is the first
+    of them and ``b`` the next one of another class; the gradient is that of ``a``'s class.
+    """
+    ds = load_dataset(config.dataset, data_dir=config.data_dir)
+    order = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(0))
+    labels = ds.train_labels[order]
+    ia = 0
+    ib = next((i for i in range(1, len(order)) if labels[i] != labels[ia]), 1)
+    chosen = torch.cat([order[: config.probe_batch], order[[ia, ib]]])
+    images = normalize_batch(ds.train_images[chosen], ds.mean, ds.std, channels_last=False)
+    return {
+        "calibration": images[:-2],
+        "a": images[-2],
+        "b": images[-1],
+        "indices": [int(order[ia]), int(order[ib])],
+        "logit": int(labels[ia]),
+        "classes": len(ds.classes),
+    }
+
+
+def _measure_cnns(
+    config: StudyConfig, device: torch.device, images: Mapping[str, Any]
+) -> dict[str, Any]:
+    calibration, a, b = (images[k].to(device) for k in ("calibration", "a", "b"))
+    points = option(config, "path_points")
+    along = {"output": images["logit"], "n_points": points, "max_lag": option(config, "max_lag")}
+    first = min(config.seeds)
+    nets = []
+    positions: list[float] = []
+    for depth in config.depths:
+        for family in config.families:
+            name = cifar_model_name(depth, family == "plain")
+            build = functools.partial(
+                create_model,
+                name,
+                in_channels=int(a.shape[0]),
+                num_classes=images["classes"],
+                width=config.width,
+                shortcut=config.shortcut,
+            )
+            for seed in config.seeds:
+                net = calibrate_batchnorm(seeded(seed, build).to(device), calibration)
+                result = path_shattering(net, a, b, **along)
+                positions = result.positions
+                label = "plain" if family == "plain" else "resnet"
+                nets.append({**_entry(label, family, depth, seed, result, first), "model": name})
+    return {
+        "images": images["indices"],
+        "logit": images["logit"],
+        "calibration_images": len(calibration),
+        "step": float(torch.linalg.vector_norm(b - a)) / (points - 1),
+        "positions": positions,
+        "nets": nets,
+    }
+
+
+def summarize(section: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per (kind, family, depth): lag-1 mean ± std over seeds, mean correlation by lag."""
+    rows = []
+    for kind in KINDS:
+        groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+        for net in (section.get(kind) or {}).get("nets") or []:
+            groups.setdefault((net["family"], int(net["depth"])), []).append(net)
+        for (family, depth), nets in sorted(
+            groups.items(), key=lambda kv: (FAMILIES.index(kv[0][0]), kv[0][1])
+        ):
+            mean, std = mean_std([n.get("lag1") for n in nets])
+            lags = min(len(n["correlation"]) for n in nets)
+            curve, _ = nan_mean_std(np.vstack([array(n["correlation"])[:lags] for n in nets]))
+            rows.append(
+                {
+                    "kind": kind,
+                    "family": family,
+                    "depth": depth,
+                    "label": nets[0]["label"],
+                    "n_seeds": len(nets),
+                    "lag1_mean": mean,
+                    "lag1_std": std,
+                    "correlation_mean": [None if math.isnan(v) else float(v) for v in curve],
+                }
+            )
+    return rows
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+
+
+def _drop(rows: Sequence[Mapping[str, Any]], tolerance: float) -> dict[str, Any] | None:
+    """How far one family's lag-1 correlation falls from its shallowest to its deepest net."""
+    rows = sorted((r for r in rows if is_number(r.get("lag1_mean"))), key=lambda r: r["depth"])
+    if len(rows) < 2 or rows[0]["depth"] == rows[-1]["depth"]:
+        return None
+    depths = [float(r["depth"]) for r in rows]
+    slope = float(np.polyfit(depths, [float(r["lag1_mean"]) for r in rows], 1)[0])
+    gap = gap_of_rows(rows[0], rows[-1], "lag1", tolerance, "in lag-1 correlation", digits=2)
+    return {"shallow": rows[0], "deep": rows[-1], "gap": gap, "slope": slope}
+
+
+def _kind_verdict(kind: str, rows: Sequence[Mapping[str, Any]], tol: float) -> dict[str, Any]:
+    mine = [r for r in rows if r["kind"] == kind]
+    plain, residual = (_drop([r for r in mine if r["family"] == f], tol) for f in FAMILIES)
+    if plain is None or residual is None:
+        return {"text": f"{kind}: no verdict (needs plain and residual nets at two depths)"}
+    p, r = plain["gap"], residual["gap"]
+    # The one rule (experiments/verdicts.py) on the two drops: each drop's seed noise is its
+    # two ends' in quadrature, so the difference's is all four's.
+    gap = Gap(p.value, r.value, p.seed_noise, r.seed_noise, tol, "in lag-1 correlation", 2)
+    faster = gap.exceeds()
+
+    def drop(d: Mapping[str, Any]) -> str:
+        ends = (f"{e['label']} {e['lag1_mean']:.2f}" for e in (d["shallow"], d["deep"]))
+        return f"{d['gap'].value:.2f} ({' → '.join(ends)})"
+
+    how = "falls faster" if faster else "does not fall measurably faster"
+    text = (
+        f"{_KIND_NAMES[kind]}: the lag-1 gradient correlation {how} with depth in plain nets "
+        f"than in residual nets: plain drops {drop(plain)}, residual {drop(residual)}; "
+        f"{gap.why()}"
+    )
+    return {
+        "text": text,
+        f"{kind}_plain_falls_faster": faster,
+        f"{kind}_plain_drop": round(p.value, 4),
+        f"{kind}_residual_drop": round(r.value, 4),
+        **gap.as_json(f"{kind}_drop"),
+        f"{kind}_plain_slope": round(plain["slope"], 6),
+        f"{kind}_residual_slope": round(residual["slope"], 6),
+    }
+
+
+def shattering_verdict(summary: Sequence[Mapping[str, Any]], tolerance: float) -> dict[str, Any]:
+    """Per kind of net: does the lag-1 correlation fall faster with depth in plain nets?
+
+    ``{kind}_plain_drop`` (``_residual_drop``) is the mean lag-1 correlation of the family's
+    shallowest net minus its deepest. Plain falls faster (``{kind}_plain_falls_faster``) when
+    the plain drop exceeds the residual drop by more than ``tolerance`` and twice the seed noise
+    (:mod:`reslab.experiments.verdicts`): ``{kind}_drop_gap`` is that excess,
+    ``{kind}_drop_gap_noise`` its seed noise (the four ends' stds in quadrature; null with one
+    seed). ``{kind}_*_slope``: least-squares slope of lag-1 correlation against depth.
+    """
+    parts = [_kind_verdict(kind, summary, tolerance) for kind in KINDS]
+    out: dict[str, Any] = {"text": "; ".join(p.pop("text") for p in parts)}
+    for p in parts:
+        out.update(p)
+    out["tolerance"] = tolerance
+    return out
+
+
+def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
+    return shattering_verdict(results["shattering"]["summary"], option(config, "corr_tolerance"))
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def _nets(results: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
+    return list(((results.get("shattering") or {}).get(kind) or {}).get("nets") or [])
+
+
+def _rows(results: Mapping[str, Any], kind: str | None = None) -> list[Mapping[str, Any]]:
+    rows = (results.get("shattering") or {}).get("summary") or []
+    return [r for r in rows if kind is None or r.get("kind") == kind]
+
+
+def _gradients_figure(kind: str) -> Callable[[Mapping[str, Any]], Any]:
+    @styled
+    def draw(results: Mapping[str, Any]) -> Any:
+        nets = [n for n in _nets(results, kind) if n.get("gradients")]
+        depths = sorted({int(n["depth"]) for n in nets})
+        families = [f for f in FAMILIES if any(n["family"] == f for n in nets)]
+        if not depths:
+            return None
+        fig = new_figure(1.9 * len(depths) + 0.6, 1.7 * len(families) + 0.5)
+        axes = fig.subplots(len(families), len(depths), squeeze=False, sharex=True)
+        positions = array(((results.get("shattering") or {}).get(kind) or {}).get("positions"))
+        for (i, family), (j, depth) in itertools.product(enumerate(families), enumerate(depths)):
+            ax = axes[i, j]
+            title = ""
+            for net in (n for n in nets if n["family"] == family and int(n["depth"]) == depth):
+                title = str(net["label"])
+                g = array(net["gradients"])
+                sd = float(np.nanstd(g))
+                x, y = finite(positions, g / sd if sd > 0 else g)
+                ax.plot(x, y, color=FAMILY_COLOURS.get(family), linewidth=0.8)
+                title += f", r₁ {net['lag1']:.2f}" if is_number(net.get("lag1")) else ""
+            ax.set_title(title, fontsize=9.5)
+        for ax in axes[-1]:
+            ax.set_xlabel("input x" if kind == "mlp" else "t along the path a → b")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("df/dx / std" if kind == "mlp" else "df(x_t)/dt / std")
+        return fig
+
+    return draw
+
+
+def _correlation_figure(kind: str) -> Callable[[Mapping[str, Any]], Any]:
+    @styled
+    def draw(results: Mapping[str, Any]) -> Any:
+        rows = [r for r in _rows(results, kind) if r.get("correlation_mean")]
+        if not rows:
+            return None
+        fig = new_figure(6.4, 3.6)
+        ax = fig.add_subplot()
+        palette = colours([int(r["depth"]) for r in rows])
+        for row in rows:
+            y = array(row["correlation_mean"])
+            x, y = finite(np.arange(len(y), dtype=float), y)
+            ax.plot(
+                x,
+                y,
+                color=palette[int(row["depth"])],
+                linewidth=1.5,
+                markersize=3.5,
+                markevery=max(1, len(x) // 8),
+                label=row["label"],
+                **style_of(str(row["family"])),
+            )
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("lag k (steps along the line)")
+        ax.set_ylabel("autocorrelation" if kind == "mlp" else "mean correlation at lag k")
+        ax.set_title(_KIND_NAMES[kind])
+        legend(ax, ncols=2, fontsize=7)
+        return fig
+
+    return draw
+
+
+@styled
+def _draw_lag1(results: Mapping[str, Any]) -> Any:
+    kinds = [k for k in KINDS if any(is_number(r.get("lag1_mean")) for r in _rows(results, k))]
+    if not kinds:
+        return None
+    fig = new_figure(4.0 * len(kinds) + 0.4, 3.4)
+    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    for ax, kind in zip(axes, kinds, strict=True):
+        for family in FAMILIES:
+            rows = [r for r in _rows(results, kind) if r["family"] == family]
+            rows = [r for r in rows if is_number(r.get("lag1_mean"))]
+            if not rows:
+                continue
+            ax.errorbar(
+                [r["depth"] for r in rows],
+                [r["lag1_mean"] for r in rows],
+                yerr=[r.get("lag1_std") or 0.0 for r in rows],
+                capsize=3,
+                color=FAMILY_COLOURS[family],
+                linewidth=1.6,
+                markersize=5,
+                label=family,
+                **style_of(family),
+            )
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("depth (rectifier layers)" if kind == "mlp" else "depth (weighted layers)")
+        ax.set_ylabel("lag-1 correlation")
+        ax.set_title(_KIND_NAMES[kind])
+        legend(ax)
+    return fig
+
+
+_HOW_SEQUENCES = (
+    "Each panel is one depth, one seed: the gradient of the output at every point of the "
+    "line, divided by its standard deviation so that both families share an axis. A smooth, "
+    "wandering curve (brown noise) is a gradient that still means something a step away; a "
+    "jagged one that looks like white noise is shattered. r₁ in a title is that net's lag-1 "
+    "correlation (for the conv nets, of the whole gradient images; the curve is their "
+    "projection on b - a)."
+)
+_HOW_CORRELATION = (
+    "The correlation of gradients k steps apart, mean over seeds; colour marks the depth, "
+    "dashed lines with squares are plain nets, solid lines with circles residual nets. Plain "
+    "nets' curves collapse toward 0 (white noise) as they get deeper; residual nets' stay up."
+)
+FIGURES = (
+    FigureSpec(
+        "shattering_mlp_gradients",
+        "Gradients of fully connected nets along the 1-D input, at initialisation "
+        "(Balduzzi et al. 2017 Fig. 1).",
+        _HOW_SEQUENCES,
+        _gradients_figure("mlp"),
+    ),
+    FigureSpec(
+        "shattering_mlp_correlation",
+        "Autocorrelation of the 1-D gradients by lag, fully connected nets.",
+        _HOW_CORRELATION,
+        _correlation_figure("mlp"),
+    ),
+    FigureSpec(
+        "shattering_cnn_gradients",
+        "Derivative of a fixed logit along the path between two images, CIFAR-family nets.",
+        _HOW_SEQUENCES,
+        _gradients_figure("cnn"),
+    ),
+    FigureSpec(
+        "shattering_cnn_correlation",
+        "Correlation of gradient images k steps apart along the path, CIFAR-family nets.",
+        _HOW_CORRELATION,
+        _correlation_figure("cnn"),
+    ),
+    FigureSpec(
+        "shattering_lag1",
+        "Lag-1 gradient correlation against depth, plain vs residual (mean ± std over seeds).",
+        "The study's number: 1 means gradients at neighbouring inputs agree, 0 that they are "
+        "unrelated. The verdict compares how far each family falls from its shallowest to its "
+        "deepest net.",
+        _draw_lag1,
+    ),
+)
+
+
+# --- tables, checks and the study ----------------------------------------------------------------
+
+
+def tables(results: Mapping[str, Any]) -> list[html.Section]:
+    """Per kind of net: lag-1 correlation mean ± std over seeds, and the mean at lag 4."""
+    body = []
+    for kind in KINDS:
+        rows = [
+            [
+                html.e(r["label"]),
+                str(r["n_seeds"]),
+                html.mean_pm(r.get("lag1_mean"), r.get("lag1_std"), r.get("n_seeds")),
+                html.num(dict(enumerate(r.get("correlation_mean") or [])).get(4)),
+            ]
+            for r in _rows(results, kind)
+        ]
+        if rows:
+            headers = ["net", "seeds", "lag-1 correlation", "lag 4 (mean)"]
+            body.append(
+                f"<h3>{html.e(_KIND_NAMES[kind])}</h3>" + html.table(headers, rows, {1, 2, 3})
+            )
+    if not body:
+        return []
+    text = '<section id="shattering"><h2>Gradient correlation</h2>' + "".join(body) + "</section>"
+    return [html.Section("shattering", "Gradient correlation", text)]
+
+
+def check(config: StudyConfig) -> None:
+    """Refuse settings the measurement cannot use, in one line each."""
+    depths = option(config, "mlp_depths")
+    if not depths or any(not isinstance(d, int) or d < 1 for d in depths):
+        raise ConfigError(f"--mlp-depths must be integers of at least 1, got {comma(depths)!r}")
+    if option(config, "mlp_norm") not in MLP_NORMS:
+        raise ConfigError(f"--mlp-norm must be one of {', '.join(MLP_NORMS)}")
+    if option(config, "mlp_width") < 1:
+        raise ConfigError("--mlp-width must be at least 1")
+    max_lag = option(config, "max_lag")
+    if max_lag < 1:
+        raise ConfigError(f"--max-lag must be at least 1, got {max_lag}")
+    for key in ("line_points", "path_points"):
+        if option(config, key) < max_lag + 2:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} must be at least --max-lag + 2 = {max_lag + 2}")
+    if config.probe_batch < 2:
+        raise ConfigError("--probe-batch must be at least 2: BN takes its statistics from it")
+    if option(config, "corr_tolerance") < 0:
+        raise ConfigError("--corr-tolerance must be 0 or more")
+
+
+def check_results(results: Mapping[str, Any], v: Validator) -> None:
+    """results.json's ``shattering`` section, as the figures and the table read it."""
+    section = results.get("shattering")
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        v.fail("shattering", "must be an object")
+    for kind in KINDS:
+        part = section.get(kind)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            v.fail(f"shattering.{kind}", "must be an object")
+        v.numbers(part.get("positions"), f"shattering.{kind}.positions")
+        for i, net in enumerate(v.list_of_objects(part, "nets", f"shattering.{kind}.")):
+            where = f"shattering.{kind}.nets[{i}]."
+            v.family_depth(net, where)
+            v.optional_number(net, "lag1", where)
+            v.numbers(net.get("correlation"), where + "correlation")
+            if net.get("gradients") is not None:
+                v.numbers(net["gradients"], where + "gradients")
+    for i, row in enumerate(v.list_of_objects(section, "summary", "shattering.")):
+        where = f"shattering.summary[{i}]."
+        if row.get("kind") not in KINDS:
+            v.fail(where + "kind", f"must be one of {', '.join(KINDS)}")
+        v.family_depth(row, where)
+        for key in ("lag1_mean", "lag1_std", "n_seeds"):
+            v.optional_number(row, key, where)
+        v.numbers(row.get("correlation_mean"), where + "correlation_mean")
+
+
+STUDY = Study(
+    name="shattering",
+    help="shattered gradients: how alike gradients at neighbouring inputs are, plain vs "
+    "residual, at initialisation",
+    title="Shattered gradients: plain vs residual networks on {dataset}",
+    intro="The gradient of a fixed output with respect to the input, at neighbouring points of "
+    "a line of inputs, in plain and residual nets at initialisation (Balduzzi et al. 2017, "
+    "arXiv:1702.08591). In deep plain nets it decorrelates into white noise; in residual nets "
+    "it stays correlated far longer. Nothing is trained.",
+    plan=plan,
+    analyse=analyse,
+    verdict=verdict,
+    figures=FIGURES,
+    tables=tables,
+    depths=(8, 20, 32, 56, 110),
+    seeds=(0, 1, 2),
+    flags=(
+        Flag(
+            "--mlp-depths", "1,2,5,10,20,50", "MLP depths (rectifier layers)", ints("--mlp-depths")
+        ),
+        Flag("--mlp-width", "200", "MLP width (default 200)", int),
+        Flag("--mlp-norm", "batch", "MLP blocks: batch (BN) | layer (ResidualMLP)", str),
+        Flag("--line-points", "256", "points on the 1-D line in [-2, 2] (default 256)", int),
+        Flag("--path-points", "128", "points on the image path (default 128)", int),
+        Flag("--max-lag", "32", "largest lag of the correlations (default 32)", int),
+        Flag("--corr-tolerance", "0.05", "smallest lag-1 drop gap that counts (0.05)", float),
+        Flag("--shortcut", "A", "option of the CIFAR ResNets: A|B|C", str.upper),
+        Flag("--probe-batch", "256", "training images for the BN statistics (256)", int),
+    ),
+    check=check,
+    check_results=check_results,
+)
