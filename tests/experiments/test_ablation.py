@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import write_cifar
 from reslab.blocks import GatedAdd, ScaledAdd
 from reslab.cli import main
 from reslab.errors import ConfigError, ReslabError
@@ -148,12 +149,14 @@ def test_console_table_is_in_the_papers_layout() -> None:
 # --- a shortened study, end to end ---------------------------------------------------------------
 
 
+# Width 0.5, not 0.25: torch 2.13's CPU backward of a channels_last 1×1 stride-2 convolution
+# from 4 to 8 channels (a quarter-width net's gate or projection) corrupts memory.
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyConfig, dict[str, Any], str]:
     out = tmp_path_factory.mktemp("ablation") / "s"
     variants = ("identity", "exclusive_gate", "full_preact")
     config = _config(
-        depths=(8,), epochs=1, width=0.25, jobs=1, out=str(out),
+        depths=(8,), epochs=1, width=0.5, jobs=1, out=str(out),
         options={"ablation_variants": variants},
     )  # fmt: skip
     lines: list[str] = []
@@ -206,3 +209,16 @@ def test_results_check_refuses_a_broken_section(
         check_results(broken, Validator("results.json"))
     with pytest.raises(ReslabError, match="ablation must be an object"):
         check_results({**results, "ablation": None}, Validator("results.json"))
+
+
+def test_runs_on_cifar10_with_the_recipes_budget(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "data", "cifar10", "py")  # 100 tiny training images, offline
+    config = _config(
+        dataset="cifar10", data_dir=str(tmp_path / "data"), depths=(8,), steps=2,
+        batch_size=16, width=0.5, jobs=1, out=str(tmp_path / "s"),
+        options={"ablation_variants": ("identity", "conv")},
+    )  # fmt: skip
+    results = run_study(config, log=lambda _: None)
+    assert [r["variant"] for r in results["summary"]] == ["identity", "conv"]
+    assert all(r["status"] == "finished" and r["curves"]["step"][-1] == 2 for r in results["runs"])
+    assert results["verdict"]["text"].startswith("against the identity shortcut's final")
