@@ -573,7 +573,7 @@ STUDY = Study(
         Flag(
             "--variants",
             ",".join(DEFAULT_VARIANTS),
-            f"variants to train, from {', '.join(VARIANTS)}",
+            f"variants to train (default: all but plain, frozen_gate), from {', '.join(VARIANTS)}",
             names,
             dest="ablation_variants",
         ),
