@@ -30,10 +30,9 @@ def test_fit_restores_process_settings(small: Callable[..., TrainConfig], tmp_pa
     assert not torch.are_deterministic_algorithms_enabled()
 
 
-def test_setup_restores_every_switch_it_sets() -> None:
-    """The trainer's and the benchmark's one setup leaves the process as it found it."""
-    torch.set_num_threads(1)
-    before = (
+def _switches() -> tuple[object, ...]:
+    """Every process-wide switch setup() may change, read from torch itself."""
+    return (
         torch.get_num_threads(),
         torch.are_deterministic_algorithms_enabled(),
         torch.is_anomaly_enabled(),
@@ -41,6 +40,12 @@ def test_setup_restores_every_switch_it_sets() -> None:
         torch.backends.cudnn.allow_tf32,
         torch.backends.cuda.matmul.allow_tf32,
     )
+
+
+def test_setup_restores_every_switch_it_sets() -> None:
+    """The trainer's and the benchmark's one setup leaves the process as it found it."""
+    torch.set_num_threads(1)
+    before = _switches()
     config = resolve({"threads": 2, "deterministic": True, "detect_anomaly": True})
     with setup(config, torch.device("cpu")) as fast:
         assert torch.get_num_threads() == 2
@@ -48,14 +53,7 @@ def test_setup_restores_every_switch_it_sets() -> None:
         assert fast.channels_last and not fast.compile and not fast.cuda_graphs
         tiny = torch.tensor([1e-40])
         assert float(tiny * 1.0) == 0.0  # denormals flushed on CPU
-    after = (
-        torch.get_num_threads(),
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_anomaly_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cuda.matmul.allow_tf32,
-    )
+    after = _switches()
     assert after == before
     assert float(torch.tensor([1e-40]) * 1.0) != 0.0
     with pytest.raises(RuntimeError), setup(config, torch.device("cpu")):
