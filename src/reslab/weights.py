@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,14 +25,24 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from reslab.errors import CheckpointError, UnsafePickleError
+from reslab import limits
+from reslab.errors import CheckpointError, ConfigError, UnsafePickleError
 from reslab.fileio import atomic_write_bytes
+from reslab.limits import shown
+
+if TYPE_CHECKING:
+    from reslab.models.resnet import ResNetLayout
 
 CONFIG_KEY = "reslab.model"
 # Prefixes added by wrappers: DataParallel/DDP, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Containers that training scripts wrap a state_dict in.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# The dtypes a weight may be stored in (safetensors' names). Only BN's step counter,
+# ``num_batches_tracked``, is an integer: an I32 conv weight would load as numbers ~1e9.
+_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+_COUNTER = "num_batches_tracked"
+_CHEAP_BUILD = 5_000_000  # parameters: built in well under a second
 
 
 def is_safetensors(path: Path) -> bool:
@@ -45,9 +56,7 @@ def is_safetensors(path: Path) -> bool:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a safetensors file or a PyTorch checkpoint, unwrapped to ``name -> tensor``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
+    path = limits.input_path(path, "weights file", error=CheckpointError)
     if is_safetensors(path):
         try:
             return dict(st_load(path.read_bytes()))
@@ -56,7 +65,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
                 f"{path} is not a readable safetensors file (truncated or corrupt: {exc})"
             ) from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (two stderr lines) about pickle protocols other than 2 before it
+            # refuses or loads the file; the outcome is reported in one line below.
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafePickleError(
             f"refused {path}: it is corrupt, or asks to run code or build objects other than "
@@ -66,7 +79,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         # A malformed file makes torch.load raise almost anything (RuntimeError, EOFError,
         # KeyError, IndexError, struct.error... found by the fuzzers in tests/test_fuzz.py).
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
+            f"{shown(str(exc), 200)})"
         ) from exc
     return _unwrap(obj, path)
 
@@ -120,6 +134,11 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
+    wrong += [
+        f"{k} is {str(state[k].dtype).removeprefix('torch.')}, not floating-point"
+        for k, v in expected.items()
+        if k in state and v.is_floating_point() and not state[k].is_floating_point()
+    ]
     if wrong or (strict and (missing or unexpected)):
         parts = []
         if missing:
@@ -172,13 +191,13 @@ def read_model_config(path: str | Path) -> dict[str, Any] | None:
     raw = read_metadata(path).get(CONFIG_KEY)
     if raw is None:
         return None
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError:
+    try:  # bounded: at most 1 MiB, nested at most 32 deep, integers of at most 4,300 digits
+        config = limits.parse_config_text(raw, "json", f"{path}'s {CONFIG_KEY} header entry")
+    except ConfigError:
         config = None
     if not (isinstance(config, dict) and isinstance(config.get("name"), str)):
         raise CheckpointError(
-            f"{path} has a corrupt {CONFIG_KEY} entry in its header ({raw[:40]!r}..., expected "
+            f"{path} has a corrupt {CONFIG_KEY} entry in its header ({shown(raw, 40)}, expected "
             "a JSON object with the model name); the file is damaged or not written by reslab"
         )
     return config
@@ -186,13 +205,81 @@ def read_model_config(path: str | Path) -> dict[str, Any] | None:
 
 def load_model(path: str | Path) -> nn.Module:
     """Rebuild the model a :func:`save_weights` file describes and load its weights."""
-    from reslab.models import create_model
-
     kwargs = read_model_config(path)
     if kwargs is None:
         raise CheckpointError(
             f"{path} carries no reslab model config; build the model with create_model() and "
             "call load_weights(model, path)"
         )
-    model = create_model(kwargs.pop("name"), **kwargs)
-    return load_weights(model, path)
+    return build_for_weights(path, kwargs.pop("name"), **kwargs)
+
+
+def build_for_weights(path: str | Path, name: str, **options: Any) -> nn.Module:
+    """``create_model(name, **options)`` with ``path``'s weights loaded, checked first.
+
+    The file's tensors are compared with the net's layout **before** the net is built: every
+    weight must be floating-point (:func:`check_fits`), and the file must hold at least as many
+    numbers as the net has parameters, so a header that names a far bigger net than its
+    tensors fill is refused in milliseconds; the build is never larger than the file. Then
+    :func:`load_weights` compares every shape and dtype.
+    """
+    from reslab.models import create_model, model_layout
+
+    check_fits(path, model_layout(name, **options), name)
+    return load_weights(create_model(name, **options), path)
+
+
+def check_fits(path: str | Path, layout: ResNetLayout, name: str = "the model") -> None:
+    """Refuse, without building anything, a file whose tensors cannot fill ``layout``."""
+    from reslab.models.counting import layout_params
+
+    specs = tensor_specs(path)
+    for key, (_, dtype) in specs.items():
+        if not key.endswith(_COUNTER) and dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor {shown(key)} is stored as {dtype}, but a weight must be "
+                f"floating-point ({', '.join(sorted(_FLOAT_DTYPES))}); the file is damaged or "
+                "not a weights file"
+            )
+    numbers = sum(_numel(shape) for shape, dtype in specs.values() if dtype in _FLOAT_DTYPES)
+    params = layout_params(layout)
+    # A small net is built and compared key by key (load_weights lists every key that
+    # differs); a large one only if the file holds enough numbers to fill it.
+    if numbers < params and params > _CHEAP_BUILD:
+        raise CheckpointError(
+            f"{path} does not fit {shown(name)}: it holds {numbers:,} weights, the net has "
+            f"{params:,} parameters; is it another architecture? (pass --model NAME)"
+        )
+
+
+def tensor_specs(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Each tensor's shape and dtype (safetensors' names: F32, I64, ...), without its data
+    where the format allows (a safetensors header); a PyTorch checkpoint is read whole."""
+    path = Path(path)
+    if is_safetensors(path):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {
+                    k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype()))
+                    for k in f.keys()  # noqa: SIM118 - safe_open is not a Mapping
+                }
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({shown(str(exc), 200)})"
+            ) from exc
+    names = {v: k for k, v in _TORCH_DTYPES.items()}
+    return {
+        k: (tuple(v.shape), names.get(v.dtype, str(v.dtype)))
+        for k, v in convert_state_dict(read_state_dict(path)).items()
+    }
+
+
+_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+                 "F64": torch.float64, "I64": torch.int64, "I32": torch.int32}  # fmt: skip
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

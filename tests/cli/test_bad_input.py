@@ -148,7 +148,8 @@ _FLAG_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("bad-shortcut", ["--shortcut", "D"], ("shortcut must be A, B or C", "--shortcut")),
     ("unknown-device", ["--device", "tpu"], ("device", "cuda:N")),
     ("unknown-dataset", ["--dataset", "imagenet21k"], ("unknown dataset 'imagenet21k'",)),
-    ("batch-too-large", ["--batch-size", "100000000"], ("--batch-size 100000000", "or less")),
+    ("batch-too-large", ["--batch-size", "5000"], ("--batch-size 5000", "or less")),
+    ("batch-beyond-bound", ["--batch-size", "100000000"], ("batch_size", "at most 65,536")),
     ("val-split-too-large", ["--val-split", "5000"], ("5000", "1437")),
     # argparse, before reslab sees the value
     ("epochs-not-a-number", ["--epochs", "abc"], ("--epochs", "invalid int value: 'abc'")),
@@ -316,7 +317,7 @@ CASES["config-string-for-list"] = (_with_config('milestones = "0.5"\n'), ("miles
 CASES["config-invalid-toml"] = (_with_config("epochs = = 3\n"), ("run.toml is not valid",))
 CASES["config-missing-file"] = (
     lambda tmp, _mp: ["train", "--config", str(tmp / "nope.toml"), "--out", str(tmp / "out")],
-    ("cannot read config file", "No such file"),
+    ("cannot read config file", "does not exist"),
 )
 
 
@@ -399,7 +400,7 @@ CASES["degradation-depth-not-6n2"] = (_study("--depths", "21,56"), ("depth 21 is
 CASES["degradation-single-depth"] = (_study("--depths", "20"), ("two or more --depths",))
 CASES["degradation-depth-not-int"] = (_study("--depths", "20,abc"), ("--depths", "'20,abc'"))
 CASES["degradation-bad-shortcut"] = (_study("--shortcut", "Q"), ("shortcut must be A, B or C",))
-CASES["degradation-zero-jobs"] = (_study("--jobs", "0"), ("--jobs must be at least 1",))
+CASES["degradation-zero-jobs"] = (_study("--jobs", "0"), ("--jobs must be a positive integer",))
 CASES["degradation-unknown-dataset"] = (
     _study("--dataset", "foo", "--epochs", "1"),
     ("unknown dataset 'foo'",),

@@ -186,7 +186,7 @@ def test_flags_reach_the_scan_and_bad_ones_are_one_line(cli_error: Any, tmp_path
     # A flag that slipped through would start a (cheap) study: none may.
     cheap = ["landscape", "--depths", "8", "--epochs", "1", "--out", str(tmp_path / "no")]
     assert "odd" in cli_error([*cheap, "--grid", "4"])
-    assert "--radius must be float" in cli_error([*cheap, "--radius", "wide"])
+    assert "--radius must be a positive number" in cli_error([*cheap, "--radius", "wide"])
     assert "--images must be at least 1" in cli_error([*cheap, "--images", "0"])
     assert "two sources" in cli_error([*cheap, "--from", "a", "--weights", "b"])
     assert not (tmp_path / "no").exists()

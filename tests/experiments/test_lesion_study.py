@@ -151,7 +151,7 @@ def test_the_section_check_names_the_first_problem() -> None:
 def test_the_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="nets of one depth"):
         StudyConfig(experiment="lesion", depths=(20, 32))
-    with pytest.raises(ConfigError, match="--draws must be at least 1"):
+    with pytest.raises(ConfigError, match="--draws must be a positive integer"):
         StudyConfig(experiment="lesion", depths=(20,), options={"draws": 0})
     assert STUDY.depths == (32,) and STUDY.seeds == (0, 1)
 

@@ -12,6 +12,7 @@ import pytest
 from reslab.cli import main
 from reslab.errors import ConfigError
 from reslab.experiments import Flag, Study, StudyConfig, get_study, list_studies, register, registry
+from reslab.limits import integer
 from reslab.report.figures import FigureSpec, new_figure, styled
 from reslab.report.html import Section, table
 from reslab.report.schema import Validator
@@ -59,7 +60,7 @@ TINY = Study(
     figures=(FigureSpec("tiny_values", "The tiny values.", "Read it left to right.", _draw),),
     tables=_tables,
     depths=(8,),
-    flags=(Flag("--knob", "3", "how many values", int),),
+    flags=(Flag("--knob", "3", "how many values", integer(0, 100)),),
     check_results=_check,
 )
 

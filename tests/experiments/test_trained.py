@@ -45,9 +45,11 @@ def test_the_flags_name_one_source_or_are_refused(tmp_path: Path) -> None:
         check_sources(_config(tmp_path, from_dir=str(tmp_path), weights=str(weights)))
     with pytest.raises(ConfigError, match="add --weights FILE"):
         check_sources(_config(tmp_path, model="resnet8"))
-    with pytest.raises(ConfigError, match=r"no results\.json there"):
+    with pytest.raises(ConfigError, match=r"nothing does not exist"):
         check_sources(_config(tmp_path, from_dir=str(tmp_path / "nothing")))
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match=r"no results\.json there"):
+        check_sources(_config(tmp_path, from_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"missing\.safetensors does not exist"):
         check_sources(_config(tmp_path, weights=str(tmp_path / "missing.safetensors")))
     check_sources(_config(tmp_path, weights=str(weights)))  # one source: fine
 

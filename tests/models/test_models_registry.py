@@ -174,10 +174,16 @@ def test_bad_names_and_options_raise_value_errors(
         ("resnet20", {"plain": 1}, "plain must be True or False, got 1"),
         ("resnet20", {"preact": 0}, "preact must be True or False, got 0"),
         ("resnet20", {"zero_init_residual": "yes"}, "zero_init_residual must be True or False"),
-        ("resnet20", {"width": "2"}, "width must be a positive number, got '2'"),
-        ("resnet20", {"num_classes": 2.0}, "num_classes must be a positive integer, got 2.0"),
-        ("resnet20", {"shortcut": 5}, "shortcut option 5 is not one of A, B, C"),
-        ("resnet20", {"block": 3}, "block 3 is not one of 'basic', 'bottleneck'"),
+        ("resnet20", {"width": "2"}, "width must be a positive number, at most 64, got '2'"),
+        (
+            "resnet20",
+            {"num_classes": 2.0},
+            "num_classes must be a positive integer, at most 100,000, got 2.0",
+        ),
+        ("resnet20", {"shortcut": 5}, "shortcut must be a string, got 5"),
+        ("resnet20", {"block": 3}, "block must be a string, got 3"),
+        ("resnet20", {"shortcut_mode": {}}, "shortcut_mode must be a string, got {}"),
+        ("resnet20", {"shortcut_dropout": 10**400}, "shortcut_dropout must be a number in"),
     ],
 )
 def test_wrong_types_raise_one_line_model_errors(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from reslab import __version__
 from reslab.errors import ReslabError
+from reslab.limits import one_line
 
 # Modules that add commands, in the order `reslab --help` lists them.
 COMMAND_MODULES = (
@@ -28,7 +29,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 2 and one line, like every other user error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # argparse quotes the value it refused (``invalid int value: '999...'``): bounded
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ReslabError as exc:
-        # One line even when a message quotes a multi-line library error (tarfile, TOML...).
-        print(f"reslab: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        # One line even when a message quotes a multi-line library error (tarfile, TOML...),
+        # and a bounded one (reslab.limits.MAX_LINE) whatever text it quotes.
+        print(f"reslab: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("reslab: interrupted", file=sys.stderr)

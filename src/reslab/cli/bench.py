@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from reslab.limits import Bounds, conform, max_threads
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -50,9 +52,27 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+# Every number `reslab bench` takes, bounded (reslab.limits) before anything is built.
+_BOUNDS = {
+    "batch_size": Bounds(int, 1, 4096),
+    "image_size": Bounds(int, 1, 512),
+    "steps": Bounds(int, 1, 100_000),
+    "warmup": Bounds(int, 0, 100_000),
+    "workers": Bounds(int, 0, max_threads),
+    "threads": Bounds(int, 1, max_threads),
+}
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from reslab.bench import BenchConfig, as_dict, format_results, run_bench
     from reslab.fileio import atomic_write_json
+    from reslab.models import model_layout
+
+    for name, bounds in _BOUNDS.items():
+        if getattr(args, name) is not None:
+            bounds.check("--" + name.replace("_", "-"), getattr(args, name))
+    conform("--model", args.model, str)
+    model_layout(args.model)  # a bad or oversized name, refused before timing anything
 
     cfg = BenchConfig(
         model=args.model,

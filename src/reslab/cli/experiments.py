@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 # (flag, type, default, help): common to every study, before and after the study's own flags.
@@ -76,7 +75,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     for flag in study.flags:
         value = getattr(args, flag.name)
-        value = flag.parse(value) if isinstance(value, str) else value
+        value = flag.read(value) if isinstance(value, str) else value
         (settings if flag.name in fields else options)[flag.name] = value
     common = [f.lstrip("-").replace("-", "_") for f, *_ in (*_BEFORE, *_AFTER)]
     config = StudyConfig(
@@ -92,8 +91,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from reslab.experiments import aggregate, build_report
+    from reslab.limits import input_path
 
-    folder = Path(args.dir)
+    folder = input_path(args.dir, "report folder", folder=True)
     if not (folder / "results.json").is_file():
         aggregate(folder)
     print(f"report: {build_report(folder)}")

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from reslab.errors import ConfigError
+from reslab.limits import Bounds, shown
 
 
 def register(sub: Any) -> None:
@@ -52,10 +53,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _parse_vector(text: str, flag: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError as exc:
-        raise ConfigError(f"{flag} must be numbers separated by commas, got {text!r}") from exc
+    values = list(Bounds(float, -1e6, 1e6, many=True).parse(text, flag))
+    if not values or len(values) > 16:
+        raise ConfigError(f"{flag} must be 1 to 16 numbers separated by commas, got {shown(text)}")
+    return values
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:

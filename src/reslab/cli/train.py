@@ -20,6 +20,7 @@ from typing import Any
 
 from reslab.errors import ConfigError
 from reslab.fileio import atomic_write_json
+from reslab.limits import MAX_BATCH, Bounds, shown
 from reslab.train.config import TrainConfig, flag_name
 
 
@@ -28,10 +29,10 @@ def _floats(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {text!r}"
+            f"expected numbers separated by commas, got {shown(text)}"
         ) from None
     if not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {shown(text)}")
     return values
 
 
@@ -40,7 +41,7 @@ def _ints(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected integers separated by commas, got {text!r}"
+            f"expected integers separated by commas, got {shown(text)}"
         ) from None
 
 
@@ -153,8 +154,7 @@ def run_eval(args: argparse.Namespace) -> int:
             f"reslab eval writes a file, and --out names a folder in reslab; use --json "
             f"{args.old_out} to write the result as JSON"
         )
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    Bounds(int, 1, MAX_BATCH).check("--batch-size", args.batch_size)
     result = eval_run(
         args.weights,
         model=args.model,

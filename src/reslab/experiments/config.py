@@ -7,12 +7,16 @@ its runs as :class:`RunSpec` values, and each becomes one ordinary ``reslab trai
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from reslab import limits
 from reslab.errors import ConfigError
-from reslab.experiments.registry import get_study
+from reslab.experiments.registry import Study, get_study
+from reslab.limits import Bounds, shown
 from reslab.models import cifar_model_name
+from reslab.train.config import TrainConfig
 
 __all__ = ["VARIANTS", "RunSpec", "StudyConfig"]
 
@@ -47,14 +51,14 @@ class StudyConfig:
     options: dict[str, Any] = field(default_factory=dict)  # a study's own flags' values
 
     def __post_init__(self) -> None:
+        self.experiment = limits.conform("experiment", self.experiment, str)
         study = get_study(self.experiment)  # an unknown name is a one-line ConfigError
+        _check_types_and_bounds(self, study)
         # Repeated depths or seeds would plan the same run twice.
         self.depths = tuple(dict.fromkeys(self.depths))
         self.seeds = tuple(dict.fromkeys(self.seeds))
         self.families = tuple(self.families)
         self.probe_steps = tuple(sorted(set(self.probe_steps)))
-        if any(s < 0 for s in self.probe_steps):
-            raise ConfigError(f"--probe-steps must be 0 or more, got {self.probe_steps}")
         self.variants = tuple(v if v == "plain" else v.upper() for v in self.variants)
         if not self.depths:
             raise ConfigError("--depths needs at least one depth, e.g. --depths 20,56")
@@ -63,12 +67,10 @@ class StudyConfig:
             raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1")
         for family in self.families:
             if family not in ("plain", "residual"):
-                raise ConfigError(f"family {family!r} is not one of plain, residual")
+                raise ConfigError(f"family {shown(family)} is not one of plain, residual")
         for variant in self.variants:
             if variant not in VARIANTS:
-                raise ConfigError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
-        if self.jobs is not None and self.jobs < 1:
-            raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
+                raise ConfigError(f"variant {shown(variant)} is not one of {', '.join(VARIANTS)}")
         for depth in self.depths:
             cifar_model_name(depth, plain=False)  # validates 6n+2 with a clear error
 
@@ -77,6 +79,50 @@ class StudyConfig:
         settings = dataclasses.asdict(self)
         options = settings.pop("options")
         return {**settings, **options}
+
+
+def _train_bounds(name: str) -> Bounds:
+    bounds = next(f for f in dataclasses.fields(TrainConfig) if f.name == name).metadata["bounds"]
+    assert isinstance(bounds, Bounds)
+    return bounds
+
+
+#: The bounds of StudyConfig's numbers (reslab.limits); the trainer's settings share the
+#: trainer's own, so a study refuses what ``reslab train`` would, before anything is written.
+BOUNDS: dict[str, Bounds] = {
+    "depths": Bounds(int, 1, limits.MAX_DEPTH, many=True),
+    "seeds": Bounds(int, 0, limits.MAX_SEED, hi_open=True, many=True),
+    **{name: _train_bounds(name) for name in ("epochs", "steps", "batch_size", "lr", "width")},
+    "jobs": Bounds(int, 1, limits.max_threads),  # worker processes: as many as threads
+    "probe_batch": Bounds(int, 1, limits.MAX_BATCH),
+    "probe_steps": Bounds(int, 0, limits.MAX_STEPS, many=True),
+    "tolerance": Bounds(float, 0, 100),  # percentage points
+}
+
+
+def _check_types_and_bounds(config: StudyConfig, study: Study) -> None:
+    """Every field's type (:func:`reslab.limits.conform`), then its bounds, then the study's
+    own flags' bounds on ``options``: at the edge, whether the values came from flags or
+    Python."""
+    for name, hint in typing.get_type_hints(StudyConfig).items():
+        flag = "--" + name.replace("_", "-")
+        value = limits.conform(flag, getattr(config, name), hint)
+        if name in BOUNDS and value is not None:
+            value = BOUNDS[name].check(flag, value)
+        setattr(config, name, value)
+    fields = {f.name for f in dataclasses.fields(StudyConfig)}
+    for option in study.flags:
+        value = getattr(config, option.name) if option.name in fields else None
+        if option.name not in fields:
+            value = config.options.get(option.name)
+        if value is None:
+            continue
+        if option.bounds is not None:
+            option.bounds.check(option.flag, value)
+        elif isinstance(value, str):
+            limits.conform(option.flag, value, str)
+        elif isinstance(value, list | tuple):
+            limits.conform(option.flag, value, tuple[str, ...])
 
 
 @dataclass(frozen=True)

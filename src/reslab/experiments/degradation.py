@@ -16,8 +16,9 @@ from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import probe_views, run_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import KINDS, probe_runs
-from reslab.experiments.registry import Flag, Study, ints
+from reslab.experiments.registry import Flag, Study
 from reslab.experiments.verdicts import gap_of_rows
+from reslab.limits import MAX_STEPS, integers
 from reslab.models import cifar_model_name
 from reslab.report import html
 from reslab.report.schema import FAMILIES
@@ -183,7 +184,7 @@ STUDY = Study(
             "--probe-steps",
             "0",
             "gradient flow at these training steps too, 0 = at initialisation (default 0)",
-            ints("--probe-steps"),
+            integers(0, MAX_STEPS),
         ),
     ),
     check=check,

@@ -15,7 +15,8 @@ from typing import Any
 from reslab.experiments import degradation, probe_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import probe_runs
-from reslab.experiments.registry import Flag, Study, ints
+from reslab.experiments.registry import Flag, Study
+from reslab.limits import MAX_STEPS, integers
 from reslab.report import html
 
 __all__ = ["STUDY", "plan"]
@@ -58,7 +59,7 @@ STUDY = Study(
             "--probe-steps",
             "0,10,30",
             "gradient flow at these training steps too, 0 = at initialisation (default 0,10,30)",
-            ints("--probe-steps"),
+            integers(0, MAX_STEPS),
         ),
     ),
     snapshots=True,

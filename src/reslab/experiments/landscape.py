@@ -17,7 +17,7 @@ import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ from reslab.experiments.trained import (
     trained_nets,
 )
 from reslab.experiments.verdicts import gap_of_values
+from reslab.limits import MAX_IMAGES, MAX_SEED, integer, number
 from reslab.report import html
 from reslab.report.figures import (
     FAMILY_COLOURS,
@@ -533,28 +534,17 @@ def check_results(results: Mapping[str, Any], v: Validator) -> None:
             v.optional_number(net, key, where)
 
 
-def _number(kind: type, flag: str) -> Callable[[str], Any]:
-    """A :attr:`Flag.parse` for one number; a one-line ConfigError names the flag."""
-
-    def parse(text: str) -> Any:
-        try:
-            return kind(text)
-        except ValueError:
-            raise ConfigError(f"{flag} must be {kind.__name__}, got {text!r}") from None
-
-    return parse
-
-
-# (flag, default, help, type): the scan's own flags, after the source flags.
+# (flag, default, help, bounds): the scan's own flags, after the source flags.
+_RADIUS, _STEPS = number(0, 100, lo_open=True), integer(0, 1000)
 _SCAN_FLAGS = (
-    ("--images", str(IMAGES), "training images the loss is measured on", int),
-    ("--grid", "13", "grid points per axis of the 2-D surface (odd)", int),
-    ("--curve", "21", "points of the 1-D curve (odd)", int),
-    ("--radius", "1.0", "the plots span [-radius, radius] along each direction", float),
-    ("--ring-radius", "0.5", "radius r of the circle the sharpness is measured on", float),
-    ("--direction-seed", "0", "seed of the two random directions", int),
-    ("--hessian-iterations", "0", "power iterations for λmax, |λmin/λmax| at θ (0: skip)", int),
-    ("--rise-tolerance", "0.1", "rise gap (nats) within which surfaces are equally sharp", float),
+    ("--images", str(IMAGES), "training images the loss is measured on", integer(1, MAX_IMAGES)),
+    ("--grid", "13", "grid points per axis of the 2-D surface (odd)", integer(1, 101)),
+    ("--curve", "21", "points of the 1-D curve (odd)", integer(1, 1001)),
+    ("--radius", "1.0", "the plots span [-radius, radius] along each direction", _RADIUS),
+    ("--ring-radius", "0.5", "radius r of the circle the sharpness is measured on", _RADIUS),
+    ("--direction-seed", "0", "seed of the two random directions", integer(0, MAX_SEED - 1)),
+    ("--hessian-iterations", "0", "power iterations for λmax, |λmin/λmax| (0: skip)", _STEPS),
+    ("--rise-tolerance", "0.1", "rise gap (nats) within which surfaces tie", number(0, 1e6)),
 )
 
 
@@ -586,7 +576,7 @@ STUDY = Study(
     flags=(
         Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),
         *SOURCE_FLAGS,
-        *(Flag(f, d, f"{h} (default {d})", _number(t, f)) for f, d, h, t in _SCAN_FLAGS),
+        *(Flag(f, d, f"{h} (default {d})", b) for f, d, h, b in _SCAN_FLAGS),
     ),
     check=check,
     check_results=check_results,

@@ -30,9 +30,10 @@ from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import degradation, run_views
 from reslab.experiments.config import RunSpec, StudyConfig
-from reslab.experiments.registry import Flag, Study, ints
+from reslab.experiments.registry import Flag, Study
 from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
 from reslab.experiments.verdicts import Gap, gap_of_values
+from reslab.limits import MAX_DEPTH, MAX_IMAGES, integer, integers
 from reslab.report import html
 from reslab.report.figures import (
     FAMILY_COLOURS,
@@ -579,11 +580,16 @@ STUDY = Study(
     seeds=(0, 1),
     flags=(
         Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),
-        Flag("--draws", str(DRAWS), f"random draws per k (default {DRAWS})", int),
+        Flag("--draws", str(DRAWS), f"random draws per k (default {DRAWS})", integer(1, 10**5)),
         Flag(
-            "--ks", "", "k to measure, e.g. 1,2,4,8 (default: up to 12 from 1 to all)", ints("--ks")
+            "--ks",
+            "",
+            "k to measure, e.g. 1,2,4 (default: up to 12, 1 to all)",
+            integers(1, MAX_DEPTH),
         ),
-        Flag("--eval-images", "0", "test images to evaluate on, 0 = all (default 0)", int),
+        Flag(
+            "--eval-images", "0", "test images to use, 0 = all (default 0)", integer(0, MAX_IMAGES)
+        ),
         *SOURCE_FLAGS,
     ),
     check=check,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.errors import ReslabError
-from reslab.models import ResNet, create_model
+from reslab.models import model_layout
 from reslab.report.schema import new_results, write_results
 from reslab.report.stats import summarize_runs
 from reslab.train import RunFolder
@@ -41,16 +41,17 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
     config = folder.read_saved_config()
     result = folder.read_result()
     rows = folder.read_records()  # [] if the run diverged in its first epoch
-    model = create_model(
+    # The layout alone says what the net is: nothing is built (config.json may name a net of
+    # any size; model_layout refuses one beyond reslab.limits in milliseconds).
+    layout = model_layout(
         config["model"], **{k: config[k] for k in _MODEL_KEYS if config.get(k) is not None}
     )
-    assert isinstance(model, ResNet)
     return {
         "name": folder.path.name,
         "model": config["model"],
-        "family": "plain" if model.plain else "residual",
-        "depth": model.depth,
-        "shortcut": None if model.plain else model.shortcut_option,
+        "family": "plain" if layout.plain else "residual",
+        "depth": layout.depth,
+        "shortcut": None if layout.plain else layout.shortcut,
         "seed": config.get("seed", 0),
         "params": result.get("params"),
         "status": result.get("status", "finished"),

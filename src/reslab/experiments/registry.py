@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reslab.errors import ConfigError
+from reslab.limits import MAX_ITEMS, Bounds, shown
 
 if TYPE_CHECKING:
     from reslab.experiments.config import RunSpec, StudyConfig
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from reslab.report.schema import Check
 
 __all__ = [
+    "Bounds",
     "Flag",
     "Study",
     "comma",
@@ -36,13 +38,39 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Flag:
-    """One of a study's own command-line flags (the common ones are in ``reslab.cli``)."""
+    """One of a study's own command-line flags (the common ones are in ``reslab.cli``).
+
+    A number (or a list of numbers) is declared by its bounds (:mod:`reslab.limits`:
+    ``integer(1, 10**5)``, ``integers(0, MAX_STEPS)``, ``number(0, 1)``) in place of ``parse``,
+    never by ``int``: the flag's text is parsed and checked by the bounds, and
+    :class:`~reslab.experiments.StudyConfig` checks the value against them again however it was
+    given (flag or Python), before anything is written. A bare ``int`` or ``float`` parser is
+    refused when the study is defined.
+    """
 
     flag: str  # e.g. "--probe-steps"
     default: str | None  # as typed on the command line, e.g. "0,10,30"
     help: str  # the --help line
-    parse: Callable[[str], Any] = str  # the flag's text to the config value
+    parse: Callable[[str], Any] | Bounds = str  # the flag's text to the value, or its bounds
     dest: str = ""  # a StudyConfig field or a key of StudyConfig.options; "" = from the flag
+
+    def __post_init__(self) -> None:
+        if self.parse in (int, float):
+            raise TypeError(
+                f"{self.flag}: declare a number by its bounds (reslab.limits.integer(lo, hi)), "
+                "not by int or float: every number a study takes is bounded"
+            )
+
+    @property
+    def bounds(self) -> Bounds | None:
+        """The type and range of the flag's number(s), or None for a text flag."""
+        return self.parse if isinstance(self.parse, Bounds) else None
+
+    def read(self, text: str) -> Any:
+        """The flag's text as its value, checked: ``"0,10"`` -> ``(0, 10)``."""
+        if isinstance(self.parse, Bounds):
+            return self.parse.parse(text, self.flag)
+        return self.parse(text)
 
     @property
     def name(self) -> str:
@@ -110,10 +138,15 @@ def list_studies() -> tuple[str, ...]:
 
 def parse_ints(text: str, flag: str) -> tuple[int, ...]:
     """``"20,56"`` -> ``(20, 56)``; a one-line ConfigError naming ``flag`` otherwise."""
+    parts = [v for v in text.split(",") if v.strip()]
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
+        if len(parts) > MAX_ITEMS or any(len(v) > 100 for v in parts):
+            raise ValueError(text)
+        return tuple(int(v) for v in parts)
     except ValueError as exc:
-        raise ConfigError(f"{flag} must be integers separated by commas, got {text!r}") from exc
+        raise ConfigError(
+            f"{flag} must be up to {MAX_ITEMS:,} integers separated by commas, got {shown(text)}"
+        ) from exc
 
 
 def ints(flag: str) -> Callable[[str], tuple[int, ...]]:

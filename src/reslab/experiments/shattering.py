@@ -36,8 +36,9 @@ import torch
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
-from reslab.experiments.registry import Flag, Study, comma, ints
+from reslab.experiments.registry import Flag, Study, comma
 from reslab.experiments.verdicts import Gap, gap_of_rows
+from reslab.limits import MAX_BATCH, integer, integers, number
 from reslab.models import cifar_model_name, create_model
 from reslab.report import html
 from reslab.report.figures import (
@@ -573,17 +574,17 @@ STUDY = Study(
     depths=(8, 20, 32, 56, 110),
     seeds=(0, 1, 2),
     flags=(
-        Flag(
-            "--mlp-depths", "1,2,5,10,20,50", "MLP depths (rectifier layers)", ints("--mlp-depths")
-        ),
-        Flag("--mlp-width", "200", "MLP width (default 200)", int),
+        Flag("--mlp-depths", "1,2,5,10,20,50", "MLP depths (rectifier layers)", integers(1, 100)),
+        Flag("--mlp-width", "200", "MLP width (default 200)", integer(1, 1024)),
         Flag("--mlp-norm", "batch", "MLP blocks: batch (BN) | layer (ResidualMLP)", str),
-        Flag("--line-points", "256", "points on the 1-D line in [-2, 2] (default 256)", int),
-        Flag("--path-points", "128", "points on the image path (default 128)", int),
-        Flag("--max-lag", "32", "largest lag of the correlations (default 32)", int),
-        Flag("--corr-tolerance", "0.05", "smallest lag-1 drop gap that counts (0.05)", float),
+        Flag(
+            "--line-points", "256", "points on the line in [-2, 2] (default 256)", integer(1, 10**5)
+        ),
+        Flag("--path-points", "128", "points on the image path (default 128)", integer(1, 10**5)),
+        Flag("--max-lag", "32", "largest lag of the correlations (default 32)", integer(1, 10**4)),
+        Flag("--corr-tolerance", "0.05", "smallest lag-1 drop gap that counts", number(0, 1)),
         Flag("--shortcut", "A", "option of the CIFAR ResNets: A|B|C", str.upper),
-        Flag("--probe-batch", "256", "training images for the BN statistics (256)", int),
+        Flag("--probe-batch", "256", "images for the BN statistics (256)", integer(2, MAX_BATCH)),
     ),
     check=check,
     check_results=check_results,

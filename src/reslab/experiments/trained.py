@@ -23,6 +23,7 @@ from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import label
 from reslab.experiments.registry import Flag
+from reslab.limits import input_path, shown_path
 from reslab.report.schema import load_results
 from reslab.train import RunFolder
 from reslab.train.evaluate import model_for_weights
@@ -70,13 +71,13 @@ def check_sources(config: StudyConfig) -> None:
         raise ConfigError("--from and --weights name two sources of nets; give one of them")
     if _option(config, "model") and not weights:
         raise ConfigError("--model names the net of a --weights file; add --weights FILE")
-    if from_dir and not (Path(from_dir) / "results.json").is_file():
+    if from_dir and not (input_path(from_dir, "--from", folder=True) / "results.json").is_file():
         raise ConfigError(
-            f"--from {from_dir}: no results.json there; point it at a finished study folder, "
-            "e.g. runs/degradation"
+            f"--from {shown_path(from_dir)}: no results.json there; point it at a finished study "
+            "folder, e.g. runs/degradation"
         )
-    if weights and not Path(weights).is_file():
-        raise ConfigError(f"--weights {weights}: no such file")
+    if weights:
+        input_path(weights, "--weights")  # a symlink loop is not "no such file"
 
 
 def own_runs(

@@ -27,7 +27,10 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from reslab import limits
 from reslab.errors import ModelError
+from reslab.limits import Bounds, shown
+from reslab.models.counting import layout_params
 from reslab.models.resnet import (
     IMAGENET_DEPTHS,
     ResNet,
@@ -114,19 +117,25 @@ def _resolve(name: str) -> tuple[LayoutFactory, dict[str, Any]]:
     """(layout factory, preset keyword arguments) for a model name."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    match = _DYNAMIC.match(name)
+    match = _DYNAMIC.match(name) if len(name) <= _MAX_NAME else None
     if match:
-        family, depth = match.group(1), int(match.group(2))
+        family, digits = match.group(1), match.group(2)
+        depth = int(digits) if len(digits) <= 6 else limits.MAX_DEPTH + 1
+        if depth > limits.MAX_DEPTH:
+            raise ModelError(
+                f"{shown(name)} has more than the {limits.MAX_DEPTH:,} layers reslab builds "
+                f"(He et al. train 1202 at most); choose a shallower depth"
+            )
         preset: dict[str, Any] = {"depth": depth}
         if family.endswith("plain"):
             preset["plain"] = True
         if family.startswith("preact_"):
             preset["preact"] = True  # the factory then picks option B and the block (2016)
         return cifar_layout, preset
-    close = difflib.get_close_matches(name, list_models(), n=3)
+    close = difflib.get_close_matches(name, list_models(), n=3) if len(name) <= _MAX_NAME else []
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ModelError(
-        f"unknown model {name!r}: {hint}run `reslab models` to list them "
+        f"unknown model {shown(name)}: {hint}run `reslab models` to list them "
         "(CIFAR depths 6n+2 also work, e.g. resnet74, plain74)"
     )
 
@@ -159,6 +168,18 @@ def list_models(pattern: str | None = None) -> list[str]:
 # --- building -----------------------------------------------------------------------------------
 
 _BOOLEAN_OPTIONS = ("plain", "zero_init_residual", "preact")
+_TEXT_OPTIONS = ("shortcut", "block", "activation", "shortcut_mode")
+# Every number an option can ask for, bounded (reslab.limits) before any layout is computed.
+NUMBER_OPTIONS = {
+    "num_classes": Bounds(int, 1, limits.MAX_CLASSES),
+    "in_channels": Bounds(int, 1, limits.MAX_IN_CHANNELS),
+    "width": Bounds(float, 0, limits.MAX_WIDTH, lo_open=True),
+    "shortcut_scale": Bounds(float, 0, 1e3),  # λ; the paper tries 0.5
+    "branch_scale": Bounds(float, 0, 1e3, lo_open=True),  # μ
+    "gate_bias": Bounds(float, -1e3, 1e3),  # b_g; the paper starts at -6
+    "shortcut_dropout": Bounds(float, 0, 1, hi_open=True),
+}
+_MAX_NAME = 64  # the longest registered name is 17 characters
 
 
 def create_model(
@@ -237,7 +258,7 @@ def create_model(
 def model_layout(name: str, **options: Any) -> ResNetLayout:
     """The layout :func:`create_model` would build, checked the same way, without any tensor."""
     if not isinstance(name, str):
-        raise ModelError(f"model name must be a string such as 'resnet20', got {name!r}")
+        raise ModelError(f"model name must be a string such as 'resnet20', got {shown(name)}")
     factory, preset = _resolve(name)
     valid = set(inspect.signature(factory).parameters) - {"depth"}
     bad = sorted(set(options) - valid)
@@ -246,10 +267,33 @@ def model_layout(name: str, **options: Any) -> ResNetLayout:
             f"{name} has no option {', '.join(bad)}: valid options are {', '.join(sorted(valid))}"
         )
     options = {k: v for k, v in options.items() if v is not None}  # None: the name's default
+    _check_options(options)
+    layout = factory(**{**preset, **options})
+    if layout.depth > limits.MAX_DEPTH:
+        raise ModelError(
+            f"{shown(name)} has {layout.depth:,} layers, more than the {limits.MAX_DEPTH:,} "
+            "reslab builds; choose a shallower depth"
+        )
+    params = layout_params(layout)  # arithmetic on the shapes: nothing is allocated
+    if params > limits.MAX_PARAMS:
+        raise ModelError(
+            f"{shown(name)} with these options has {params:,} parameters, more than the "
+            f"{limits.MAX_PARAMS:,} reslab builds; lower width or num_classes"
+        )
+    return layout
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Types first (a bool is a bool, never a truthy string), then the sizes' bounds."""
     for option in _BOOLEAN_OPTIONS:
         if option in options and not isinstance(options[option], bool):
-            raise ModelError(f"{option} must be True or False, got {options[option]!r}")
-    return factory(**{**preset, **options})
+            raise ModelError(f"{option} must be True or False, got {shown(options[option])}")
+    for option in _TEXT_OPTIONS:
+        if option in options and not isinstance(options[option], str):
+            raise ModelError(f"{option} must be a string, got {shown(options[option])}")
+    for option, bounds in NUMBER_OPTIONS.items():
+        if option in options:
+            bounds.check(option, options[option], ModelError)
 
 
 __all__ = [

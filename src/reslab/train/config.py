@@ -12,25 +12,20 @@ line; :func:`load_config_file` reads a TOML file or a run's ``config.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import re
-import sys
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reslab import limits
 from reslab.data import AUGMENTS
 from reslab.errors import ConfigError
+from reslab.limits import Bounds, shown
+from reslab.models import model_layout
+from reslab.models.registry import NUMBER_OPTIONS as MODEL_NUMBERS
 from reslab.train.recipes import RECIPES, default_recipe, recipe_values
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "DEVICES",
@@ -56,13 +51,20 @@ RESUME_OVERRIDABLE = frozenset(
 
 
 def knob(
-    default: Any, help: str, *, aliases: tuple[str, ...] = (), metavar: str | None = None
+    default: Any,
+    help: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    metavar: str | None = None,
+    bounds: Bounds | None = None,
 ) -> Any:
     """A :class:`TrainConfig` field: its default and the one line of help its flag shows.
 
-    ``aliases`` are extra spellings of the flag kept for old command lines (``--wd``).
+    ``aliases`` are extra spellings of the flag kept for old command lines (``--wd``);
+    ``bounds`` is the type and range every value of a numeric field is checked against
+    (:mod:`reslab.limits`), however it is given: flag, config file, Python or a study.
     """
-    meta = {"help": help, "aliases": aliases, "metavar": metavar}
+    meta = {"help": help, "aliases": aliases, "metavar": metavar, "bounds": bounds}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -76,7 +78,11 @@ class TrainConfig:
     model: str = knob(
         "resnet20", "model name, e.g. resnet20, resnet110, plain56 (see `reslab models`)"
     )
-    width: float = knob(1.0, "channel multiplier, e.g. 0.25 for a quarter-width net")
+    width: float = knob(
+        1.0,
+        "channel multiplier, e.g. 0.25 for a quarter-width net",
+        bounds=MODEL_NUMBERS["width"],
+    )
     shortcut: str | None = knob(
         None, "shortcut option A (zero-pad), B or C (projections); default: the model's"
     )
@@ -91,10 +97,24 @@ class TrainConfig:
     shortcut_mode: str | None = knob(
         None, "identity, scale, exclusive_gate, shortcut_gate, conv or dropout (on the shortcut)"
     )
-    shortcut_scale: float | None = knob(None, "λ on the shortcut (--shortcut-mode scale; 0.5)")
-    branch_scale: float | None = knob(None, "μ on the residual branch (--shortcut-mode scale; 1)")
-    gate_bias: float | None = knob(None, "initial gate bias b_g (the gating modes; -6)")
-    shortcut_dropout: float | None = knob(None, "drop rate on the shortcut (dropout mode; 0.5)")
+    shortcut_scale: float | None = knob(
+        None,
+        "λ on the shortcut (--shortcut-mode scale; 0.5)",
+        bounds=MODEL_NUMBERS["shortcut_scale"],
+    )
+    branch_scale: float | None = knob(
+        None,
+        "μ on the residual branch (--shortcut-mode scale; 1)",
+        bounds=MODEL_NUMBERS["branch_scale"],
+    )
+    gate_bias: float | None = knob(
+        None, "initial gate bias b_g (the gating modes; -6)", bounds=MODEL_NUMBERS["gate_bias"]
+    )
+    shortcut_dropout: float | None = knob(
+        None,
+        "drop rate on the shortcut (dropout mode; 0.5)",
+        bounds=MODEL_NUMBERS["shortcut_dropout"],
+    )
     # data
     dataset: str = knob(
         "digits",
@@ -104,45 +124,86 @@ class TrainConfig:
         None, "data folder (default $RESLAB_DATA or ~/.cache/reslab)", metavar="DIR"
     )
     val_split: int = knob(
-        0, "hold out N train images for validation (0: evaluate on the test split)", metavar="N"
+        0,
+        "hold out N train images for validation (0: evaluate on the test split)",
+        metavar="N",
+        bounds=Bounds(int, 0, limits.MAX_IMAGES),
     )
     augment: str | None = knob(None, "cifar, flip or none (default: the dataset's own)")
     # optimisation
     recipe: str | None = knob(
         None, f"named defaults: {', '.join(RECIPES)} (default chosen by dataset)"
     )
-    epochs: int = knob(30, "passes over the train split (ignored when --steps is set)", metavar="N")
-    steps: int | None = knob(
-        None, "total iterations; overrides --epochs (the paper: 64000)", metavar="N"
+    epochs: int = knob(
+        30,
+        "passes over the train split (ignored when --steps is set)",
+        metavar="N",
+        bounds=Bounds(int, 1, limits.MAX_EPOCHS),
     )
-    batch_size: int = knob(128, "GLOBAL batch size, split evenly over torchrun ranks", metavar="N")
-    lr: float = knob(0.1, "peak learning rate")
-    momentum: float = knob(0.9, "SGD momentum")
+    steps: int | None = knob(
+        None,
+        "total iterations; overrides --epochs (the paper: 64000)",
+        metavar="N",
+        bounds=Bounds(int, 1, limits.MAX_STEPS),
+    )
+    batch_size: int = knob(
+        128,
+        "GLOBAL batch size, split evenly over torchrun ranks",
+        metavar="N",
+        bounds=Bounds(int, 1, limits.MAX_BATCH),
+    )
+    lr: float = knob(
+        0.1, "peak learning rate", bounds=Bounds(float, 0, limits.FLOAT_MAX, lo_open=True)
+    )
+    momentum: float = knob(0.9, "SGD momentum", bounds=Bounds(float, 0, 1, hi_open=True))
     nesterov: bool = knob(False, "Nesterov momentum")
     weight_decay: float = knob(
         5e-4,
         "weight decay, on every parameter (BN and biases too) as in the paper",
         aliases=("--wd",),
+        bounds=Bounds(float, 0, limits.FLOAT_MAX),
     )
     schedule: str = knob("cosine", "multistep, cosine, onecycle or constant")
     milestones: list[float] = knob(
-        [0.5, 0.75], "multistep milestones as fractions of the total steps, e.g. 0.5,0.75"
+        [0.5, 0.75],
+        "multistep milestones as fractions of the total steps, e.g. 0.5,0.75",
+        bounds=Bounds(float, 0, 1, lo_open=True, hi_open=True, many=True),
     )
-    gamma: float = knob(0.1, "multistep factor at each milestone")
+    gamma: float = knob(
+        0.1, "multistep factor at each milestone", bounds=Bounds(float, 0, 1, lo_open=True)
+    )
     warmup_steps: int = knob(
-        0, "linear warm-up steps (onecycle: the rising part; 0 = 25 %)", metavar="N"
+        0,
+        "linear warm-up steps (onecycle: the rising part; 0 = 25 %)",
+        metavar="N",
+        bounds=Bounds(int, 0, limits.MAX_STEPS),
     )
     warmup_until_error: float | None = knob(
         None,
         "use --warmup-lr until the training error (percent) is below this (paper: 80)",
         metavar="PCT",
+        bounds=Bounds(float, 0, 100, lo_open=True),
     )
-    warmup_lr: float = knob(0.01, "learning rate while --warmup-until-error is active")
-    label_smoothing: float = knob(0.0, "cross-entropy label smoothing")
+    warmup_lr: float = knob(
+        0.01,
+        "learning rate while --warmup-until-error is active",
+        bounds=Bounds(float, 0, limits.FLOAT_MAX, lo_open=True),
+    )
+    label_smoothing: float = knob(
+        0.0, "cross-entropy label smoothing", bounds=Bounds(float, 0, 1, hi_open=True)
+    )
     ema: float | None = knob(
-        None, "evaluate an EMA of the weights with this decay, e.g. 0.999", metavar="DECAY"
+        None,
+        "evaluate an EMA of the weights with this decay, e.g. 0.999",
+        metavar="DECAY",
+        bounds=Bounds(float, 0, 1, lo_open=True, hi_open=True, example=", e.g. 0.999"),
     )
-    grad_clip: float | None = knob(None, "clip the global gradient norm to this", metavar="NORM")
+    grad_clip: float | None = knob(
+        None,
+        "clip the global gradient norm to this",
+        metavar="NORM",
+        bounds=Bounds(float, 0, limits.FLOAT_MAX, lo_open=True),
+    )
     # system
     device: str = knob("auto", "auto (default: cuda if available), cpu, cuda or cuda:N")
     precision: str = knob("auto", "auto (bf16 on CUDA and on AMX CPUs, else fp32), fp32 or bf16")
@@ -152,10 +213,18 @@ class TrainConfig:
     compile: bool | None = knob(None, "torch.compile the model (default: on for CUDA only)")
     cuda_graphs: bool | None = knob(None, "CUDA graphs when compiling (default: on for CUDA)")
     sync_bn: bool = knob(False, "synchronise BatchNorm statistics across torchrun ranks")
-    seed: int = knob(0, "seed of weights, data order and augmentation", metavar="N")
+    seed: int = knob(
+        0,
+        "seed of weights, data order and augmentation",
+        metavar="N",
+        bounds=Bounds(int, 0, limits.MAX_SEED, hi_open=True),
+    )
     deterministic: bool = knob(False, "deterministic kernels: bit-identical resume on CPU")
     threads: int | None = knob(
-        None, "CPU threads (torch.set_num_threads); study workers use 1", metavar="N"
+        None,
+        "CPU threads (torch.set_num_threads); study workers use 1",
+        metavar="N",
+        bounds=Bounds(int, 1, limits.max_threads),
     )
     detect_anomaly: bool = knob(False, "autograd anomaly detection (slow; debugging)")
     # output
@@ -163,14 +232,27 @@ class TrainConfig:
         None, "run folder (default runs/<model>-<dataset>-s<seed>)", metavar="DIR"
     )
     eval_every: int = knob(
-        1, "epochs between evaluations (the last epoch is always evaluated)", metavar="N"
+        1,
+        "epochs between evaluations (the last epoch is always evaluated)",
+        metavar="N",
+        bounds=Bounds(int, 1, limits.MAX_EPOCHS),
     )
-    eval_batch_size: int = knob(1024, "batch size of evaluation passes", metavar="N")
+    eval_batch_size: int = knob(
+        1024,
+        "batch size of evaluation passes",
+        metavar="N",
+        bounds=Bounds(int, 1, limits.MAX_BATCH),
+    )
     checkpoint_every_steps: int | None = knob(
-        None, "also checkpoint mid-epoch every N steps", metavar="N"
+        None,
+        "also checkpoint mid-epoch every N steps",
+        metavar="N",
+        bounds=Bounds(int, 1, limits.MAX_STEPS),
     )
     snapshot_steps: list[int] = knob(
-        [], "keep the weights at these steps, e.g. 0,50,100 (checkpoints/snapshot-N.safetensors)"
+        [],
+        "keep the weights at these steps, e.g. 0,50,100 (checkpoints/snapshot-N.safetensors)",
+        bounds=Bounds(int, 0, limits.MAX_STEPS, many=True),
     )
     quiet: bool = knob(False, "one plain line per epoch, no progress bar")
     tensorboard: bool = knob(False, "also log to TensorBoard (if installed) under <out>/tb")
@@ -212,24 +294,7 @@ def _field_types() -> dict[str, Any]:
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """``value`` checked against the annotation ``hint`` (ints accepted for floats)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint in (bool, str) and isinstance(value, hint):
-        return value
-    kind = getattr(hint, "__name__", str(hint))
-    raise ConfigError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    return limits.conform(name, value, hint)
 
 
 def _check_types(config: TrainConfig) -> None:
@@ -238,64 +303,72 @@ def _check_types(config: TrainConfig) -> None:
 
 
 def _check_values(c: TrainConfig) -> None:
-    """Range checks; each error names the field and the fix in one line."""
+    """Range checks; each error names the field and the fix in one line.
+
+    Every numeric field is checked against its ``bounds`` (:mod:`reslab.limits`: finite, in
+    range), then the rules that relate fields, then the model the fields name, from its
+    layout alone: nothing is built, so a net too deep or too wide is refused in milliseconds.
+    """
+    fix = " (set {flag} or {name} = ... in the config file)"
+    for f in dataclasses.fields(TrainConfig):
+        bounds, value = f.metadata["bounds"], getattr(c, f.name)
+        if bounds is not None and value is not None:
+            try:
+                bounds.check(f.name, value)
+            except ConfigError as exc:
+                raise ConfigError(
+                    str(exc) + fix.format(flag=flag_name(f.name), name=f.name)
+                ) from None
 
     def need(ok: bool, name: str, what: str) -> None:
         if not ok:
             raise ConfigError(
-                f"{name} must be {what}, got {getattr(c, name)!r} (set {flag_name(name)} or "
-                f"{name} = ... in the config file)"
+                f"{name} must be {what}, got {shown(getattr(c, name))}"
+                + fix.format(flag=flag_name(name), name=name)
             )
 
-    need(c.epochs >= 1, "epochs", "a positive integer")
-    need(c.steps is None or c.steps >= 1, "steps", "a positive integer")
-    need(c.batch_size >= 1, "batch_size", "a positive integer")
-    need(c.lr > 0 and math.isfinite(c.lr), "lr", "a positive number")
-    need(0 <= c.momentum < 1, "momentum", "in [0, 1)")
     need(not c.nesterov or c.momentum > 0, "nesterov", "off when momentum is 0")
-    need(c.weight_decay >= 0, "weight_decay", "zero or positive")
     need(c.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}")
     need(
-        all(0 < m < 1 for m in c.milestones) and c.milestones == sorted(c.milestones),
+        c.milestones == sorted(c.milestones),
         "milestones",
         "increasing fractions of the total steps in (0, 1), e.g. [0.5, 0.75]",
     )
-    need(0 < c.gamma <= 1, "gamma", "in (0, 1]")
-    need(c.warmup_steps >= 0, "warmup_steps", "zero or positive")
     need(
-        all(v >= 0 for v in c.snapshot_steps) and c.snapshot_steps == sorted(set(c.snapshot_steps)),
+        c.snapshot_steps == sorted(set(c.snapshot_steps)),
         "snapshot_steps",
         "increasing step numbers, 0 or more, e.g. [0, 50, 100]",
     )
-    need(
-        c.warmup_until_error is None or 0 < c.warmup_until_error <= 100,
-        "warmup_until_error",
-        "a training error in percent, in (0, 100]",
-    )
-    need(c.warmup_lr > 0, "warmup_lr", "a positive number")
-    need(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)")
-    need(c.ema is None or 0 < c.ema < 1, "ema", "a decay in (0, 1), e.g. 0.999")
-    need(c.grad_clip is None or c.grad_clip > 0, "grad_clip", "a positive number")
-    need(c.val_split >= 0, "val_split", "zero or a positive number of images")
     need(c.augment is None or c.augment in AUGMENTS, "augment", f"one of {', '.join(AUGMENTS)}")
-    need(c.width > 0, "width", "a positive number")
     need(c.shortcut is None or c.shortcut.upper() in ("A", "B", "C"), "shortcut", "A, B or C")
     need(
-        c.device in DEVICES or re.fullmatch(r"cuda:\d+", c.device) is not None,
+        c.device in DEVICES or re.fullmatch(r"cuda:\d{1,4}", c.device) is not None,
         "device",
         "auto, cpu, cuda or cuda:N",
     )
     need(c.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
-    need(c.threads is None or c.threads >= 1, "threads", "a positive integer")
-    need(c.eval_every >= 1, "eval_every", "a positive integer")
-    need(c.eval_batch_size >= 1, "eval_batch_size", "a positive integer")
-    need(
-        c.checkpoint_every_steps is None or c.checkpoint_every_steps >= 1,
-        "checkpoint_every_steps",
-        "a positive integer",
-    )
     need(c.recipe is None or c.recipe in RECIPES, "recipe", f"one of {', '.join(RECIPES)}")
-    need(c.seed >= 0, "seed", "zero or positive")
+    _check_model(c)
+
+
+def _check_model(c: TrainConfig) -> None:
+    """The net the config names, checked by the model registry without building it."""
+    options: dict[str, Any] = {"width": c.width, "zero_init_residual": c.zero_init_residual}
+    for name in ("shortcut", "plain", *MODEL_OPTIONS):
+        if getattr(c, name) is not None:
+            options[name] = getattr(c, name)
+    model_layout(c.model, **options)
+
+
+# He et al. 2016's ablation options: TrainConfig fields passed to create_model when set.
+MODEL_OPTIONS = (
+    "activation",
+    "shortcut_mode",
+    "shortcut_scale",
+    "branch_scale",
+    "gate_bias",
+    "shortcut_dropout",
+)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -305,20 +378,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     values of the wrong type raise :class:`ConfigError` naming them.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")  # TOML and JSON files are UTF-8
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
-        ) from exc
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid: {exc}") from exc
+    where = f"config file {limits.shown_path(path)}"
+    text = limits.read_config_text(path)  # bounded size, UTF-8, no BOM, a file
+    raw = limits.parse_config_text(text, "json" if path.suffix == ".json" else "toml", where)
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a table of settings")
+        raise ConfigError(f"{where} must hold a table of settings")
     return check_settings(raw, f"config file {path}", where=f" (in {path})")
 
 
@@ -327,8 +391,9 @@ def check_settings(raw: Mapping[Any, Any], source: str, where: str = "") -> dict
     values = {str(k).replace("-", "_"): v for k, v in raw.items() if k != "_meta"}
     unknown = sorted(k for k in values if k not in FIELDS)
     if unknown:
+        names = ", ".join(shown(k) if len(k) > 40 or not k.isidentifier() else k for k in unknown)
         raise ConfigError(
-            f"{source}: unknown key {', '.join(unknown)}; valid keys are the "
+            f"{source}: unknown key {limits.one_line(names, 200)}; valid keys are the "
             "`reslab train` flags without dashes, e.g. batch_size, lr, epochs"
         )
     hints = _field_types()
@@ -344,9 +409,10 @@ def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
     ``steps`` drops the recipe's ``steps``, so ``--epochs`` always does what it says.
     """
     explicit = dict(explicit or {})
-    unknown = sorted(k for k in explicit if k not in FIELDS)
+    unknown = sorted(str(k) for k in explicit if k not in FIELDS)
     if unknown:
-        raise ConfigError(f"unknown setting {', '.join(unknown)}")
+        names = ", ".join(shown(k) for k in unknown)
+        raise ConfigError(f"unknown setting {limits.one_line(names, 200)}")
     hints = _field_types()  # types first: the recipe lookup below uses dataset, model, recipe
     explicit = {k: _coerce(k, v, hints[k]) for k, v in explicit.items()}
     defaults = TrainConfig()

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 from reslab.data import Dataset, eval_batches, load_dataset
 from reslab.errors import CheckpointError, ConfigError
-from reslab.models import create_model
+from reslab.limits import input_path
 from reslab.train.run_folder import run_config_near
 from reslab.train.runtime import autocast_context, pick_device
-from reslab.weights import load_weights, read_model_config
+from reslab.weights import build_for_weights, read_model_config
 
 __all__ = ["EvalResult", "eval_run", "evaluate", "model_for_weights"]
 
@@ -113,9 +113,7 @@ def eval_run(
     Without ``dataset``, a file inside a run folder uses the run's dataset, else ``digits``.
     Returns error, loss, per-class error and the confusion matrix as plain JSON values.
     """
-    weights = Path(weights)
-    if not weights.is_file():
-        raise CheckpointError(f"weights file {weights} does not exist")
+    weights = input_path(weights, "weights file", error=CheckpointError)
     run_config = run_config_near(weights)
     if dataset is None:
         dataset = str(run_config.get("dataset", "digits")) if run_config else "digits"
@@ -164,12 +162,14 @@ def model_for_weights(weights: Path, name: str | None, ds: Dataset) -> nn.Module
         raise ConfigError(
             f"{weights} carries no model config; pass --model NAME (e.g. --model resnet20)"
         )
+    # build_for_weights compares the file's tensors with the net's layout before building it
     if name is None or header.get("name") == name:
         kwargs = {k: v for k, v in header.items() if k != "name"}
-        net = create_model(name or header["name"], **kwargs)
+        net = build_for_weights(weights, name or header["name"], **kwargs)
     else:
-        net = create_model(name, num_classes=ds.num_classes, in_channels=ds.in_channels)
-    load_weights(net, weights)
+        net = build_for_weights(
+            weights, name, num_classes=ds.num_classes, in_channels=ds.in_channels
+        )
     out_features = getattr(getattr(net, "fc", None), "out_features", ds.num_classes)
     if out_features != ds.num_classes:
         raise ConfigError(
