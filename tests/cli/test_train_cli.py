@@ -293,6 +293,13 @@ _VALUES: dict[str, tuple[str, typing.Any]] = {
     "milestones": ("0.3,0.6", [0.3, 0.6]),
     "snapshot_steps": ("0,5", [0, 5]),
 }
+# The shortcut-mode options are checked with their mode at the edge (the model's layout).
+_WITH = {
+    "shortcut_scale": ["--shortcut-mode", "scale"],
+    "branch_scale": ["--shortcut-mode", "scale"],
+    "gate_bias": ["--shortcut-mode", "shortcut_gate"],
+    "shortcut_dropout": ["--shortcut-mode", "dropout"],
+}
 
 
 def test_every_field_is_settable_by_its_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -311,6 +318,7 @@ def test_every_field_is_settable_by_its_flag(capsys: pytest.CaptureFixture[str])
         else:
             assert hint in (float, float | None), f"no test value for {f.name}"
             args, want = [flag, "0.25"], 0.25
+        args += _WITH.get(f.name, [])
         assert main(["train", *args, "--print-config"]) == 0, (f.name, capsys.readouterr().err)
         assert json.loads(capsys.readouterr().out)[f.name] == want, f.name
 
