@@ -21,6 +21,7 @@ batch sizes            ≤ 65,536             the largest batches of Goyal et al
 images (splits)        ≤ 10**8              ImageNet-21k has 14 M
 list lengths           ≤ 1,000 items        milestones, snapshot steps, seeds, depths
 text values            ≤ 4,096 characters   PATH_MAX; no NUL character
+names (not paths)      ≤ 64 characters      the longest model name is 17
 config files           ≤ 1 MiB, nesting 32  a full config is ~2 kB and 2 levels deep
 echoed user text       ≤ 60 characters      then "…"; an error line ≤ 2,000 characters
 =====================  ===================  ==============================================
@@ -64,6 +65,7 @@ __all__ = [
     "MAX_IN_CHANNELS",
     "MAX_ITEMS",
     "MAX_LINE",
+    "MAX_NAME",
     "MAX_NESTING",
     "MAX_PARAMS",
     "MAX_SEED",
@@ -71,6 +73,7 @@ __all__ = [
     "MAX_TEXT",
     "MAX_WIDTH",
     "Bounds",
+    "check_names",
     "check_nesting",
     "conform",
     "input_path",
@@ -97,6 +100,7 @@ MAX_BATCH = 65_536
 MAX_IMAGES = 10**8
 MAX_ITEMS = 1_000
 MAX_TEXT = 4_096
+MAX_NAME = 64  # a name (model, dataset, recipe, device, option): the longest real one is 17
 MAX_CONFIG_BYTES = 1 << 20
 MAX_NESTING = 32
 MAX_ECHO = 60
@@ -300,6 +304,21 @@ def conform(name: str, value: Any, hint: Any, error: type[ReslabError] = ConfigE
     if hint is str and isinstance(value, str):
         return _text(name, value, error)
     raise error(f"{name} must be {getattr(hint, '__name__', str(hint))}, got {_kind(value)}")
+
+
+def check_names(values: Mapping[str, Any], paths: tuple[str, ...], prefix: str = "") -> None:
+    """Every text value in ``values`` but the ``paths`` is a name of at most :data:`MAX_NAME`
+    characters (lists of names too): a name is echoed by whoever refuses it."""
+    for key, value in values.items():
+        items = value if isinstance(value, list | tuple) else [value]
+        if key in paths:
+            continue
+        for item in items:
+            if isinstance(item, str) and len(item) > MAX_NAME:
+                raise ConfigError(
+                    f"{prefix}{key} must be a name of at most {MAX_NAME} characters, got "
+                    f"{len(item):,} ({shown(item, 30)})"
+                )
 
 
 def _kind(value: Any) -> str:

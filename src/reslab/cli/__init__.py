@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
 from reslab import __version__
 from reslab.errors import ReslabError
-from reslab.limits import one_line
+from reslab.limits import MAX_ECHO, one_line, shown
 
 # Modules that add commands, in the order `reslab --help` lists them.
 COMMAND_MODULES = (
@@ -25,11 +26,15 @@ COMMAND_MODULES = (
 )
 
 
+_QUOTED = re.compile(f"'([^']{{{MAX_ECHO},}})'")  # a long value argparse quotes
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 2 and one line, like every other user error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse quotes the value it refused (``invalid int value: '999...'``): bounded
+        message = _QUOTED.sub(lambda m: shown(m.group(1)), message)
         self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 

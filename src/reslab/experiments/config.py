@@ -110,6 +110,8 @@ def _check_types_and_bounds(config: StudyConfig, study: Study) -> None:
         if name in BOUNDS and value is not None:
             value = BOUNDS[name].check(flag, value)
         setattr(config, name, value)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "options"}
+    limits.check_names(settings, ("data_dir", "out"), prefix="--")
     fields = {f.name for f in dataclasses.fields(StudyConfig)}
     for option in study.flags:
         value = getattr(config, option.name) if option.name in fields else None

@@ -128,7 +128,7 @@ def get_study(name: str) -> Study:
     try:
         return _STUDIES[name]
     except KeyError:
-        raise ConfigError(f"unknown experiment {name!r}: try {', '.join(_STUDIES)}") from None
+        raise ConfigError(f"unknown experiment {shown(name)}: try {', '.join(_STUDIES)}") from None
 
 
 def list_studies() -> tuple[str, ...]:

@@ -310,6 +310,7 @@ def _check_values(c: TrainConfig) -> None:
     layout alone: nothing is built, so a net too deep or too wide is refused in milliseconds.
     """
     fix = " (set {flag} or {name} = ... in the config file)"
+    limits.check_names(dataclasses.asdict(c), PATH_FIELDS)
     for f in dataclasses.fields(TrainConfig):
         bounds, value = f.metadata["bounds"], getattr(c, f.name)
         if bounds is not None and value is not None:
@@ -360,6 +361,8 @@ def _check_model(c: TrainConfig) -> None:
     model_layout(c.model, **options)
 
 
+# The text fields that are paths (at most limits.MAX_TEXT); every other one is a name.
+PATH_FIELDS = ("data_dir", "out")
 # He et al. 2016's ablation options: TrainConfig fields passed to create_model when set.
 MODEL_OPTIONS = (
     "activation",
@@ -415,6 +418,7 @@ def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
         raise ConfigError(f"unknown setting {limits.one_line(names, 200)}")
     hints = _field_types()  # types first: the recipe lookup below uses dataset, model, recipe
     explicit = {k: _coerce(k, v, hints[k]) for k, v in explicit.items()}
+    limits.check_names(explicit, PATH_FIELDS)  # before the recipe lookup reads model, dataset
     defaults = TrainConfig()
     dataset = str(explicit.get("dataset", defaults.dataset))
     model = str(explicit.get("model", defaults.model))
