@@ -40,7 +40,7 @@ import reslab.train
 from conftest import ONE_LINE
 from reslab.errors import ModelError, ReslabError
 from reslab.experiments import StudyConfig, get_study, list_studies
-from reslab.limits import MAX_ECHO, MAX_LINE
+from reslab.limits import MAX_ECHO, MAX_LINE, MAX_THREADS, max_threads
 from reslab.models import create_model
 from reslab.train import TrainConfig
 from reslab.weights import CONFIG_KEY, load_weights
@@ -216,6 +216,17 @@ def test_class2_sizes_are_bounded_before_anything_is_built(
     assert outcome.code == 2
     for word in words:
         assert word in outcome.line
+
+
+def test_class2_threads_are_bounded_by_this_machine_but_saved_runs_still_load() -> None:
+    too_many = max_threads() + 1
+    with pytest.raises(
+        ReslabError, match=f"threads must be a positive integer, at most {too_many - 1}"
+    ):
+        reslab.train.resolve({"threads": too_many})
+    assert TrainConfig(threads=MAX_THREADS).threads == MAX_THREADS  # a bigger machine's run
+    with pytest.raises(ReslabError, match="threads"):
+        TrainConfig(threads=MAX_THREADS + 1)
 
 
 def test_class2_files_and_studies_cannot_ask_for_huge_nets(

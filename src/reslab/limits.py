@@ -14,7 +14,7 @@ params                 ≤ 500 M              8 × ResNet-152; checked from the 
 num_classes            ≤ 100,000            ImageNet-21k has 21,841
 in_channels            ≤ 1,024              images have 1-4; spectral stacks a few hundred
 seed                   [0, 2**63)           torch.manual_seed takes [-2**63, 2**64)
-threads, --jobs        ≤ 4 × usable cores   see :func:`max_threads`
+threads, --jobs        ≤ 4 × usable cores   see :func:`max_threads`; a saved config ≤ 1,024
 steps                  ≤ 10**9              ImageNet's 600k iterations × 1,600
 epochs                 ≤ 10**6
 batch sizes            ≤ 65,536             the largest batches of Goyal et al. × 8
@@ -71,6 +71,7 @@ __all__ = [
     "MAX_SEED",
     "MAX_STEPS",
     "MAX_TEXT",
+    "MAX_THREADS",
     "MAX_WIDTH",
     "Bounds",
     "check_names",
@@ -94,6 +95,7 @@ MAX_PARAMS = 500_000_000
 MAX_CLASSES = 100_000
 MAX_IN_CHANNELS = 1_024
 MAX_SEED = 2**63  # exclusive
+MAX_THREADS = 1_024  # in any config, even a saved one; a new run's: max_threads()
 MAX_STEPS = 10**9
 MAX_EPOCHS = 10**6
 MAX_BATCH = 65_536
@@ -113,10 +115,15 @@ FLOAT_MAX = sys.float_info.max
 def max_threads() -> int:
     """The most CPU threads a run may ask for: 4 × the cores this process may use.
 
-    More threads than cores only time-slice (the measured cost on this project's 2-core
-    machine: ``--threads 8`` ran resnet8 at 0.7× the speed of ``--threads 2``, ``--threads
-    5000`` took minutes and ``--threads 100000`` segfaulted in thread creation). 4× leaves room
-    to measure oversubscription, and for an affinity mask that under-reports SMT siblings.
+    A saved ``config.json`` may hold up to :data:`MAX_THREADS` (it may come from a bigger
+    machine, and a resumed run may lower it with ``--threads``); a new run's threads, however
+    given, are checked against this machine's.
+
+    More threads than cores only time-slice. A small multiple costs little (on this project's
+    2-core machine at load 5-7, a 2-epoch resnet8 run took 17-29 s with ``--threads 8`` and
+    18-29 s with ``--threads 2``: noise), while issue 11 found ``--threads 5000`` turning 4 s
+    into minutes and ``--threads 100000`` segfaulting in thread creation. 4× leaves room to
+    measure oversubscription, and for an affinity mask that under-reports SMT siblings.
     """
     try:
         cores = len(os.sched_getaffinity(0))

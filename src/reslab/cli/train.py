@@ -21,7 +21,7 @@ from typing import Any
 from reslab.errors import ConfigError
 from reslab.fileio import atomic_write_json
 from reslab.limits import MAX_BATCH, Bounds, shown
-from reslab.train.config import TrainConfig, flag_name
+from reslab.train.config import TrainConfig, check_threads, flag_name
 
 
 def _floats(text: str) -> list[float]:
@@ -127,6 +127,7 @@ def run_train(args: argparse.Namespace) -> int:
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     given = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     if args.resume_dir is not None:
+        check_threads(given.get("threads"))
         if args.config_file is not None:
             raise ConfigError("--resume uses the run's saved config; drop --config")
         if args.print_config:

@@ -224,7 +224,7 @@ class TrainConfig:
         None,
         "CPU threads (torch.set_num_threads); study workers use 1",
         metavar="N",
-        bounds=Bounds(int, 1, limits.max_threads),
+        bounds=Bounds(int, 1, limits.MAX_THREADS),
     )
     detect_anomaly: bool = knob(False, "autograd anomaly detection (slow; debugging)")
     # output
@@ -374,6 +374,19 @@ MODEL_OPTIONS = (
 )
 
 
+def check_threads(threads: int | None) -> None:
+    """A new run's (or a resume's) ``threads``: at most :func:`reslab.limits.max_threads`.
+
+    The field's own bound is machine-independent, so a run saved on a bigger machine still
+    loads here; what this machine runs is bounded by its own cores.
+    """
+    if threads is not None:
+        NEW_THREADS.check("threads", threads)
+
+
+NEW_THREADS = Bounds(int, 1, limits.max_threads)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The field values in a TOML file (or a run's ``config.json``), checked key by key.
 
@@ -419,6 +432,7 @@ def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
     hints = _field_types()  # types first: the recipe lookup below uses dataset, model, recipe
     explicit = {k: _coerce(k, v, hints[k]) for k, v in explicit.items()}
     limits.check_names(explicit, PATH_FIELDS)  # before the recipe lookup reads model, dataset
+    check_threads(explicit.get("threads"))
     defaults = TrainConfig()
     dataset = str(explicit.get("dataset", defaults.dataset))
     model = str(explicit.get("model", defaults.model))
