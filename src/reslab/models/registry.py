@@ -9,8 +9,8 @@ residual                               plain twin (the same layers, no shortcuts
 ``resnet20 … resnet1202``  (CIFAR)     ``plain20 … plain1202``                         32×32
 ``preact_resnet110/164/1001``          ``preact_plain110/164/1001``                    32×32
 ``resnet18 … resnet152``  (ImageNet)   ``plain18 … plain152``  (bottlenecks from 50)   224×224
-``wrn28_10``, ``wrn16_8``, ``wrn40_4``  ``plain_wrn28_10`` …                            32×32
-``resnext29_8x64d``, ``_16x64d``       ``plain_resnext29_8x64d`` …                     32×32
+``wrn28_10`` ``wrn16_8`` ``wrn40_4``   ``plain_wrn28_10`` ``plain_wrn16_8`` …          32×32
+``resnext29_8x64d`` ``…16x64d``        ``plain_resnext29_8x64d`` …                     32×32
 ``resnext50_32x4d``  (ImageNet)        ``plain_resnext50_32x4d``                       224×224
 =====================================  ==============================================  ==========
 
