@@ -325,8 +325,9 @@ class ResNet(nn.Module):
 
         ``indices`` count :attr:`feature_info`: 0 is the stem's output, ``i`` the ``i``-th
         stage's; ``None`` takes all, an int ``n`` the last ``n``, a sequence those named
-        (negative ones from the end). ``norm=True`` gives the last stage's map after the final
-        BN-ReLU of a pre-activation net (the other nets have none). ``stop_early`` runs only
+        (negative ones from the end). ``norm=True`` gives the last stage's map after what the
+        net applies to it before pooling (``bn_final``: a pre-activation net's BN-ReLU, the
+        ReLU of ReLU-only pre-activation, nothing in the others). ``stop_early`` runs only
         as far as the deepest chosen map, and the first item is then that map.
         ``intermediates_only`` returns the list alone.
         """
