@@ -35,6 +35,7 @@ from reslab.experiments.trained import (
     SOURCE_FLAGS,
     TrainedNet,
     check_sources,
+    common_inputs,
     own_runs,
     trained_nets,
 )
@@ -52,6 +53,7 @@ from reslab.report.figures import (
 from reslab.report.schema import FAMILIES, Validator, is_number
 from reslab.report.stats import group, mean_std, summarize_runs
 from reslab.train import pick_device
+from reslab.weights import Normalization
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -90,8 +92,8 @@ def settings_of(config: StudyConfig) -> ls.ScanSettings:
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Each trained net's landscape on the same training images, and the settings used."""
     settings = settings_of(config)
-    x, y = scan_images(config)
     nets = trained_nets(config, records)
+    x, y = scan_images(config, common_inputs(nets))  # normalised as the nets were trained
     scans = scan_models([n.model for n in nets], x, y, settings, config)
     entries = [{**_meta(n), **scan} for n, scan in zip(nets, scans, strict=True)]
     return {
@@ -109,14 +111,15 @@ def _meta(net: TrainedNet) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def scan_images(config: StudyConfig) -> tuple[Tensor, Tensor]:
-    """The first ``--images`` training images of a seed-0 permutation, normalised: the same
-    fixed images for every net (the paper uses the whole training set; a subset keeps a scan
-    to seconds, and the surface is still that of one fixed loss function)."""
+def scan_images(config: StudyConfig, norm: Normalization | None = None) -> tuple[Tensor, Tensor]:
+    """The first ``--images`` training images of a seed-0 permutation, normalised by ``norm``
+    (None: the dataset's statistics): the same fixed images for every net (the paper uses the
+    whole training set; a subset keeps a scan to seconds, still one fixed loss function)."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     n = int(_option(config, "images", IMAGES))
     idx = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(0))[:n]
-    x = normalize_batch(ds.train_images[idx], ds.mean, ds.std, channels_last=True)
+    stats = (norm.mean, norm.std) if norm is not None else (ds.mean, ds.std)
+    x = normalize_batch(ds.train_images[idx], *stats, channels_last=True)
     return x, ds.train_labels[idx]
 
 

@@ -55,6 +55,7 @@ from reslab.report.stats import (
     summarize_runs,
 )
 from reslab.train import pick_device
+from reslab.weights import Normalization
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -75,12 +76,16 @@ def plan(config: StudyConfig) -> list[RunSpec]:
 # --- measuring -----------------------------------------------------------------------------------
 
 
-def _test_data(config: StudyConfig, device: torch.device) -> tuple[Tensor, Tensor, int]:
-    """The normalised test images (the first ``--eval-images`` of them), labels, classes."""
+def _test_data(
+    config: StudyConfig, device: torch.device, norm: Normalization | None = None
+) -> tuple[Tensor, Tensor, int]:
+    """The test images (the first ``--eval-images`` of them) normalised as the net's weights
+    say (``norm``; None: the dataset's statistics), labels, classes."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     n = int(config.options.get("eval_images") or 0) or len(ds.test_labels)
     images = ds.test_images[:n].to(device)
-    x = normalize_batch(images, ds.mean, ds.std, channels_last=False)
+    mean, std = (norm.mean, norm.std) if norm is not None else (ds.mean, ds.std)
+    x = normalize_batch(images, mean, std, channels_last=False)
     return x, ds.test_labels[:n].to(device), ds.num_classes
 
 
@@ -409,13 +414,15 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
     nets = trained_nets(config, records)
     cpu = pick_device(config.device, 0).type == "cpu"
     jobs = min(config.jobs or os.cpu_count() or 1, len(nets)) if cpu else 1
-    models = [n.model for n in nets]
+    # Each net's test images are normalised as its weights were trained.
+    models, norms = [net.model for net in nets], [net.normalization for net in nets]
     if jobs == 1:
-        measured = [_lesion_one(config, m, jobs) for m in models]
+        measured = [_lesion_one(config, m, jobs, norms[i]) for i, m in enumerate(models)]
     else:
         # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            measured = list(pool.map(_lesion_one, [config] * len(nets), models, [jobs] * len(nets)))
+            count = len(nets)
+            measured = list(pool.map(_lesion_one, [config] * count, models, [jobs] * count, norms))
     entries = []
     for net, (measures, _, _) in zip(nets, measured, strict=True):
         shortcut = getattr(net.model, "shortcut_option", None) if net.family == "residual" else None
@@ -431,7 +438,7 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
 
 
 def _lesion_one(
-    config: StudyConfig, model: nn.Module, jobs: int
+    config: StudyConfig, model: nn.Module, jobs: int, norm: Normalization | None = None
 ) -> tuple[dict[str, Any], int, int]:
     """One net's lesions, its test images and classes; runs in a worker process or in place."""
     threads = torch.get_num_threads()
@@ -442,7 +449,7 @@ def _lesion_one(
     # to zero changes no prediction measurably (the probes do the same).
     flush = torch.set_flush_denormal(True)
     try:
-        x, y, classes = _test_data(config, device)
+        x, y, classes = _test_data(config, device, norm)
         draws, ks = int(config.options.get("draws", DRAWS)), tuple(config.options.get("ks") or ())
         error = lesion.top1_error(x, y)
         measured = lesion.lesion_net(model.to(device), error, x[:1], draws=draws, ks=ks)
