@@ -76,6 +76,7 @@ def test_recipes_are_valid_configs() -> None:
         ({"accum_steps": 0}, ["accum_steps", "--accum-steps"]),
         ({"accum_steps": 3, "batch_size": 128}, ["accum_steps", "divisor of --batch-size 128"]),
         ({"ema_warmup": 1}, ["ema_warmup", "bool"]),
+        ({"accum_steps": 2, "cuda_graphs": True}, ["cuda_graphs", "169545"]),
     ],
 )
 def test_invalid_values_name_the_field(values: dict[str, Any], words: list[str]) -> None:

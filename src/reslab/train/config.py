@@ -331,6 +331,12 @@ def _check_values(c: TrainConfig) -> None:
         "accum_steps",
         f"a divisor of --batch-size {c.batch_size} (micro-batches of batch_size / K)",
     )
+    need(
+        c.accum_steps == 1 or not c.cuda_graphs,
+        "cuda_graphs",
+        "off with --accum-steps > 1 (CUDA graphs overwrite accumulated gradients, "
+        "pytorch/pytorch#169545; the default turns them off)",
+    )
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -66,12 +66,15 @@ def train_step(
     that of the whole batch's mean loss; then one optimizer step. The loss returned is the
     mean over the micro-batches and the logits are theirs, concatenated.
 
-    Under CUDA graphs the outputs live in the graph's memory pool and are overwritten by the
-    next replay: callers consume them (accumulate on the device) before the next step.
+    Under CUDA graphs (``accum_steps`` 1 only) the outputs live in the graph's memory pool and
+    are overwritten by the next replay: callers consume them (accumulate on the device) before
+    the next step.
     """
     if accum_steps > 1:
+        if cuda_graphs:  # the trainer never asks (resolve_runtime turns graphs off): a bug
+            raise ValueError("gradient accumulation under CUDA graphs corrupts the gradients")
         return _accumulated_step(
-            model, optimizer, x, y, autocast, label_smoothing, grad_clip, cuda_graphs, accum_steps
+            model, optimizer, x, y, autocast, label_smoothing, grad_clip, accum_steps
         )
     if cuda_graphs:
         # A new iteration starts here, so the graph pool may reuse the last step's outputs.
@@ -93,23 +96,24 @@ def _accumulated_step(
     autocast: contextlib.AbstractContextManager[Any],
     label_smoothing: float,
     grad_clip: float | None,
-    cuda_graphs: bool,
     accum_steps: int,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`train_step` over ``accum_steps`` micro-batches (the batch size divides evenly)."""
+    """:func:`train_step` over ``accum_steps`` micro-batches (the batch size divides evenly).
+
+    Never under CUDA graphs: cudagraph trees hand the first micro-batch's gradients to
+    ``.grad`` from the graph's pool, and the next replay overwrites them
+    (pytorch/pytorch#169545), so :func:`reslab.train.resolve_runtime` turns graphs off.
+    """
     optimizer.zero_grad(set_to_none=True)
     losses: list[Tensor] = []
     outputs: list[Tensor] = []
     for xs, ys in zip(x.chunk(accum_steps), y.chunk(accum_steps), strict=True):
-        if cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             logits = model(xs)
             loss = F.cross_entropy(logits, ys, label_smoothing=label_smoothing)
         (loss / accum_steps).backward()
         losses.append(loss.detach())
-        # The next micro-batch's replay may overwrite a graph output: keep a copy of it.
-        outputs.append(logits.detach().clone() if cuda_graphs else logits.detach())
+        outputs.append(logits.detach())
     _clip_and_step(optimizer, grad_clip)
     return torch.stack(losses).mean(), torch.cat(outputs)
 
