@@ -92,7 +92,6 @@ def test_nets_from_the_studys_own_runs(tmp_path: Path) -> None:
 def test_each_net_brings_the_normalisation_it_was_trained_with(tmp_path: Path) -> None:
     from reslab.data import load_dataset
     from reslab.experiments.lesion import _test_data
-    from reslab.experiments.trained import common_inputs
     from reslab.weights import Normalization
 
     digits = load_dataset("digits")
@@ -117,12 +116,14 @@ def test_each_net_brings_the_normalisation_it_was_trained_with(tmp_path: Path) -
                  normalization=recorded)  # fmt: skip
     plain, res = trained_nets(_config(tmp_path, from_dir=str(study)), [])
     assert plain.normalization == recorded and res.normalization.mean == digits.mean
+    assert plain.model.reslab_normalization == recorded  # on the model too, for workers
     # A study that scans all its nets on one batch refuses nets that expect different inputs...
     with pytest.raises(ConfigError, match="differently normalised inputs"):
-        common_inputs([plain, res])
-    assert common_inputs([plain]) == recorded
+        trained_nets(_config(tmp_path, from_dir=str(study)), [], shared_inputs=True)
     # ... and lesion normalises each net's test images its own way.
     config = _config(tmp_path, eval_images=4)
-    x, _, _ = _test_data(config, torch.device("cpu"), recorded)
-    want = (digits.test_images[:4].float() / 255 - 0.3) / 0.35
+    x, _, _ = _test_data(config, torch.device("cpu"), plain.model)
+    torch.testing.assert_close(x, (digits.test_images[:4].float() / 255 - 0.3) / 0.35)
+    x, _, _ = _test_data(config, torch.device("cpu"), res.model)
+    want = (digits.test_images[:4].float() / 255 - digits.mean[0]) / digits.std[0]
     torch.testing.assert_close(x, want)

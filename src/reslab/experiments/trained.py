@@ -41,7 +41,6 @@ __all__ = [
     "SOURCE_FLAGS",
     "TrainedNet",
     "check_sources",
-    "common_inputs",
     "own_runs",
     "trained_nets",
 ]
@@ -128,22 +127,30 @@ def _net(record: dict[str, Any], folder: RunFolder, config: StudyConfig) -> Trai
     )  # fmt: skip
 
 
-def common_inputs(nets: Sequence[TrainedNet]) -> Normalization:
-    """The input normalisation every net of ``nets`` was trained with, for a study that
-    measures them all on one batch; nets trained on differently normalised inputs are
-    refused (measure them in separate studies)."""
-    found = {(n.normalization.mean, n.normalization.std): n.normalization for n in nets}
-    if len(found) > 1:
-        names = ", ".join(sorted({n.name for n in found.values()}))
+def trained_nets(
+    config: StudyConfig, records: Sequence[dict[str, Any]], *, shared_inputs: bool = False
+) -> list[TrainedNet]:
+    """The nets to measure, from the source the flags name (see the module docstring).
+
+    Each net's input normalisation is on its model too, as ``model.reslab_normalization`` (what
+    :func:`reslab.weights.save_weights` records), for code that gets the model alone. With
+    ``shared_inputs`` (a study that measures every net on one batch) nets trained on
+    differently normalised inputs are refused: measure each group in its own study.
+    """
+    nets = _find_nets(config, records)
+    for net in nets:
+        net.model.reslab_normalization = net.normalization  # type: ignore[assignment]
+    found = {(n.normalization.mean, n.normalization.std): n.normalization.name for n in nets}
+    if shared_inputs and len(found) > 1:
         raise ConfigError(
-            f"these nets were trained on differently normalised inputs ({names} statistics); "
-            "measure each group in its own study"
+            f"these nets were trained on differently normalised inputs "
+            f"({', '.join(sorted(set(found.values())))} statistics); measure each group in its "
+            "own study"
         )
-    return nets[0].normalization
+    return nets
 
 
-def trained_nets(config: StudyConfig, records: Sequence[dict[str, Any]]) -> list[TrainedNet]:
-    """The nets to measure, from the source the flags name (see the module docstring)."""
+def _find_nets(config: StudyConfig, records: Sequence[dict[str, Any]]) -> list[TrainedNet]:
     weights, from_dir = _option(config, "weights"), _option(config, "from_dir")
     if weights:
         ds = load_dataset(config.dataset, data_dir=config.data_dir)

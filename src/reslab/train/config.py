@@ -18,7 +18,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,9 @@ class TrainConfig:
     seed: int = knob(0, "seed of weights, data order and augmentation", metavar="N")
     deterministic: bool = knob(False, "deterministic kernels: bit-identical resume on CPU")
     threads: int | None = knob(
-        None, "CPU threads (torch.set_num_threads); study workers use 1", metavar="N"
+        None,
+        "CPU threads (default: one per core this process may use; study workers split them)",
+        metavar="N",
     )
     detect_anomaly: bool = knob(False, "autograd anomaly detection (slow; debugging)")
     # output
@@ -321,7 +323,11 @@ def _check_values(c: TrainConfig) -> None:
     )
     need(c.recipe is None or c.recipe in RECIPES, "recipe", f"one of {', '.join(RECIPES)}")
     need(c.seed >= 0, "seed", "zero or positive")
-    # --- timm-style trainer options (issue 10) ---
+    _check_trainer_options(c, need)
+
+
+def _check_trainer_options(c: TrainConfig, need: Callable[[bool, str, str], None]) -> None:
+    """Issue 10's trainer options (EMA warm-up, mixup/cutmix, accumulation), kept apart."""
     need(0 <= c.mixup < math.inf, "mixup", "a Beta α, zero (off) or positive, e.g. 0.8")
     need(0 <= c.cutmix < math.inf, "cutmix", "a Beta α, zero (off) or positive, e.g. 1.0")
     need(0 <= c.mix_prob <= 1, "mix_prob", "a probability in [0, 1]")
