@@ -110,6 +110,8 @@ def test_each_net_brings_the_normalisation_it_was_trained_with(tmp_path: Path) -
     assert (bare.normalization.mean, bare.normalization.std) == (digits.mean, digits.std)
     with pytest.raises(ConfigError, match="--normalize sets the inputs of a --weights file"):
         check_sources(_config(tmp_path, normalize="imagenet"))
+    with pytest.raises(ConfigError, match="3 channels"):  # digits has one
+        check_sources(_config(tmp_path, weights=str(weights), normalize="imagenet"))
     # --from: every run's own header; older files without one get the dataset's statistics.
     study = _study(tmp_path / "deg")
     save_weights(_net("plain8"), RunFolder(study / "runs" / "plain8-s0").weights_path,

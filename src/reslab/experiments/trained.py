@@ -34,6 +34,7 @@ from reslab.train.evaluate import (
     dataset_normalization,
     model_for_weights,
     normalization_for,
+    parse_normalize,
 )
 from reslab.weights import Normalization, load_model, read_normalization
 
@@ -99,6 +100,9 @@ def check_sources(config: StudyConfig) -> None:
         )
     if weights and not Path(weights).is_file():
         raise ConfigError(f"--weights {weights}: no such file")
+    if _option(config, "normalize"):  # refused before the study writes anything
+        ds = load_dataset(config.dataset, data_dir=config.data_dir)
+        parse_normalize(str(_option(config, "normalize")), ds)
 
 
 def own_runs(
