@@ -292,5 +292,5 @@ def load_model(path: str | Path) -> nn.Module:
     model = create_model(kwargs.pop("name"), **kwargs)
     norm = read_normalization(path)
     if norm is not None:
-        model.reslab_normalization = norm  # type: ignore[assignment]
+        model.reslab_normalization = norm
     return load_weights(model, path)
