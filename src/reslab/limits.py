@@ -161,8 +161,10 @@ def shown_path(path: str | os.PathLike[str], limit: int = 200) -> str:
 
 
 def one_line(message: str, limit: int = MAX_LINE) -> str:
-    """``message`` as one line of at most ``limit`` characters (the CLI's error line)."""
+    """``message`` as one line of at most ``limit`` characters (the CLI's error line), every
+    character printable on any UTF-8 stream (a file name's undecodable byte as ``\\udcff``)."""
     text = " ".join(message[: 4 * limit].split())
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

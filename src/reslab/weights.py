@@ -7,15 +7,19 @@
   perhaps prefixed ``module.`` by DataParallel, the classifier named ``linear``) is mapped onto
   reslab's names, which are torchvision's.
 * :func:`save_weights` stores the model's registry config in the safetensors header, so the
-  file alone rebuilds its model (:func:`load_model`).
+  file alone rebuilds its model (:func:`load_model`), and the input normalisation the weights
+  were trained with (:class:`Normalization`), so every reader feeds them the inputs they
+  expect. Files without it (older ones, imported checkpoints) fall back to the dataset's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from reslab.models.resnet import ResNetLayout
 
 CONFIG_KEY = "reslab.model"
+NORMALIZATION_KEY = "reslab.normalization"
 # Prefixes added by wrappers: DataParallel/DDP, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Containers that training scripts wrap a state_dict in.
@@ -166,15 +171,77 @@ def _name_of(model: nn.Module) -> str:
     return f" ({config['name']})" if isinstance(config, dict) and "name" in config else ""
 
 
+# --- input normalisation: it travels with the weights ---------------------------------------
+
+
+def normalization_problem(mean: Sequence[float], std: Sequence[float]) -> str | None:
+    """What is wrong with a mean/std pair, or None: finite, std > 0, one value per channel."""
+    if not mean or len(mean) != len(std):
+        return f"mean and std need one value per channel each, got {len(mean)} and {len(std)}"
+    if not all(math.isfinite(v) for v in (*mean, *std)):
+        return "mean and std must be finite numbers"
+    if not all(v > 0 for v in std):
+        return "std must be positive in every channel"
+    return None
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The per-channel input normalisation ``(x/255 - mean) / std`` a net was trained with.
+
+    ``name`` says where it came from: a dataset's name (its train-split statistics, what
+    ``reslab train`` uses), ``"imagenet"`` (:data:`IMAGENET`) or ``"custom"``. Values are in
+    [0, 1] pixel units.
+    """
+
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        # Every caller validates user input first (reslab.train.evaluate.parse_normalize) or
+        # reads a header through read_normalization, which turns this into a CheckpointError.
+        bad = normalization_problem(self.mean, self.std)
+        if bad:
+            raise ValueError(bad)
+
+    @classmethod
+    def of(cls, name: str, mean: Sequence[float], std: Sequence[float]) -> Normalization:
+        return cls(str(name), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "mean": list(self.mean), "std": list(self.std)}
+
+
+# The torchvision ImageNet statistics most published checkpoints were trained with.
+IMAGENET = Normalization("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
 def save_weights(
-    model: nn.Module, path: str | Path, *, metadata: Mapping[str, str] | None = None
+    model: nn.Module,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    normalization: Normalization | None = None,
 ) -> Path:
-    """Write ``model``'s state_dict as safetensors, atomically, with its config in the header."""
+    """Write ``model``'s state_dict as safetensors, atomically, with its config in the header.
+
+    The input normalisation goes into the header too: ``normalization``, else the model's
+    ``reslab_normalization`` attribute (the trainer sets it on the net it trains, so every
+    checkpoint, snapshot, best and EMA file of a run carries it), else none.
+    """
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = dict(metadata or {})
     config = getattr(model, "reslab_config", None)
     if config is not None:
         header[CONFIG_KEY] = json.dumps(config)
+    norm = normalization or getattr(model, "reslab_normalization", None)
+    if isinstance(norm, Normalization):
+        header[NORMALIZATION_KEY] = json.dumps(norm.to_json())
     return atomic_write_bytes(path, st_save(tensors, metadata=header))
 
 
@@ -204,15 +271,47 @@ def read_model_config(path: str | Path) -> dict[str, Any] | None:
     return config
 
 
+def read_normalization(path: str | Path) -> Normalization | None:
+    """The input normalisation :func:`save_weights` put in a safetensors header, or None.
+
+    None for files without the entry: reslab files from before it was recorded, and imported
+    checkpoints (``.pt``/``.th`` files have no header at all); their readers fall back to the
+    dataset's statistics, as reslab always did.
+    """
+    path = Path(path)
+    if not is_safetensors(path):
+        return None
+    raw = read_metadata(path).get(NORMALIZATION_KEY)
+    if raw is None:
+        return None
+    try:  # bounded like the model entry: size, nesting, digits
+        entry = limits.parse_config_text(raw, "json", f"{NORMALIZATION_KEY} entry")
+        norm = Normalization.of(entry["name"], entry["mean"], entry["std"])
+    except (ConfigError, TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} has a corrupt {NORMALIZATION_KEY} entry in its header ({shown(raw, 40)}: "
+            f"{shown(str(exc), 120)}); the file is damaged or not written by reslab"
+        ) from None
+    return norm
+
+
 def load_model(path: str | Path) -> nn.Module:
-    """Rebuild the model a :func:`save_weights` file describes and load its weights."""
+    """Rebuild the model a :func:`save_weights` file describes and load its weights.
+
+    The header's input normalisation, if any, is kept on the model as
+    ``model.reslab_normalization``, so saving it again keeps it.
+    """
     kwargs = read_model_config(path)
     if kwargs is None:
         raise CheckpointError(
             f"{path} carries no reslab model config; build the model with create_model() and "
             "call load_weights(model, path)"
         )
-    return build_for_weights(path, kwargs.pop("name"), **kwargs)
+    norm = read_normalization(path)
+    model = build_for_weights(path, kwargs.pop("name"), **kwargs)
+    if norm is not None:
+        model.reslab_normalization = norm  # type: ignore[assignment]
+    return model
 
 
 def build_for_weights(path: str | Path, name: str, **options: Any) -> nn.Module:
@@ -220,14 +319,18 @@ def build_for_weights(path: str | Path, name: str, **options: Any) -> nn.Module:
 
     The file's tensors are compared with the net's layout **before** the net is built: every
     weight must be floating-point (:func:`check_fits`), and the file must hold at least as many
-    numbers as the net has parameters, so a header that names a far bigger net than its
-    tensors fill is refused in milliseconds; the build is never larger than the file. Then
+    numbers as half the net's parameters, so a header that names a far bigger net than its
+    tensors fill is refused in milliseconds; the build is at most twice the file. Then
     :func:`load_weights` compares every shape and dtype.
     """
     from reslab.models import create_model, model_layout
 
-    check_fits(path, model_layout(name, **options), name)
-    return load_weights(create_model(name, **options), path)
+    headless = ("features_only", "out_indices")  # create_model's, not the layout's
+    layout = model_layout(name, **{k: v for k, v in options.items() if k not in headless})
+    check_fits(path, layout, name)
+    model = create_model(name, **options)
+    load_weights(model, path)
+    return model
 
 
 def check_fits(path: str | Path, layout: ResNetLayout, name: str = "the model") -> None:
@@ -245,9 +348,10 @@ def check_fits(path: str | Path, layout: ResNetLayout, name: str = "the model") 
     numbers = sum(_numel(shape) for shape, dtype in specs.values() if dtype in _FLOAT_DTYPES)
     params = layout_params(layout)
     # A small net is built and compared key by key (load_weights lists every key that
-    # differs); a large or deep one only if the file holds enough numbers to fill it.
+    # differs); a large or deep one only if the file holds enough numbers to fill half of it
+    # (half: a headless net's file has no classifier), so the build is at most twice the file.
     cheap = params <= _CHEAP_PARAMS and layout.depth <= _CHEAP_DEPTH
-    if numbers < params and not cheap:
+    if 2 * numbers < params and not cheap:
         raise CheckpointError(
             f"{path} does not fit {shown(name)}: it holds {numbers:,} weights, the net has "
             f"{params:,} parameters; is it another architecture? (pass --model NAME)"

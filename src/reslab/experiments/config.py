@@ -13,6 +13,7 @@ from typing import Any
 
 from reslab import limits
 from reslab.errors import ConfigError
+from reslab.experiments.cluster import CLUSTERS
 from reslab.experiments.registry import Study, get_study
 from reslab.limits import Bounds, shown
 from reslab.models import cifar_model_name
@@ -44,6 +45,8 @@ class StudyConfig:
     data_dir: str | None = None  # where datasets live (default ~/.cache/reslab)
     device: str = "auto"  # auto | cpu | cuda
     jobs: int | None = None  # parallel runs; None: one per GPU, or one per CPU core
+    cluster: str = "local"  # local: a worker pool here; ray: Ray tasks (--ray-address)
+    ray_address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else local Ray
     probe_batch: int = 256  # images the probes look at
     probe_steps: tuple[int, ...] = (0,)  # gradient flow also at these steps (0 = at init)
     tolerance: float = 1.0  # points of training error within which two nets "train as well"
@@ -71,6 +74,10 @@ class StudyConfig:
         for variant in self.variants:
             if variant not in VARIANTS:
                 raise ConfigError(f"variant {shown(variant)} is not one of {', '.join(VARIANTS)}")
+        if self.cluster not in CLUSTERS:
+            raise ConfigError(
+                f"--cluster must be one of {', '.join(CLUSTERS)}, got {shown(self.cluster)}"
+            )
         for depth in self.depths:
             cifar_model_name(depth, plain=False)  # validates 6n+2 with a clear error
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -20,8 +19,10 @@ from typing import Any
 
 import torch
 
+from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import DATASETS
 from reslab.errors import ConfigError
+from reslab.experiments.cluster import check_cluster, connect, run_on_ray
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
@@ -45,6 +46,7 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
     for spec in specs:  # every run's settings are checked before anything is written
         train_config(config, spec, None)
     pick_device(config.device, 0)
+    check_cluster(config.cluster, config.ray_address)
     if config.dataset.strip().lower().replace("_", "-") not in DATASETS:
         raise ConfigError(
             f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}"
@@ -130,16 +132,20 @@ def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | N
         return jobs, "cuda", [i % gpus for i in range(jobs)], None
     if device.startswith("cuda:"):
         return 1, device, [], None
-    cores = os.cpu_count() or 1
+    cores = len(available_cores())
     jobs = min(study.jobs or cores, n_runs)
-    # Small nets scale poorly across threads, so whole runs in parallel beat threads per run.
+    # Small nets scale poorly across threads, so whole runs in parallel beat threads per run;
+    # each worker gets its own cores (reslab.cpu.split_cores), none shared while one idles.
     return jobs, "cpu", [], max(1, cores // jobs)
 
 
-def _init_worker(gpus: Any) -> None:
-    """Give a worker process its own GPU: its runs' device "cuda" then means that one."""
+def _init_worker(gpus: Any, cores: Any) -> None:
+    """Give a worker process its own GPU (its runs' device "cuda" then means that one), or on
+    the CPU its own set of cores."""
     if gpus is not None:
         torch.cuda.set_device(gpus.get())
+    if cores is not None:
+        pin_worker(cores)
 
 
 def _run_one(config: TrainConfig) -> dict[str, Any]:
@@ -182,19 +188,23 @@ def execute(
             f"{time.perf_counter() - started:.0f} s elapsed){status}"
         )
 
-    if jobs == 1:
+    if study.cluster == "ray":
+        _execute_on_ray(study, specs, configs, done)
+    elif jobs == 1:
         for spec, config in zip(specs, configs, strict=True):
             done(spec, _run_one(config))
     else:
         # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
         context = mp.get_context("spawn")
-        queue = None
+        queue = cores = None
         if gpus:
             queue = context.Queue()
             for gpu in gpus:
                 queue.put(gpu)
+        elif device == "cpu":
+            cores = core_queue(context, jobs)
         with ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_init_worker, initargs=(queue,)
+            jobs, mp_context=context, initializer=_init_worker, initargs=(queue, cores)
         ) as pool:
             futures = {pool.submit(_run_one, c): s for s, c in zip(specs, configs, strict=True)}
             try:
@@ -206,6 +216,38 @@ def execute(
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
+
+
+def _execute_on_ray(
+    study: StudyConfig,
+    specs: Sequence[RunSpec],
+    configs: Sequence[TrainConfig],
+    done: Callable[[RunSpec, dict[str, Any]], None],
+) -> None:
+    """Every run as a Ray task (:mod:`reslab.experiments.cluster`): one GPU each where the
+    cluster has GPUs, else one CPU and one thread — what a local CPU study's workers get when
+    it has at least as many runs as cores, so the two train the same weights."""
+    ray, owned = connect(study.ray_address)
+    try:
+        has_gpus = bool(ray.cluster_resources().get("GPU"))
+        if study.device.startswith("cuda") and not has_gpus:
+            raise ConfigError(
+                f"--device {study.device}: the Ray cluster has no GPUs; use --device auto or cpu"
+            )
+        gpus = has_gpus and study.device != "cpu"
+        device, threads = ("cuda", None) if gpus else ("cpu", 1)
+        configs = [dataclasses.replace(c, device=device, threads=threads) for c in configs]
+        run_on_ray(
+            ray,
+            _run_one,
+            configs,
+            [s.name for s in specs],
+            gpus=gpus,
+            done=lambda i, record: done(specs[i], record),
+        )
+    finally:
+        if owned:
+            ray.shutdown()
 
 
 def _pct(value: float | None) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,40 @@ class TrainConfig:
         metavar="NORM",
         bounds=Bounds(float, 0, limits.FLOAT_MAX, lo_open=True),
     )
+    # --- timm-style trainer options (issue 10): EMA warm-up, mixup/cutmix, accumulation ---
+    ema_warmup: bool = knob(
+        True, "warm the EMA decay up as timm's ModelEmaV3: min(decay, 1 - step^(-2/3))"
+    )
+    mixup: float = knob(
+        0.0,
+        "mixup α: mix image pairs, λ ~ Beta(α, α) (Zhang et al. 2017); 0 = off",
+        metavar="ALPHA",
+        bounds=Bounds(float, 0, limits.FLOAT_MAX, example=", e.g. 0.8"),
+    )
+    cutmix: float = knob(
+        0.0,
+        "cutmix α: paste a box of area 1-λ from the pair (Yun et al. 2019); 0 = off",
+        metavar="ALPHA",
+        bounds=Bounds(float, 0, limits.FLOAT_MAX, example=", e.g. 1.0"),
+    )
+    mix_prob: float = knob(
+        1.0,
+        "probability that a batch is mixed (with --mixup/--cutmix)",
+        metavar="P",
+        bounds=Bounds(float, 0, 1),
+    )
+    mix_switch_prob: float = knob(
+        0.5,
+        "with both --mixup and --cutmix: probability a mixed batch uses cutmix",
+        metavar="P",
+        bounds=Bounds(float, 0, 1),
+    )
+    accum_steps: int = knob(
+        1,
+        "gradient accumulation: each step's --batch-size as K micro-batches (BN sees each)",
+        metavar="K",
+        bounds=Bounds(int, 1, limits.MAX_BATCH),
+    )
     # system
     device: str = knob("auto", "auto (default: cuda if available), cpu, cuda or cuda:N")
     precision: str = knob("auto", "auto (bf16 on CUDA and on AMX CPUs, else fp32), fp32 or bf16")
@@ -222,7 +256,7 @@ class TrainConfig:
     deterministic: bool = knob(False, "deterministic kernels: bit-identical resume on CPU")
     threads: int | None = knob(
         None,
-        "CPU threads (torch.set_num_threads); study workers use 1",
+        "CPU threads (default: one per core this process may use; study workers split them)",
         metavar="N",
         bounds=Bounds(int, 1, limits.MAX_THREADS),
     )
@@ -349,7 +383,24 @@ def _check_values(c: TrainConfig) -> None:
     )
     need(c.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     need(c.recipe is None or c.recipe in RECIPES, "recipe", f"one of {', '.join(RECIPES)}")
+    _check_trainer_options(c, need)
     _check_model(c)
+
+
+def _check_trainer_options(c: TrainConfig, need: Callable[[bool, str, str], None]) -> None:
+    """Issue 10's trainer options (EMA warm-up, mixup/cutmix, accumulation), kept apart; their
+    ranges are their fields' bounds."""
+    need(
+        c.batch_size % c.accum_steps == 0,
+        "accum_steps",
+        f"a divisor of --batch-size {c.batch_size} (micro-batches of batch_size / K)",
+    )
+    need(
+        c.accum_steps == 1 or not c.cuda_graphs,
+        "cuda_graphs",
+        "off with --accum-steps > 1 (CUDA graphs overwrite accumulated gradients, "
+        "pytorch/pytorch#169545; the default turns them off)",
+    )
 
 
 def _check_model(c: TrainConfig) -> None:
@@ -381,7 +432,10 @@ def check_threads(threads: int | None) -> None:
     loads here; what this machine runs is bounded by its own cores.
     """
     if threads is not None:
-        NEW_THREADS.check("threads", threads)
+        try:
+            NEW_THREADS.check("threads", threads)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (this machine's; set --threads N or leave it out)") from None
 
 
 NEW_THREADS = Bounds(int, 1, limits.max_threads)
