@@ -187,6 +187,6 @@ def test_flags_reach_the_scan_and_bad_ones_are_one_line(cli_error: Any, tmp_path
     cheap = ["landscape", "--depths", "8", "--epochs", "1", "--out", str(tmp_path / "no")]
     assert "odd" in cli_error([*cheap, "--grid", "4"])
     assert "--radius must be a positive number" in cli_error([*cheap, "--radius", "wide"])
-    assert "--images must be at least 1" in cli_error([*cheap, "--images", "0"])
+    assert "--images must be a positive integer" in cli_error([*cheap, "--images", "0"])
     assert "two sources" in cli_error([*cheap, "--from", "a", "--weights", "b"])
     assert not (tmp_path / "no").exists()
