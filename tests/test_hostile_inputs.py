@@ -139,10 +139,14 @@ _BASE = create_model("resnet8", in_channels=1, width=0.25)
 _STATE = {k: v.contiguous() for k, v in _BASE.state_dict().items()}
 
 
-def _weights(path: Path, header: str | None = None, state: dict[str, Any] | None = None) -> Path:
-    """resnet8's tensors under ``header`` (default: the net's own config), as safetensors."""
+def _weights(
+    path: Path, header: str | None = None, state: dict[str, Any] | None = None, **entries: str
+) -> Path:
+    """resnet8's tensors under ``header`` (default: the net's own config), as safetensors;
+    ``entries`` are more header entries (``normalization=...``)."""
     raw = json.dumps(_BASE.reslab_config) if header is None else header
-    save_file(state or _STATE, path, metadata={CONFIG_KEY: raw})
+    extra = {f"reslab.{k}": v for k, v in entries.items()}
+    save_file(state or _STATE, path, metadata={CONFIG_KEY: raw, **extra})
     return path
 
 
@@ -150,7 +154,12 @@ def _header(**fields: str) -> str:
     """The net's own header with ``fields`` replaced by raw JSON text (``"1e400"``, ...)."""
     items = {k: json.dumps(v) for k, v in _BASE.reslab_config.items()}
     items.update(fields)
-    return "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in items.items()) + "}"
+    return _object(items)
+
+
+def _object(items: dict[str, str]) -> str:
+    """A JSON object from keys and raw JSON value texts."""
+    return "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in items.items() if k) + "}"
 
 
 def _finished_run(folder: Path, model: str) -> Path:
@@ -454,8 +463,10 @@ def test_fuzz_every_study_field_and_flag(
 _HEADER_FIELDS = [
     "name", "num_classes", "in_channels", "width", "shortcut", "plain", "zero_init_residual",
     "preact", "block", "activation", "shortcut_mode", "shortcut_scale", "branch_scale",
-    "gate_bias", "shortcut_dropout", "unknown",
+    "gate_bias", "shortcut_dropout", "drop_rate", "features_only", "out_indices", "unknown",
 ]  # fmt: skip
+# The other header entry: the input normalisation the net was trained with.
+_NORM = {"name": '"digits"', "mean": "[0.5]", "std": "[0.25]"}
 
 
 @settings(max_examples=max(2, EXAMPLES // 10))
@@ -463,9 +474,15 @@ _HEADER_FIELDS = [
 def test_fuzz_every_weights_header_field(
     edge: Callable[[list[str]], Outcome], tmp_path: Path, data: st.DataObject
 ) -> None:
-    for field in _HEADER_FIELDS:
+    norm_fields = [f"normalization.{k}" for k in _NORM]
+    for field in [*_HEADER_FIELDS, "normalization", *norm_fields]:
         raw = data.draw(_JSON_RAW)
-        _weights(tmp_path / "w.safetensors", _header(**{field: raw}))
+        if field.startswith("normalization"):
+            items = {**_NORM, field.partition(".")[2]: raw}
+            entry = raw if field == "normalization" else _object(items)
+            _weights(tmp_path / "w.safetensors", normalization=entry)
+        else:
+            _weights(tmp_path / "w.safetensors", _header(**{field: raw}))
         outcome = edge(["eval", "--weights", "w.safetensors", "--json", "out.json"])
         (tmp_path / "w.safetensors").unlink()
         if outcome.code == 2:
