@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.errors import ConfigError
-from reslab.fileio import atomic_write_json
+from reslab.fileio import atomic_write_json, output_kind
 from reslab.train.config import TrainConfig, flag_name
 
 
@@ -155,6 +155,8 @@ def run_eval(args: argparse.Namespace) -> int:
         )
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.json:
+        output_kind(Path(args.json))  # a directory or a device is refused before the work
     result = eval_run(
         args.weights,
         model=args.model,
