@@ -33,9 +33,11 @@ class Runs:
     step: int
 
 
-def make_runs(root: Path) -> Runs:
-    reference = root / "reference"
-    fit(resolve({**SETTINGS, "out": str(reference)}))
+def make_runs(root: Path, reference: bool = True) -> Runs:
+    """The killed run, and (with ``reference``) the same run uninterrupted."""
+    twin = root / "reference"
+    if reference:
+        fit(resolve({**SETTINGS, "out": str(twin)}))
     killed = root / "killed"
     config = resolve({**SETTINGS, "out": str(killed)})
     with pytest.MonkeyPatch.context() as mp:
@@ -51,7 +53,7 @@ def make_runs(root: Path) -> Runs:
         mp.setattr(RunFolder, "save_checkpoint", commit_once)
         with pytest.raises(KeyboardInterrupt):
             fit(config)
-    return Runs(killed, reference, calls[0])
+    return Runs(killed, twin, calls[0])
 
 
 def copy_run(runs: Runs, dest: Path) -> Path:

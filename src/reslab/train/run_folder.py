@@ -53,6 +53,7 @@ from reslab.train.run_schema import (
     BadField,
     BadJSON,
     check_checkpoint,
+    check_config_values,
     check_files,
     check_record,
     check_result,
@@ -198,6 +199,10 @@ class RunFolder:
         raw = raw.get("config", raw)  # a results.json-style {"config": {...}} wrapper
         if not isinstance(raw, dict):
             raise ReslabError(f"{self.config_path} must hold a JSON object of settings; {fix}")
+        try:
+            check_config_values(raw)
+        except BadField as exc:
+            raise CheckpointError(f"{self.config_path} {exc}; {fix}") from None
         return check_settings(raw, f"config file {self.config_path}", f" (in {self.config_path})")
 
     def write_result(self, result: dict[str, Any]) -> None:

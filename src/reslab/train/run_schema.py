@@ -34,6 +34,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "BadField",
     "check_checkpoint",
+    "check_config_values",
     "check_record",
     "check_result",
     "commit_name",
@@ -195,7 +196,11 @@ def _int(value: Any, name: str, lo: int = 0, hi: int = MAX_STEP) -> int:
 def _num(value: Any, name: str, lo: float = 0.0, hi: float = math.inf, none: bool = True) -> None:
     if value is None and none:
         return
-    ok = type(value) in (int, float) and math.isfinite(value) and lo <= value <= hi
+    # Python ints are unbounded: 10**400 is "finite" but no float holds it (float() overflows).
+    ok = (type(value) is float and math.isfinite(value)) or (
+        type(value) is int and abs(value) <= 1 << 63
+    )
+    ok = ok and lo <= value <= hi
     if not ok:
         raise BadField(f"has {name} = {shown(value)}, expected a finite number in [{lo}, {hi}]")
 
@@ -220,8 +225,6 @@ def _scalar(value: Any, name: str) -> None:
         return
     if isinstance(value, (int, float)):
         _num(value, name, -math.inf)
-        if isinstance(value, int) and abs(value) > 1 << 63:
-            raise BadField(f"has {name} = {shown(value)}, out of range")
         return
     if isinstance(value, str):
         _str(value, name)
@@ -368,6 +371,28 @@ def _relative(value: Any, name: str) -> None:
     parts = Path(path).parts
     if not parts or Path(path).is_absolute() or ".." in parts or "\0" in path:
         raise BadField(f"has {name} = {shown(path)}, which is not a path inside the run folder")
+
+
+def check_config_values(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json's values bounded before the settings are checked key by key.
+
+    Every value is a JSON scalar or a short list of them (milestones, snapshot steps): no
+    nested structures, no 10**400, no 50 MB string to echo. What each key means is then
+    :func:`reslab.train.config.check_settings`'s to check.
+    """
+    for key, value in config.items():
+        name = shown(key)
+        if key == "_meta":
+            continue  # provenance, never read back as settings
+        _str(key, "a key")
+        if isinstance(value, list):
+            if len(value) > 1 << 16:
+                raise BadField(f"has {name} with {len(value):,} items")
+            for i, item in enumerate(value):
+                _scalar(item, f"{name}[{i}]")
+        else:
+            _scalar(value, name)
+    return config
 
 
 def check_record(record: Any, name: str) -> dict[str, Any]:
