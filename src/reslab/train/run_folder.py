@@ -164,8 +164,11 @@ class RunFolder:
         return path.relative_to(self.path).as_posix()
 
     def has_run(self) -> bool:
+        """Whether anything of a run is here (a new run must not start over it)."""
         paths = (self.config_path, self.result_path, self.last_json)
-        return any(os.path.lexists(p) for p in paths)
+        if any(os.path.lexists(p) for p in paths):
+            return True
+        return self.ckpt_dir.is_dir() and any(step_of(p.name) for p in self.ckpt_dir.iterdir())
 
     def is_finished(self) -> bool:
         """Whether result.json is there (the run finished or diverged); read_result checks it."""
