@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from reslab import landscape as ls
+from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments import degradation, run_views
@@ -132,8 +132,8 @@ def scan_models(
     training. Small nets scale poorly across threads, and two threads of one process can run
     100x slower than one when other processes load a 2-core machine."""
     device = pick_device(config.device, 0)
-    cores = config.jobs or os.cpu_count() or 1
-    workers = min(len(models), cores)
+    cores = len(available_cores())
+    workers = min(len(models), config.jobs or cores)
     threads = max(1, cores // max(1, workers))
     if device.type != "cpu" or workers < 2:
         saved = torch.get_num_threads()
@@ -142,7 +142,10 @@ def scan_models(
         finally:
             torch.set_num_threads(saved)
     context = mp.get_context("spawn")  # not fork: the parent's thread pools would come along
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    queue = core_queue(context, workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=pin_worker, initargs=(queue,)
+    ) as pool:
         futures = [pool.submit(_scan, m, x, y, settings, device, threads) for m in models]
         return [f.result() for f in futures]
 

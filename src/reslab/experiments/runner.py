@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import DATASETS
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
@@ -134,18 +135,22 @@ def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | N
         return jobs, "cuda", [i % gpus for i in range(jobs)], None
     if device.startswith("cuda:"):
         return 1, device, [], None
-    cores = os.cpu_count() or 1
+    cores = len(available_cores())
     jobs = min(study.jobs or cores, n_runs)
-    # Small nets scale poorly across threads, so whole runs in parallel beat threads per run.
+    # Small nets scale poorly across threads, so whole runs in parallel beat threads per run;
+    # each worker gets its own cores (reslab.cpu.split_cores), none shared while one idles.
     return jobs, "cpu", [], max(1, cores // jobs)
 
 
-def _init_worker(gpus: Any, parent: int | None = None) -> None:
-    """Tie a worker to the study's process, and give it its own GPU (device "cuda" is that one)."""
+def _init_worker(gpus: Any, cores: Any, parent: int | None = None) -> None:
+    """Give a worker process its own GPU (its runs' device "cuda" then means that one), or on
+    the CPU its own set of cores; and tie it to the study's process ``parent``."""
     if parent is not None:
         die_with_parent(parent)
     if gpus is not None:
         torch.cuda.set_device(gpus.get())
+    if cores is not None:
+        pin_worker(cores)
 
 
 # --- orphans: a worker dies with the study that started it ------------------------------------
@@ -229,13 +234,18 @@ def execute(
     else:
         # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
         context = mp.get_context("spawn")
-        queue = None
+        queue = cores = None
         if gpus:
             queue = context.Queue()
             for gpu in gpus:
                 queue.put(gpu)
+        elif device == "cpu":
+            cores = core_queue(context, jobs)
         with ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_init_worker, initargs=(queue, os.getpid())
+            jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(queue, cores, os.getpid()),
         ) as pool:
             futures = {pool.submit(_run_one, c): s for s, c in zip(specs, configs, strict=True)}
             try:

@@ -155,7 +155,9 @@ class TrainConfig:
     seed: int = knob(0, "seed of weights, data order and augmentation", metavar="N")
     deterministic: bool = knob(False, "deterministic kernels: bit-identical resume on CPU")
     threads: int | None = knob(
-        None, "CPU threads (torch.set_num_threads); study workers use 1", metavar="N"
+        None,
+        "CPU threads (default: one per core this process may use; study workers split them)",
+        metavar="N",
     )
     detect_anomaly: bool = knob(False, "autograd anomaly detection (slow; debugging)")
     # output

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from reslab.cpu import available_cores
 from reslab.errors import ConfigError, ReslabError
 from reslab.train.config import DEVICES, TrainConfig
 
@@ -127,8 +128,10 @@ def setup(config: TrainConfig, device: torch.device) -> Iterator[Runtime]:
     )
     cuda = device.type == "cuda"
     try:
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
+        if not cuda or config.threads is not None:
+            # Default: one thread per core this process may use (affinity, cgroup quota), not
+            # torch's count of the machine's cores, which oversubscribes a container.
+            torch.set_num_threads(config.threads or len(available_cores()))
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
