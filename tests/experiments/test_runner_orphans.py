@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+import reslab
 from reslab.experiments import StudyConfig, get_study
 from reslab.experiments.runner import execute
 
-ROOT = Path(__file__).resolve().parents[2]
+SRC = Path(reslab.__file__).resolve().parents[1]  # the study runs the reslab under test
 GRACE_S = 5.0  # the watchdog polls every 0.5 s; the parent-death signal is immediate
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
@@ -60,7 +61,7 @@ def test_kill9_of_the_study_parent_leaves_no_orphans_and_the_rerun_finishes(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "study"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     study = subprocess.Popen(
         [sys.executable, "-m", "reslab", *_study_args(out)],
         env=env,
