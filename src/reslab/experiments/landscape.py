@@ -89,9 +89,8 @@ def settings_of(config: StudyConfig) -> ls.ScanSettings:
 
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Each trained net's landscape on the same training images, and the settings used."""
-    settings = settings_of(config)
-    x, y = scan_images(config)
-    nets = trained_nets(config, records)
+    settings, nets = settings_of(config), trained_nets(config, records, shared_inputs=True)
+    x, y = scan_images(config, nets[0].model)  # normalised as the nets were trained
     scans = scan_models([n.model for n in nets], x, y, settings, config)
     entries = [{**_meta(n), **scan} for n, scan in zip(nets, scans, strict=True)]
     return {
@@ -109,14 +108,15 @@ def _meta(net: TrainedNet) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def scan_images(config: StudyConfig) -> tuple[Tensor, Tensor]:
-    """The first ``--images`` training images of a seed-0 permutation, normalised: the same
-    fixed images for every net (the paper uses the whole training set; a subset keeps a scan
-    to seconds, and the surface is still that of one fixed loss function)."""
+def scan_images(config: StudyConfig, model: Any = None) -> tuple[Tensor, Tensor]:
+    """The first ``--images`` training images of a seed-0 permutation, normalised as ``model``
+    was trained (else as the dataset): the same fixed images for every net (the paper uses the
+    whole training set; a subset keeps a scan to seconds, still one fixed loss function)."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     n = int(_option(config, "images", IMAGES))
     idx = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(0))[:n]
-    x = normalize_batch(ds.train_images[idx], ds.mean, ds.std, channels_last=True)
+    norm = getattr(model, "reslab_normalization", None) or ds  # both have mean and std
+    x = normalize_batch(ds.train_images[idx], norm.mean, norm.std, channels_last=True)
     return x, ds.train_labels[idx]
 
 

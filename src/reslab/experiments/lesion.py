@@ -75,12 +75,16 @@ def plan(config: StudyConfig) -> list[RunSpec]:
 # --- measuring -----------------------------------------------------------------------------------
 
 
-def _test_data(config: StudyConfig, device: torch.device) -> tuple[Tensor, Tensor, int]:
-    """The normalised test images (the first ``--eval-images`` of them), labels, classes."""
+def _test_data(
+    config: StudyConfig, device: torch.device, model: Any = None
+) -> tuple[Tensor, Tensor, int]:
+    """The test images (the first ``--eval-images`` of them), normalised as ``model`` was
+    trained (its ``reslab_normalization``; without one the dataset's), labels, classes."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     n = int(config.options.get("eval_images") or 0) or len(ds.test_labels)
     images = ds.test_images[:n].to(device)
-    x = normalize_batch(images, ds.mean, ds.std, channels_last=False)
+    norm = getattr(model, "reslab_normalization", None) or ds  # both have mean and std
+    x = normalize_batch(images, norm.mean, norm.std, channels_last=False)
     return x, ds.test_labels[:n].to(device), ds.num_classes
 
 
@@ -446,7 +450,7 @@ def _lesion_one(
     # to zero changes no prediction measurably (the probes do the same).
     flush = torch.set_flush_denormal(True)
     try:
-        x, y, classes = _test_data(config, device)
+        x, y, classes = _test_data(config, device, model)
         draws, ks = int(config.options.get("draws", DRAWS)), tuple(config.options.get("ks") or ())
         error = lesion.top1_error(x, y)
         measured = lesion.lesion_net(model.to(device), error, x[:1], draws=draws, ks=ks)

@@ -27,6 +27,7 @@ import torch
 from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import DATASETS
 from reslab.errors import ConfigError
+from reslab.experiments.cluster import check_cluster, connect, run_on_ray
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
@@ -50,6 +51,7 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
     for spec in specs:  # every run's settings are checked before anything is written
         train_config(config, spec, None)
     pick_device(config.device, 0)
+    check_cluster(config.cluster, config.ray_address)
     if config.dataset.strip().lower().replace("_", "-") not in DATASETS:
         raise ConfigError(
             f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}"
@@ -228,7 +230,9 @@ def execute(
             f"{time.perf_counter() - started:.0f} s elapsed){status}"
         )
 
-    if jobs == 1:
+    if study.cluster == "ray":
+        _execute_on_ray(study, specs, configs, done)
+    elif jobs == 1:
         for spec, config in zip(specs, configs, strict=True):
             done(spec, _run_one(config))
     else:
@@ -257,6 +261,38 @@ def execute(
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
+
+
+def _execute_on_ray(
+    study: StudyConfig,
+    specs: Sequence[RunSpec],
+    configs: Sequence[TrainConfig],
+    done: Callable[[RunSpec, dict[str, Any]], None],
+) -> None:
+    """Every run as a Ray task (:mod:`reslab.experiments.cluster`): one GPU each where the
+    cluster has GPUs, else one CPU and one thread — what a local CPU study's workers get when
+    it has at least as many runs as cores, so the two train the same weights."""
+    ray, owned = connect(study.ray_address)
+    try:
+        has_gpus = bool(ray.cluster_resources().get("GPU"))
+        if study.device.startswith("cuda") and not has_gpus:
+            raise ConfigError(
+                f"--device {study.device}: the Ray cluster has no GPUs; use --device auto or cpu"
+            )
+        gpus = has_gpus and study.device != "cpu"
+        device, threads = ("cuda", None) if gpus else ("cpu", 1)
+        configs = [dataclasses.replace(c, device=device, threads=threads) for c in configs]
+        run_on_ray(
+            ray,
+            _run_one,
+            configs,
+            [s.name for s in specs],
+            gpus=gpus,
+            done=lambda i, record: done(specs[i], record),
+        )
+    finally:
+        if owned:
+            ray.shutdown()
 
 
 def _pct(value: float | None) -> str:

@@ -52,12 +52,14 @@ def resolve_runtime(config: TrainConfig, device: torch.device) -> Runtime:
       but made resnet56 slower.
     * CUDA graphs: on for compiled CUDA runs. A ResNet-56 step is ~600 kernel launches around
       ~0.1 ms of arithmetic, so replaying one captured graph removes the launch-bound time.
+      Off with ``accum_steps`` > 1: cudagraph trees hand the first micro-batch's gradient to
+      ``.grad`` from the graph pool and later replays overwrite it (pytorch/pytorch#169545).
     * bf16 autocast: on CUDA devices that support it, and on CPUs with AMX tiles, where
       oneDNN's bf16 convolutions measured 2.6x faster for resnet20 at 32x32.
     """
     cuda = device.type == "cuda"
     use_compile = config.compile if config.compile is not None else cuda
-    graphs = config.cuda_graphs if config.cuda_graphs is not None else True
+    graphs = config.cuda_graphs if config.cuda_graphs is not None else config.accum_steps == 1
     if config.precision == "auto":
         # Native bf16 tensor cores from compute capability 8.0 (Ampere); older cards emulate.
         bf16 = (
