@@ -23,6 +23,8 @@ _COMMON: dict[str, Any] = {
     "width": 1.0,
     "device": "auto",
     "jobs": None,
+    "cluster": "local",
+    "ray_address": None,
 }
 # Each study's own flags and defaults as reslab 0.1.0 (before the registry) parsed them.
 BEFORE: dict[str, dict[str, Any]] = {

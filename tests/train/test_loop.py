@@ -37,7 +37,8 @@ def test_fit_history_and_run_folder(small: Callable[..., TrainConfig], tmp_path:
     optim = load_file(run / "checkpoints" / "last.optim.safetensors")
     assert any(k.startswith("optim.") for k in optim) and any(k.startswith("ema.") for k in optim)
     # Only the committed step files remain.
-    assert len(list((run / "checkpoints").glob("step-*"))) == 2
+    assert len(list((run / "checkpoints").glob("step-*.safetensors"))) == 2
+    assert len(list((run / "checkpoints").glob("step-*.json"))) == 1  # the commit's copy
     saved = json.loads((run / "config.json").read_text())
     assert saved["val_split"] == 200 and saved["out"] == str(run)
 

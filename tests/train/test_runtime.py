@@ -69,3 +69,21 @@ def test_gradient_accumulation_turns_cuda_graphs_off() -> None:
     assert resolve_runtime(TrainConfig(precision="fp32"), cuda).cuda_graphs
     assert not resolve_runtime(TrainConfig(precision="fp32", accum_steps=2), cuda).cuda_graphs
     assert resolve_runtime(TrainConfig(precision="fp32", accum_steps=2), cuda).compile
+
+
+def test_default_threads_never_exceed_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr("reslab.train.runtime.available_cores", lambda: [5])  # a 1-CPU quota
+        with setup(resolve({}), torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored
+        monkeypatch.setattr("reslab.train.runtime.available_cores", lambda: [0, 1, 2, 3])
+        torch.set_num_threads(1)  # the caller's own choice stands when it is lower
+        with setup(resolve({}), torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        with setup(resolve({"threads": 3}), torch.device("cpu")):  # --threads overrides
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

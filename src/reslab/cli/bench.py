@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from reslab.limits import Bounds, conform, max_threads
@@ -65,7 +66,7 @@ _BOUNDS = {
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from reslab.bench import BenchConfig, as_dict, format_results, run_bench
-    from reslab.fileio import atomic_write_json
+    from reslab.fileio import atomic_write_json, output_kind
     from reslab.models import model_layout
 
     for name, bounds in _BOUNDS.items():
@@ -74,6 +75,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     conform("--model", args.model, str)
     model_layout(args.model)  # a bad or oversized name, refused before timing anything
 
+    if args.json:
+        output_kind(Path(args.json))  # a directory or a device is refused before the work
     cfg = BenchConfig(
         model=args.model,
         batch_size=args.batch_size,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.errors import ConfigError
-from reslab.fileio import atomic_write_json
+from reslab.fileio import atomic_write_json, output_kind
 from reslab.limits import MAX_BATCH, Bounds, shown
 from reslab.train.config import TrainConfig, check_threads, flag_name
 from reslab.train.evaluate import NORMALIZE_CHOICES
@@ -162,6 +162,8 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{args.old_out} to write the result as JSON"
         )
     Bounds(int, 1, MAX_BATCH).check("--batch-size", args.batch_size)
+    if args.json:
+        output_kind(Path(args.json))  # a directory or a device is refused before the work
     result = eval_run(
         args.weights,
         model=args.model,

@@ -8,8 +8,13 @@ per GPU, or whole runs in parallel on the CPU cores, which beats threads per run
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -139,13 +144,50 @@ def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | N
     return jobs, "cpu", [], max(1, cores // jobs)
 
 
-def _init_worker(gpus: Any, cores: Any) -> None:
+def _init_worker(gpus: Any, cores: Any, parent: int | None = None) -> None:
     """Give a worker process its own GPU (its runs' device "cuda" then means that one), or on
-    the CPU its own set of cores."""
+    the CPU its own set of cores; and tie it to the study's process ``parent``."""
+    if parent is not None:
+        die_with_parent(parent)
     if gpus is not None:
         torch.cuda.set_device(gpus.get())
     if cores is not None:
         pin_worker(cores)
+
+
+# --- orphans: a worker dies with the study that started it ------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCHDOG_S = 0.5  # how often a worker checks that its parent is still the study
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this worker die as soon as the study process ``parent`` dies, even by kill -9.
+
+    A killed parent runs no cleanup, so the worker must notice by itself; otherwise it is
+    re-parented to init, trains the queued runs, keeps their run folders locked and keeps the
+    resource tracker alive (it exits once the last worker holding its pipe is gone). On Linux
+    the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``; it fires when
+    the *thread* that spawned the worker exits, and the pool spawns from the study's main
+    thread); everywhere a daemon thread also polls the parent's pid, as the fallback.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no usable libc
+            pass
+    if os.getppid() != parent:  # the study died before the signal was armed
+        os._exit(1)
+    threading.Thread(
+        target=_watch_parent, args=(parent,), name="reslab-watchdog", daemon=True
+    ).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCHDOG_S)
+    os._exit(1)  # no cleanup: the run's last committed checkpoint is what a rerun resumes
 
 
 def _run_one(config: TrainConfig) -> dict[str, Any]:
@@ -204,7 +246,10 @@ def execute(
         elif device == "cpu":
             cores = core_queue(context, jobs)
         with ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_init_worker, initargs=(queue, cores)
+            jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(queue, cores, os.getpid()),
         ) as pool:
             futures = {pool.submit(_run_one, c): s for s, c in zip(specs, configs, strict=True)}
             try:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from reslab.data.mix import MixDraw, MixSettings, apply_mix, draw_mix
-from reslab.errors import ConfigError, ReslabError
+from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.models import count_params
 from reslab.train.config import RESUME_OVERRIDABLE, TrainConfig, flag_name, resolve
 from reslab.train.console import Reporter, fmt, tensorboard_writer
@@ -260,6 +260,17 @@ def _resume(run: _Run) -> None:
             folder.drop_metrics()
         return
     saved, weights_path, tensors = checkpoint
+    # The step must be where the loader stands: an edited step would train on from the wrong
+    # place (the step files' own step is checked by the run folder).
+    loader = saved["loader"]
+    if loader["epoch"] * len(run.data.loader) + loader["batch"] != saved["step"]:
+        raise CheckpointError(
+            f"{folder.last_json} says step {saved['step']} but its loader stands at epoch "
+            f"{loader['epoch']}, batch {loader['batch']} of {len(run.data.loader)}; it was "
+            "edited: restore it, or delete it to resume from the newest intact step files"
+        )
+    if folder.recovered and dist.main:
+        run.report.line(f"resume: {folder.recovered}", always=True)
     load_weights(run.raw, weights_path)
     restore_momentum(run.optimizer, tensors)
     if run.ema is not None:

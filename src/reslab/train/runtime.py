@@ -130,10 +130,13 @@ def setup(config: TrainConfig, device: torch.device) -> Iterator[Runtime]:
     )
     cuda = device.type == "cuda"
     try:
-        if not cuda or config.threads is not None:
-            # Default: one thread per core this process may use (affinity, cgroup quota), not
-            # torch's count of the machine's cores, which oversubscribes a container.
-            torch.set_num_threads(config.threads or len(available_cores()))
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        elif not cuda:
+            # Default: torch's count (or the caller's own torch.set_num_threads), cut to the
+            # cores this process may use — torch counts the affinity mask but not a cgroup CPU
+            # quota, and more threads than cores is what collapses under load (reslab.cpu).
+            torch.set_num_threads(min(torch.get_num_threads(), len(available_cores())))
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
