@@ -47,6 +47,13 @@ def register(sub: Any) -> None:
         for flag in study.flags:
             p.add_argument(flag.flag, default=flag.default, dest=flag.name, help=flag.help)
         _add(p, _AFTER)
+        p.add_argument(
+            "--no-pack",
+            dest="pack",
+            action="store_false",
+            help="train every run on its own (default: runs of one shape and recipe train as "
+            "one packed net, each computing its own run)",
+        )
         p.add_argument("--out", default=f"runs/{name}", help=f"study folder (default runs/{name})")
         p.set_defaults(func=_cmd_study, experiment=name)
 
@@ -83,6 +90,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         experiment=study.name,
         **{key: getattr(args, key) for key in common},
         **settings,
+        pack=args.pack,
         out=args.out,
         options=options,
     )

@@ -335,8 +335,11 @@ def _train(
     members: list[_Member] = []
     with setup(first, device) as fast:
         try:
+            started = time.perf_counter()
             for config, stream in zip(configs, streams, strict=True):
                 members.append(_build_member(config, dist, device, fast, resume, stream))
+            for member in members:  # each member's wall time is the pack's
+                member.run.state.started = started
             return _run_pack(members, fast)
         finally:
             for member in members:
