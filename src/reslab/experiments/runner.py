@@ -27,8 +27,17 @@ from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
 from reslab.report.schema import new_results, write_results
-from reslab.train import NonFiniteLoss, RunFolder, TrainConfig, fit, pick_device, resolve
-from reslab.train.pack import fit_pack, pack_blocker, pack_groups
+from reslab.train import (
+    NonFiniteLoss,
+    RunFolder,
+    TrainConfig,
+    fit,
+    fit_pack,
+    pack_blocker,
+    pack_groups,
+    pick_device,
+    resolve,
+)
 
 __all__ = ["execute", "plan_packs", "run_study", "summary_table", "train_config"]
 
