@@ -15,7 +15,7 @@ from reslab.experiments.degradation import plan
 from reslab.experiments.runner import plan_packs, train_config
 
 
-def _study(out: Path, pack: bool = True, seeds: tuple[int, ...] = (0,)) -> StudyConfig:
+def _study(out: Path, pack: bool | None = True, seeds: tuple[int, ...] = (0,)) -> StudyConfig:
     # lr 0.02: at the digits recipe's 0.1, one epoch in, two fits of one net that differ only
     # in memory layout (channels_last or not) already differ by up to 2e-2 in some weights:
     # float noise grows fast there, whichever way it is made.
@@ -62,6 +62,10 @@ def test_packs_split_until_every_worker_has_a_job(tmp_path: Path) -> None:
     assert [len(p) for p in plan_packs(study, configs, 1)] == [4, 4]  # depth 14, then 8
     assert [len(p) for p in plan_packs(study, configs, 3)] == [4, 2, 2]  # 14 split
     assert plan_packs(_study(tmp_path, False), configs, 1) == [[i] for i in range(8)]
+    # By default only runs on CUDA pack: on this project's CPU packing measured no faster.
+    assert plan_packs(_study(tmp_path, None), configs, 1) == [[i] for i in range(8)]
+    on_gpu = [dataclasses.replace(c, device="cuda") for c in configs]
+    assert [len(p) for p in plan_packs(_study(tmp_path, None), on_gpu, 1)] == [4, 4]
     clipped = [dataclasses.replace(c, grad_clip=1.0) for c in configs]
     lines: list[str] = []
     assert len(plan_packs(study, clipped, 1, lines.append)) == 8

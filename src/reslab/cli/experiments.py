@@ -48,11 +48,11 @@ def register(sub: Any) -> None:
             p.add_argument(flag.flag, default=flag.default, dest=flag.name, help=flag.help)
         _add(p, _AFTER)
         p.add_argument(
-            "--no-pack",
-            dest="pack",
-            action="store_false",
-            help="train every run on its own (default: runs of one shape and recipe train as "
-            "one packed net, each computing its own run)",
+            "--pack",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="train runs of one shape and recipe as one packed net, each computing its "
+            "own run (default: on CUDA only); --no-pack trains every run on its own",
         )
         p.add_argument("--out", default=f"runs/{name}", help=f"study folder (default runs/{name})")
         p.set_defaults(func=_cmd_study, experiment=name)

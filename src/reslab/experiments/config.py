@@ -40,7 +40,10 @@ class StudyConfig:
     data_dir: str | None = None  # where datasets live (default ~/.cache/reslab)
     device: str = "auto"  # auto | cpu | cuda
     jobs: int | None = None  # parallel runs; None: one per GPU, or one per CPU core
-    pack: bool = True  # train runs of one shape and recipe as one packed net (train/pack.py)
+    # Train runs of one shape and recipe as one packed net (reslab.train.fit_pack); None: on
+    # CUDA only (on the project's 2-core CPU a pack's step measured no faster than separate
+    # steps: docs/PERFORMANCE.md, "Packed twins").
+    pack: bool | None = None
     probe_batch: int = 256  # images the probes look at
     probe_steps: tuple[int, ...] = (0,)  # gradient flow also at these steps (0 = at init)
     tolerance: float = 1.0  # points of training error within which two nets "train as well"

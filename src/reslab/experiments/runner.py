@@ -193,8 +193,10 @@ def plan_packs(
     log: Callable[[str], None] = print,
 ) -> list[list[int]]:
     """Which runs train together: :func:`reslab.train.pack.pack_groups`, split until every
-    worker has a job, most expensive first. One run per pack with ``study.pack`` off."""
-    if not study.pack:
+    worker has a job, most expensive first. One run per pack with ``study.pack`` off (by
+    default, off unless the runs train on CUDA)."""
+    on = study.pack if study.pack is not None else configs[0].device.startswith("cuda")
+    if not on:
         return [[i] for i in range(len(configs))]
     packs = pack_groups(configs)
     blocked = sorted({b for c in configs if (b := pack_blocker(c)) is not None})

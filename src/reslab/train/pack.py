@@ -47,6 +47,7 @@ from reslab.train.loop import (
     _save_checkpoint,
     _snapshot,
     fit,
+    run_config,
 )
 from reslab.train.packed import check_packed, pack_nets, pack_tensor, packable_reason, unpack
 from reslab.train.run_folder import RunFolder, get_rng_state, set_rng_state
@@ -289,6 +290,8 @@ def fit_pack(
     ``result.json`` status ``diverged`` (``fit_pack`` writes it, as a study would).
     """
     streams = list(streams) if streams is not None else [None] * len(configs)
+    # As fit checks them: a folder holding another run's config is refused before anything.
+    configs = [run_config(c, resume, None, None)[0] for c in configs]
     histories: list[History | None] = [None] * len(configs)
     todo = []
     for i, config in enumerate(configs):
