@@ -106,3 +106,50 @@ def test_old_checkpoints_without_bn_step_counters_load(tmp_path: Path) -> None:
     torch.save({"state_dict": state}, tmp_path / "old.pth")
     dst = load_weights(create_model("resnet20"), tmp_path / "old.pth")
     assert torch.equal(dst.fc.weight, src.fc.weight)
+
+
+# --- the input normalisation in the header (issue 10) ------------------------------------------
+
+
+def test_the_header_records_the_input_normalisation_and_old_files_have_none(
+    tmp_path: Path,
+) -> None:
+    from safetensors.torch import save_file
+
+    from reslab.weights import IMAGENET, Normalization, read_normalization
+
+    model = create_model("resnet8", width=0.25, num_classes=10, in_channels=1)
+    norm = Normalization.of("digits", [0.3], [0.4])
+    path = save_weights(model, tmp_path / "w.safetensors", normalization=norm)
+    assert read_normalization(path) == norm
+    # A loaded model keeps it, so saving it again (e.g. as an EMA or best file) keeps it too.
+    again = save_weights(load_model(path), tmp_path / "again.safetensors")
+    assert read_normalization(again) == norm
+    # The model attribute the trainer sets is recorded when no argument is given.
+    model.reslab_normalization = IMAGENET  # type: ignore[assignment]
+    assert read_normalization(save_weights(model, tmp_path / "attr.safetensors")) == IMAGENET
+    # Files without the entry (older reslab files, a bare state_dict, a .pth) have none...
+    save_file(dict(model.state_dict()), tmp_path / "old.safetensors")
+    torch.save(model.state_dict(), tmp_path / "net.pth")
+    assert read_normalization(tmp_path / "old.safetensors") is None
+    assert read_normalization(tmp_path / "net.pth") is None
+    # ... and still load as before.
+    assert _same_weights(load_weights(create_model("resnet8", width=0.25, num_classes=10,
+                                                   in_channels=1), tmp_path / "old.safetensors"),
+                         model)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ['{"name": "x", "mean": [0.5], "std": [0.0]}', '{"mean": [0.5]}', "[1, 2]", "{not json",
+     '{"name": "x", "mean": [0.5, 0.5], "std": [0.2]}', '{"name": "x", "mean": ["a"], "std": [1]}'],
+)  # fmt: skip
+def test_a_corrupt_normalisation_entry_is_one_checkpoint_error(tmp_path: Path, entry: str) -> None:
+    from safetensors.torch import save_file
+
+    from reslab.weights import NORMALIZATION_KEY, read_normalization
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(1)}, path, metadata={NORMALIZATION_KEY: entry})
+    with pytest.raises(CheckpointError, match=r"corrupt reslab\.normalization entry"):
+        read_normalization(path)

@@ -12,6 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from reslab.cpu import configure_openmp
+
+# Before anything imports torch: libgomp reads its wait policy once, when it is loaded, and a
+# spinning OpenMP thread on a busy machine made training 40x slower (reslab.cpu).
+configure_openmp()
+
 from reslab.blocks import Residual, ResidualMLP
 from reslab.errors import ReslabError
 from reslab.models import count_macs, count_params, create_model, list_models

@@ -7,14 +7,18 @@
   perhaps prefixed ``module.`` by DataParallel, the classifier named ``linear``) is mapped onto
   reslab's names, which are torchvision's.
 * :func:`save_weights` stores the model's registry config in the safetensors header, so the
-  file alone rebuilds its model (:func:`load_model`).
+  file alone rebuilds its model (:func:`load_model`), and the input normalisation the weights
+  were trained with (:class:`Normalization`), so every reader feeds them the inputs they
+  expect. Files without it (older ones, imported checkpoints) fall back to the dataset's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from reslab.errors import CheckpointError, UnsafePickleError
 from reslab.fileio import atomic_write_bytes
 
 CONFIG_KEY = "reslab.model"
+NORMALIZATION_KEY = "reslab.normalization"
 # Prefixes added by wrappers: DataParallel/DDP, torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Containers that training scripts wrap a state_dict in.
@@ -146,15 +151,77 @@ def _name_of(model: nn.Module) -> str:
     return f" ({config['name']})" if isinstance(config, dict) and "name" in config else ""
 
 
+# --- input normalisation: it travels with the weights ---------------------------------------
+
+
+def normalization_problem(mean: Sequence[float], std: Sequence[float]) -> str | None:
+    """What is wrong with a mean/std pair, or None: finite, std > 0, one value per channel."""
+    if not mean or len(mean) != len(std):
+        return f"mean and std need one value per channel each, got {len(mean)} and {len(std)}"
+    if not all(math.isfinite(v) for v in (*mean, *std)):
+        return "mean and std must be finite numbers"
+    if not all(v > 0 for v in std):
+        return "std must be positive in every channel"
+    return None
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The per-channel input normalisation ``(x/255 - mean) / std`` a net was trained with.
+
+    ``name`` says where it came from: a dataset's name (its train-split statistics, what
+    ``reslab train`` uses), ``"imagenet"`` (:data:`IMAGENET`) or ``"custom"``. Values are in
+    [0, 1] pixel units.
+    """
+
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        # Every caller validates user input first (reslab.train.evaluate.parse_normalize) or
+        # reads a header through read_normalization, which turns this into a CheckpointError.
+        bad = normalization_problem(self.mean, self.std)
+        if bad:
+            raise ValueError(bad)
+
+    @classmethod
+    def of(cls, name: str, mean: Sequence[float], std: Sequence[float]) -> Normalization:
+        return cls(str(name), tuple(float(v) for v in mean), tuple(float(v) for v in std))
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "mean": list(self.mean), "std": list(self.std)}
+
+
+# The torchvision ImageNet statistics most published checkpoints were trained with.
+IMAGENET = Normalization("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
 def save_weights(
-    model: nn.Module, path: str | Path, *, metadata: Mapping[str, str] | None = None
+    model: nn.Module,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    normalization: Normalization | None = None,
 ) -> Path:
-    """Write ``model``'s state_dict as safetensors, atomically, with its config in the header."""
+    """Write ``model``'s state_dict as safetensors, atomically, with its config in the header.
+
+    The input normalisation goes into the header too: ``normalization``, else the model's
+    ``reslab_normalization`` attribute (the trainer sets it on the net it trains, so every
+    checkpoint, snapshot, best and EMA file of a run carries it), else none.
+    """
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = dict(metadata or {})
     config = getattr(model, "reslab_config", None)
     if config is not None:
         header[CONFIG_KEY] = json.dumps(config)
+    norm = normalization or getattr(model, "reslab_normalization", None)
+    if isinstance(norm, Normalization):
+        header[NORMALIZATION_KEY] = json.dumps(norm.to_json())
     return atomic_write_bytes(path, st_save(tensors, metadata=header))
 
 
@@ -184,8 +251,36 @@ def read_model_config(path: str | Path) -> dict[str, Any] | None:
     return config
 
 
+def read_normalization(path: str | Path) -> Normalization | None:
+    """The input normalisation :func:`save_weights` put in a safetensors header, or None.
+
+    None for files without the entry: reslab files from before it was recorded, and imported
+    checkpoints (``.pt``/``.th`` files have no header at all); their readers fall back to the
+    dataset's statistics, as reslab always did.
+    """
+    path = Path(path)
+    if not is_safetensors(path):
+        return None
+    raw = read_metadata(path).get(NORMALIZATION_KEY)
+    if raw is None:
+        return None
+    try:
+        entry = json.loads(raw)
+        norm = Normalization.of(entry["name"], entry["mean"], entry["std"])
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} has a corrupt {NORMALIZATION_KEY} entry in its header ({raw[:40]!r}...: "
+            f"{exc}); the file is damaged or not written by reslab"
+        ) from None
+    return norm
+
+
 def load_model(path: str | Path) -> nn.Module:
-    """Rebuild the model a :func:`save_weights` file describes and load its weights."""
+    """Rebuild the model a :func:`save_weights` file describes and load its weights.
+
+    The header's input normalisation, if any, is kept on the model as
+    ``model.reslab_normalization``, so saving it again keeps it.
+    """
     from reslab.models import create_model
 
     kwargs = read_model_config(path)
@@ -195,4 +290,7 @@ def load_model(path: str | Path) -> nn.Module:
             "call load_weights(model, path)"
         )
     model = create_model(kwargs.pop("name"), **kwargs)
+    norm = read_normalization(path)
+    if norm is not None:
+        model.reslab_normalization = norm
     return load_weights(model, path)

@@ -292,6 +292,7 @@ _VALUES: dict[str, tuple[str, typing.Any]] = {
     "out": ("runs/x", "runs/x"),
     "milestones": ("0.3,0.6", [0.3, 0.6]),
     "snapshot_steps": ("0,5", [0, 5]),
+    "accum_steps": ("4", 4),  # a divisor of the default batch of 128
 }
 
 

@@ -84,3 +84,48 @@ def test_nets_from_the_studys_own_runs(tmp_path: Path) -> None:
     assert net.source.endswith("resnet8-s0") and net.label == "resnet-8"
     with pytest.raises(ConfigError, match="no trained nets to measure"):
         trained_nets(config, [{"name": "gone", "family": "plain", "depth": 8, "seed": 0}])
+
+
+# --- each net's input normalisation (issue 10) ---------------------------------------------------
+
+
+def test_each_net_brings_the_normalisation_it_was_trained_with(tmp_path: Path) -> None:
+    from reslab.data import load_dataset
+    from reslab.experiments.lesion import _test_data
+    from reslab.weights import Normalization
+
+    digits = load_dataset("digits")
+    # --weights: the file's header, or --normalize, which wins; a bare state_dict: the dataset's.
+    recorded = Normalization.of("digits-holdout", [0.3], [0.35])
+    weights = save_weights(_net("resnet8"), tmp_path / "w.safetensors", normalization=recorded)
+    (net,) = trained_nets(_config(tmp_path, weights=str(weights)), [])
+    assert net.normalization == recorded
+    (net,) = trained_nets(_config(tmp_path, weights=str(weights), normalize="0.5,0.25"), [])
+    assert (net.normalization.name, net.normalization.mean) == ("custom", (0.5,))
+    full = create_model("resnet8", num_classes=10, in_channels=1)  # --model builds full width
+    torch.save(full.state_dict(), tmp_path / "bare.pth")
+    (bare,) = trained_nets(
+        _config(tmp_path, weights=str(tmp_path / "bare.pth"), model="resnet8"), []
+    )
+    assert (bare.normalization.mean, bare.normalization.std) == (digits.mean, digits.std)
+    with pytest.raises(ConfigError, match="--normalize sets the inputs of a --weights file"):
+        check_sources(_config(tmp_path, normalize="imagenet"))
+    with pytest.raises(ConfigError, match="3 channels"):  # digits has one
+        check_sources(_config(tmp_path, weights=str(weights), normalize="imagenet"))
+    # --from: every run's own header; older files without one get the dataset's statistics.
+    study = _study(tmp_path / "deg")
+    save_weights(_net("plain8"), RunFolder(study / "runs" / "plain8-s0").weights_path,
+                 normalization=recorded)  # fmt: skip
+    plain, res = trained_nets(_config(tmp_path, from_dir=str(study)), [])
+    assert plain.normalization == recorded and res.normalization.mean == digits.mean
+    assert plain.model.reslab_normalization == recorded  # on the model too, for workers
+    # A study that scans all its nets on one batch refuses nets that expect different inputs...
+    with pytest.raises(ConfigError, match="differently normalised inputs"):
+        trained_nets(_config(tmp_path, from_dir=str(study)), [], shared_inputs=True)
+    # ... and lesion normalises each net's test images its own way.
+    config = _config(tmp_path, eval_images=4)
+    x, _, _ = _test_data(config, torch.device("cpu"), plain.model)
+    torch.testing.assert_close(x, (digits.test_images[:4].float() / 255 - 0.3) / 0.35)
+    x, _, _ = _test_data(config, torch.device("cpu"), res.model)
+    want = (digits.test_images[:4].float() / 255 - digits.mean[0]) / digits.std[0]
+    torch.testing.assert_close(x, want)

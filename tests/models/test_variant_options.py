@@ -151,7 +151,9 @@ def test_every_registered_name_defaults_to_the_original_identity_block() -> None
     for name in list_models():
         layout = model_layout(name)
         assert layout.variant.shortcut_mode == "identity"
-        assert layout.activation == ("full_preact" if name.startswith("preact_") else "original")
+        # Wide ResNets are pre-activation nets by definition (Zagoruyko & Komodakis 2016).
+        preact = name.startswith(("preact_", "wrn", "plain_wrn"))
+        assert layout.activation == ("full_preact" if preact else "original")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,16 @@ def test_recipes_are_valid_configs() -> None:
         ({"recipe": "paper"}, ["recipe", "paper-cifar"]),
         ({"epochs": 2.5}, ["epochs", "int"]),
         ({"plain": "yes"}, ["plain", "bool"]),
+        # issue 10's knobs
+        ({"mixup": -0.2}, ["mixup", "--mixup"]),
+        ({"mixup": math.inf}, ["mixup"]),
+        ({"cutmix": math.nan}, ["cutmix"]),
+        ({"mix_prob": 1.5}, ["mix_prob", "--mix-prob"]),
+        ({"mix_switch_prob": -0.1}, ["mix_switch_prob", "[0, 1]"]),
+        ({"accum_steps": 0}, ["accum_steps", "--accum-steps"]),
+        ({"accum_steps": 3, "batch_size": 128}, ["accum_steps", "divisor of --batch-size 128"]),
+        ({"ema_warmup": 1}, ["ema_warmup", "bool"]),
+        ({"accum_steps": 2, "cuda_graphs": True}, ["cuda_graphs", "169545"]),
     ],
 )
 def test_invalid_values_name_the_field(values: dict[str, Any], words: list[str]) -> None:

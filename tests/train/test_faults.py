@@ -484,3 +484,45 @@ def test_second_process_on_a_run_folder_is_refused(
             first.wait()
     assert first.returncode == 0, err
     _assert_same_weights(reference.run, run)  # the first run was unharmed
+
+
+# --- kill -9 of a run with every issue-10 trainer feature on --------------------------------------
+
+MIXED = [
+    *ARGS[: ARGS.index("--epochs")],
+    *("--epochs", "2", *ARGS[ARGS.index("--epochs") + 2 :]),
+    *("--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8", "--label-smoothing", "0.1"),
+    *("--ema", "0.99", "--accum-steps", "4"),
+]
+
+
+def test_kill9_of_a_mixed_accumulated_ema_run_resumes_bit_identically(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mixup + cutmix + EMA warm-up + 4 micro-batches, killed mid-epoch in a checkpoint
+    write: the resumed run ends with the uninterrupted run's weights, EMA, momentum and
+    metrics (scripts/same_run.py's comparison). The reference and the resume run in this
+    process (same thread count), only the killed run in its own."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("same_run", ROOT / "scripts" / "same_run.py")
+    assert spec is not None and spec.loader is not None
+    same_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(same_run)
+
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert main([*MIXED, "--out", str(whole)]) == 0
+    proc = _start([*MIXED, "--out", str(run)], stderr=subprocess.DEVNULL)
+    try:
+        left = _kill_at_temp_file(proc, run / "checkpoints", 9)  # about step 5 of 22
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert left is not None and not (run / "result.json").exists()
+    step = json.loads((run / "checkpoints" / "last.json").read_text())["step"]
+    assert 0 < step < 11  # mid-epoch 1: the mix draws resume inside an epoch
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert "ema.fc.weight" in load_file(run / "checkpoints" / "last.optim.safetensors")
+    assert same_run.differences(whole, run) == []

@@ -37,7 +37,8 @@ def test_fit_history_and_run_folder(small: Callable[..., TrainConfig], tmp_path:
     optim = load_file(run / "checkpoints" / "last.optim.safetensors")
     assert any(k.startswith("optim.") for k in optim) and any(k.startswith("ema.") for k in optim)
     # Only the committed step files remain.
-    assert len(list((run / "checkpoints").glob("step-*"))) == 2
+    assert len(list((run / "checkpoints").glob("step-*.safetensors"))) == 2
+    assert len(list((run / "checkpoints").glob("step-*.json"))) == 1  # the commit's copy
     saved = json.loads((run / "config.json").read_text())
     assert saved["val_split"] == 200 and saved["out"] == str(run)
 
@@ -125,8 +126,16 @@ def test_steps_override_epochs_mid_epoch(small: Callable[..., TrainConfig], tmp_
     assert [r["step"] for r in history.records] == [22, 30]
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"mixup": 0.2, "cutmix": 1.0, "mix_prob": 0.9, "accum_steps": 2, "label_smoothing": 0.1}],
+    ids=["plain", "mixed-accumulated"],
+)
 def test_hot_path_reads_nothing_back_per_step(
-    small: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small: Callable[..., TrainConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: dict[str, Any],
 ) -> None:
     """Host reads of tensor values (item, float, bool, tolist) don't grow with the step count."""
     counts = {"n": 0}
@@ -141,8 +150,8 @@ def test_hot_path_reads_nothing_back_per_step(
 
     def reads(steps: int) -> int:
         counts["n"] = 0
-        config = small(f"s{steps}", steps=steps, augment="flip", ema=0.9, grad_clip=1.0)
-        fit(config)
+        config = small(f"s{steps}", steps=steps, augment="flip", ema=0.9, grad_clip=1.0, **extra)
+        assert fit(config).final["steps"] == steps  # optimizer steps, whatever --accum-steps
         return counts["n"]
 
     assert reads(4) == reads(20)  # both within the first epoch of 22 steps

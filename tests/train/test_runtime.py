@@ -59,3 +59,31 @@ def test_setup_restores_every_switch_it_sets() -> None:
     with pytest.raises(RuntimeError), setup(config, torch.device("cpu")):
         raise RuntimeError("a failing run restores the switches too")
     assert torch.get_num_threads() == 1 and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_gradient_accumulation_turns_cuda_graphs_off() -> None:
+    """pytorch/pytorch#169545: cudagraph trees corrupt gradients accumulated over replays."""
+    from reslab.train.runtime import resolve_runtime
+
+    cuda = torch.device("cuda")  # resolving only: no CUDA device is touched with fp32
+    assert resolve_runtime(TrainConfig(precision="fp32"), cuda).cuda_graphs
+    assert not resolve_runtime(TrainConfig(precision="fp32", accum_steps=2), cuda).cuda_graphs
+    assert resolve_runtime(TrainConfig(precision="fp32", accum_steps=2), cuda).compile
+
+
+def test_default_threads_never_exceed_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr("reslab.train.runtime.available_cores", lambda: [5])  # a 1-CPU quota
+        with setup(resolve({}), torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored
+        monkeypatch.setattr("reslab.train.runtime.available_cores", lambda: [0, 1, 2, 3])
+        torch.set_num_threads(1)  # the caller's own choice stands when it is lower
+        with setup(resolve({}), torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        with setup(resolve({"threads": 3}), torch.device("cpu")):  # --threads overrides
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

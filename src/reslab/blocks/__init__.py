@@ -16,6 +16,11 @@ variants as options, the original identity block being the default:
 * where the activations sit (Table 2 / Fig. 4): BN after the addition, ReLU before it,
   ReLU-only and full pre-activation: one block class per placement (:func:`block_class`).
 
+The wider families build on the same blocks: ResNeXt's grouped bottleneck is
+:class:`Bottleneck` with ``groups`` (Xie et al. 2017, arXiv:1611.05431), and the wide ResNets'
+block (Zagoruyko & Komodakis 2016, arXiv:1605.07146) is :class:`WideBasicBlock`, the
+pre-activation basic block with dropout between its convolutions.
+
 The rooms: :mod:`~reslab.blocks.shortcuts` (options A/B/C and the joins),
 :mod:`~reslab.blocks.conv` (the convolutional blocks) and :mod:`~reslab.blocks.residual` (the
 generic :class:`Residual` and :class:`ResidualMLP`).
@@ -34,7 +39,9 @@ from reslab.blocks.conv import (
     ReLUBeforeAddBottleneck,
     ReLUPreActBasicBlock,
     ReLUPreActBottleneck,
+    WideBasicBlock,
     block_class,
+    bottleneck_width,
     conv3x3,
     is_block,
 )
@@ -84,7 +91,9 @@ __all__ = [
     "ScaledAdd",
     "ShortcutOption",
     "ShortcutVariant",
+    "WideBasicBlock",
     "block_class",
+    "bottleneck_width",
     "check_shortcut_option",
     "conv1x1",
     "conv3x3",

@@ -11,6 +11,8 @@ File order follows torchvision's ``resnet.py``: helpers, then blocks.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,9 +29,24 @@ ACTIVATIONS: tuple[str, ...] = (
 )
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """3×3 convolution with padding 1 and no bias (a BN follows, which has its own)."""
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """3×3 convolution with padding 1 and no bias (a BN follows, which has its own).
+
+    ``groups`` splits it into that many parallel convolutions: ResNeXt's cardinality.
+    """
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def bottleneck_width(planes: int, groups: int = 1, base_width: int = 64) -> int:
+    """Channels inside a bottleneck: ``int(planes * base_width / 64) * groups``.
+
+    Torchvision's formula, which makes ResNeXt (Xie et al. 2017, arXiv:1611.05431) a
+    bottleneck of ``groups`` paths (the cardinality C), each ``base_width`` wide in the first
+    stage (the d of "32×4d") and twice as wide in each later stage; ``groups=1,
+    base_width=64`` is the ResNet bottleneck, ``planes`` wide. Each path keeps at least one
+    channel, where a narrow ``width`` multiplier would round it to none.
+    """
+    return max(1, int(planes * (base_width / 64.0))) * groups
 
 
 # --- convolutional blocks ----------------------------------------------------------------------
@@ -47,6 +64,8 @@ class _Block(nn.Module):
     expansion = 1
     branch_convs = 2  # convolutions on the branch, the block's share of the net's depth
     activation = "original"  # where the activations sit: one of ACTIVATIONS (Fig. 4)
+    # Keyword options of the constructor beyond the shared ones, as ResNetLayout fields.
+    options: ClassVar[tuple[str, ...]] = ()
     downsample: nn.Module | None
     join: nn.Module
 
@@ -131,11 +150,14 @@ class BasicBlock(_Block):
 class Bottleneck(_Block):
     """1×1 reduce, 3×3, 1×1 expand ×4, post-activation (He et al. 2015, Fig. 5 right).
 
-    The stride sits on the 3×3 convolution, as in torchvision's "ResNet v1.5".
+    The stride sits on the 3×3 convolution, as in torchvision's "ResNet v1.5". ``groups`` and
+    ``base_width`` make it ResNeXt's block (Xie et al. 2017, Fig. 3c): the 3×3 convolution
+    grouped into ``groups`` paths, :func:`bottleneck_width` channels in all.
     """
 
     expansion = 4
     branch_convs = 3
+    options = ("groups", "base_width")
 
     def __init__(
         self,
@@ -146,14 +168,17 @@ class Bottleneck(_Block):
         shortcut: str = "B",
         plain: bool = False,
         variant: ShortcutVariant | None = None,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         out_planes = planes * self.expansion
-        self.conv1 = conv1x1(in_planes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, out_planes)
+        width = bottleneck_width(planes, groups, base_width)
+        self.conv1 = conv1x1(in_planes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out_planes)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
         self._attach_shortcut(shortcut, in_planes, out_planes, stride, plain=plain, variant=variant)
@@ -333,10 +358,14 @@ class PreActBasicBlock(_PreActBlock):
 
 
 class PreActBottleneck(_PreActBlock):
-    """BN-ReLU-1×1, BN-ReLU-3×3, BN-ReLU-1×1 ×4, then the addition (He et al. 2016)."""
+    """BN-ReLU-1×1, BN-ReLU-3×3, BN-ReLU-1×1 ×4, then the addition (He et al. 2016).
+
+    ``groups`` and ``base_width`` as in :class:`Bottleneck`.
+    """
 
     expansion = 4
     branch_convs = 3
+    options = ("groups", "base_width")
 
     def __init__(
         self,
@@ -347,16 +376,19 @@ class PreActBottleneck(_PreActBlock):
         shortcut: str = "B",
         plain: bool = False,
         variant: ShortcutVariant | None = None,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         out_planes = planes * self.expansion
+        width = bottleneck_width(planes, groups, base_width)
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu = nn.ReLU(inplace=False)
-        self.conv1 = conv1x1(in_planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn3 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, out_planes)
+        self.conv1 = conv1x1(in_planes, width)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out_planes)
         self._attach_shortcut(
             shortcut, in_planes, out_planes, stride, plain=plain, variant=variant, norm=False
         )
@@ -368,6 +400,36 @@ class PreActBottleneck(_PreActBlock):
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)
+
+
+class WideBasicBlock(PreActBasicBlock):
+    """The wide basic block of Zagoruyko & Komodakis 2016 (arXiv:1605.07146, Fig. 1d).
+
+    BN-ReLU-3×3, BN-ReLU, dropout, 3×3, then the addition: the pre-activation basic block with
+    dropout between its convolutions (§2.3, where it regularises a wide block better than on
+    the shortcut). ``drop_rate=0`` computes exactly :class:`PreActBasicBlock`. The widening
+    factor k is the net's, not the block's: it only sets ``planes``.
+    """
+
+    options = ("drop_rate",)
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        plain: bool = False,
+        variant: ShortcutVariant | None = None,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__(in_planes, planes, stride, shortcut=shortcut, plain=plain, variant=variant)
+        self.dropout = nn.Dropout(drop_rate)
+
+    def _branch(self, pre: Tensor) -> Tensor:
+        out = self.relu(self.bn2(self.conv1(pre)))
+        return self.conv2(self.dropout(out))
 
 
 # "basic" / "bottleneck" with the placement's prefix: "" (a), "bn_after_add_" (b), ...,
@@ -412,7 +474,9 @@ __all__ = [
     "ReLUBeforeAddBottleneck",
     "ReLUPreActBasicBlock",
     "ReLUPreActBottleneck",
+    "WideBasicBlock",
     "block_class",
+    "bottleneck_width",
     "conv3x3",
     "is_block",
 ]

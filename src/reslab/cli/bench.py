@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -52,8 +53,10 @@ def register(sub: Any) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from reslab.bench import BenchConfig, as_dict, format_results, run_bench
-    from reslab.fileio import atomic_write_json
+    from reslab.fileio import atomic_write_json, output_kind
 
+    if args.json:
+        output_kind(Path(args.json))  # a directory or a device is refused before the work
     cfg = BenchConfig(
         model=args.model,
         batch_size=args.batch_size,

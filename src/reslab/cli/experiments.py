@@ -26,6 +26,8 @@ _AFTER: list[tuple[str, Any, Any, str]] = [
     ("--width", float, 1.0, "channel multiplier"),
     ("--device", str, "auto", "auto | cpu | cuda"),
     ("--jobs", int, None, "parallel runs (default: one per CPU core, or one per GPU)"),
+    ("--cluster", str, "local", "local (a worker pool here) | ray (one Ray task a run)"),
+    ("--ray-address", str, None, "Ray cluster address (default: RAY_ADDRESS, else local Ray)"),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from reslab.errors import ConfigError
@@ -65,6 +66,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     target = _parse_vector(args.target, "--target") if args.target else list(SEED_H)
     if len(x) != len(target):
         raise ConfigError(f"--x has {len(x)} values but --target has {len(target)}")
+    if args.figure:
+        from reslab.fileio import output_kind
+
+        output_kind(Path(args.figure))  # a directory or a device is refused before the work
     same = worked_example(x, target)
     changed = worked_example(SEED_X, SEED_H2, projection=SEED_WS)
     print(describe(same, changed))

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from reslab.errors import ConfigError
-from reslab.fileio import atomic_write_json
+from reslab.fileio import atomic_write_json, output_kind
 from reslab.train.config import TrainConfig, flag_name
+from reslab.train.evaluate import NORMALIZE_CHOICES
 
 
 def _floats(text: str) -> list[float]:
@@ -112,6 +113,11 @@ def register(sub: Any) -> None:
     e.add_argument("--split", choices=("test", "train"), default="test", help="split to score")
     e.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     e.add_argument("--batch-size", type=int, default=1024, metavar="N", help="eval batch size")
+    e.add_argument(
+        "--normalize",
+        metavar="SPEC",
+        help=f"input normalisation of an imported checkpoint: {NORMALIZE_CHOICES}",
+    )
     e.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     # --out names a folder in every other command; eval's file is --json (as in `reslab bench`).
     e.add_argument("--out", dest="old_out", help=argparse.SUPPRESS)
@@ -155,6 +161,8 @@ def run_eval(args: argparse.Namespace) -> int:
         )
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.json:
+        output_kind(Path(args.json))  # a directory or a device is refused before the work
     result = eval_run(
         args.weights,
         model=args.model,
@@ -163,6 +171,7 @@ def run_eval(args: argparse.Namespace) -> int:
         split=args.split,
         device=args.device,
         batch_size=args.batch_size,
+        normalize=args.normalize,
     )
     print(_table(result))
     if args.json:
@@ -176,6 +185,7 @@ def _table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['model']} on {result['dataset']} {result['split']} ({result['n']:,} images): "
         f"top-1 error {result['error']:.2f} %, loss {result['loss']:.4f}",
+        _norm_line(result["normalization"]),
         "",
         f"{'class':>12}  {'images':>7}  {'error %':>7}",
     ]
@@ -191,3 +201,11 @@ def _table(result: dict[str, Any]) -> str:
         for name, row in zip(result["classes"], result["confusion"], strict=True):
             lines.append(f"{name[:11]:>11} " + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
+
+
+def _norm_line(norm: dict[str, Any]) -> str:
+    def values(v: list[float]) -> str:
+        return ", ".join(f"{x:.4g}" for x in v)
+
+    mean, std = values(norm["mean"]), values(norm["std"])
+    return f"inputs normalised with {norm['name']} statistics: mean ({mean}), std ({std})"

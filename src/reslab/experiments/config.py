@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reslab.errors import ConfigError
+from reslab.experiments.cluster import CLUSTERS
 from reslab.experiments.registry import get_study
 from reslab.models import cifar_model_name
 
@@ -40,6 +41,8 @@ class StudyConfig:
     data_dir: str | None = None  # where datasets live (default ~/.cache/reslab)
     device: str = "auto"  # auto | cpu | cuda
     jobs: int | None = None  # parallel runs; None: one per GPU, or one per CPU core
+    cluster: str = "local"  # local: a worker pool here; ray: Ray tasks (--ray-address)
+    ray_address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else local Ray
     # Train runs of one shape and recipe as one packed net (reslab.train.fit_pack); None: on
     # CUDA only (on the project's 2-core CPU a pack's step measured no faster than separate
     # steps: docs/PERFORMANCE.md, "Packed twins").
@@ -71,6 +74,10 @@ class StudyConfig:
         for variant in self.variants:
             if variant not in VARIANTS:
                 raise ConfigError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
+        if self.cluster not in CLUSTERS:
+            raise ConfigError(
+                f"--cluster must be one of {', '.join(CLUSTERS)}, got {self.cluster!r}"
+            )
         if self.jobs is not None and self.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
         for depth in self.depths:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from reslab import landscape as ls
+from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments import degradation, run_views
@@ -89,9 +89,8 @@ def settings_of(config: StudyConfig) -> ls.ScanSettings:
 
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Each trained net's landscape on the same training images, and the settings used."""
-    settings = settings_of(config)
-    x, y = scan_images(config)
-    nets = trained_nets(config, records)
+    settings, nets = settings_of(config), trained_nets(config, records, shared_inputs=True)
+    x, y = scan_images(config, nets[0].model)  # normalised as the nets were trained
     scans = scan_models([n.model for n in nets], x, y, settings, config)
     entries = [{**_meta(n), **scan} for n, scan in zip(nets, scans, strict=True)]
     return {
@@ -109,14 +108,15 @@ def _meta(net: TrainedNet) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def scan_images(config: StudyConfig) -> tuple[Tensor, Tensor]:
-    """The first ``--images`` training images of a seed-0 permutation, normalised: the same
-    fixed images for every net (the paper uses the whole training set; a subset keeps a scan
-    to seconds, and the surface is still that of one fixed loss function)."""
+def scan_images(config: StudyConfig, model: Any = None) -> tuple[Tensor, Tensor]:
+    """The first ``--images`` training images of a seed-0 permutation, normalised as ``model``
+    was trained (else as the dataset): the same fixed images for every net (the paper uses the
+    whole training set; a subset keeps a scan to seconds, still one fixed loss function)."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     n = int(_option(config, "images", IMAGES))
     idx = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(0))[:n]
-    x = normalize_batch(ds.train_images[idx], ds.mean, ds.std, channels_last=True)
+    norm = getattr(model, "reslab_normalization", None) or ds  # both have mean and std
+    x = normalize_batch(ds.train_images[idx], norm.mean, norm.std, channels_last=True)
     return x, ds.train_labels[idx]
 
 
@@ -132,8 +132,8 @@ def scan_models(
     training. Small nets scale poorly across threads, and two threads of one process can run
     100x slower than one when other processes load a 2-core machine."""
     device = pick_device(config.device, 0)
-    cores = config.jobs or os.cpu_count() or 1
-    workers = min(len(models), cores)
+    cores = len(available_cores())
+    workers = min(len(models), config.jobs or cores)
     threads = max(1, cores // max(1, workers))
     if device.type != "cpu" or workers < 2:
         saved = torch.get_num_threads()
@@ -142,7 +142,10 @@ def scan_models(
         finally:
             torch.set_num_threads(saved)
     context = mp.get_context("spawn")  # not fork: the parent's thread pools would come along
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    queue = core_queue(context, workers)
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=pin_worker, initargs=(queue,)
+    ) as pool:
         futures = [pool.submit(_scan, m, x, y, settings, device, threads) for m in models]
         return [f.result() for f in futures]
 

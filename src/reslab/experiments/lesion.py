@@ -16,7 +16,6 @@ only on k and the draw number), so plain and residual nets are compared pair for
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from reslab import lesion
+from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import degradation, run_views
@@ -75,12 +75,16 @@ def plan(config: StudyConfig) -> list[RunSpec]:
 # --- measuring -----------------------------------------------------------------------------------
 
 
-def _test_data(config: StudyConfig, device: torch.device) -> tuple[Tensor, Tensor, int]:
-    """The normalised test images (the first ``--eval-images`` of them), labels, classes."""
+def _test_data(
+    config: StudyConfig, device: torch.device, model: Any = None
+) -> tuple[Tensor, Tensor, int]:
+    """The test images (the first ``--eval-images`` of them), normalised as ``model`` was
+    trained (its ``reslab_normalization``; without one the dataset's), labels, classes."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     n = int(config.options.get("eval_images") or 0) or len(ds.test_labels)
     images = ds.test_images[:n].to(device)
-    x = normalize_batch(images, ds.mean, ds.std, channels_last=False)
+    norm = getattr(model, "reslab_normalization", None) or ds  # both have mean and std
+    x = normalize_batch(images, norm.mean, norm.std, channels_last=False)
     return x, ds.test_labels[:n].to(device), ds.num_classes
 
 
@@ -408,13 +412,17 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
     """
     nets = trained_nets(config, records)
     cpu = pick_device(config.device, 0).type == "cpu"
-    jobs = min(config.jobs or os.cpu_count() or 1, len(nets)) if cpu else 1
+    jobs = min(config.jobs or len(available_cores()), len(nets)) if cpu else 1
     models = [n.model for n in nets]
     if jobs == 1:
         measured = [_lesion_one(config, m, jobs) for m in models]
     else:
         # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        context = mp.get_context("spawn")
+        queue = core_queue(context, jobs)
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=pin_worker, initargs=(queue,)
+        ) as pool:
             measured = list(pool.map(_lesion_one, [config] * len(nets), models, [jobs] * len(nets)))
     entries = []
     for net, (measures, _, _) in zip(nets, measured, strict=True):
@@ -437,12 +445,12 @@ def _lesion_one(
     threads = torch.get_num_threads()
     device = pick_device(config.device, 0)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+        torch.set_num_threads(max(1, len(available_cores()) // jobs))
     # Trained plain nets carry denormal activations, ~50x slower on x86 CPUs; flushing them
     # to zero changes no prediction measurably (the probes do the same).
     flush = torch.set_flush_denormal(True)
     try:
-        x, y, classes = _test_data(config, device)
+        x, y, classes = _test_data(config, device, model)
         draws, ks = int(config.options.get("draws", DRAWS)), tuple(config.options.get("ks") or ())
         error = lesion.top1_error(x, y)
         measured = lesion.lesion_net(model.to(device), error, x[:1], draws=draws, ks=ks)

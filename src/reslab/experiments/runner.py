@@ -9,9 +9,13 @@ per GPU, or whole runs in parallel on the CPU cores, which beats threads per run
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,8 +25,10 @@ from typing import Any
 
 import torch
 
+from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import DATASETS
 from reslab.errors import ConfigError
+from reslab.experiments.cluster import check_cluster, connect, run_on_ray
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
@@ -56,6 +62,7 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
     for spec in specs:  # every run's settings are checked before anything is written
         train_config(config, spec, None)
     pick_device(config.device, 0)
+    check_cluster(config.cluster, config.ray_address)
     if config.dataset.strip().lower().replace("_", "-") not in DATASETS:
         raise ConfigError(
             f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}"
@@ -141,16 +148,57 @@ def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | N
         return jobs, "cuda", [i % gpus for i in range(jobs)], None
     if device.startswith("cuda:"):
         return 1, device, [], None
-    cores = os.cpu_count() or 1
+    cores = len(available_cores())
     jobs = min(study.jobs or cores, n_runs)
-    # Small nets scale poorly across threads, so whole runs in parallel beat threads per run.
+    # Small nets scale poorly across threads, so whole runs in parallel beat threads per run;
+    # each worker gets its own cores (reslab.cpu.split_cores), none shared while one idles.
     return jobs, "cpu", [], max(1, cores // jobs)
 
 
-def _init_worker(gpus: Any) -> None:
-    """Give a worker process its own GPU: its runs' device "cuda" then means that one."""
+def _init_worker(gpus: Any, cores: Any, parent: int | None = None) -> None:
+    """Give a worker process its own GPU (its runs' device "cuda" then means that one), or on
+    the CPU its own set of cores; and tie it to the study's process ``parent``."""
+    if parent is not None:
+        die_with_parent(parent)
     if gpus is not None:
         torch.cuda.set_device(gpus.get())
+    if cores is not None:
+        pin_worker(cores)
+
+
+# --- orphans: a worker dies with the study that started it ------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCHDOG_S = 0.5  # how often a worker checks that its parent is still the study
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this worker die as soon as the study process ``parent`` dies, even by kill -9.
+
+    A killed parent runs no cleanup, so the worker must notice by itself; otherwise it is
+    re-parented to init, trains the queued runs, keeps their run folders locked and keeps the
+    resource tracker alive (it exits once the last worker holding its pipe is gone). On Linux
+    the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``; it fires when
+    the *thread* that spawned the worker exits, and the pool spawns from the study's main
+    thread); everywhere a daemon thread also polls the parent's pid, as the fallback.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no usable libc
+            pass
+    if os.getppid() != parent:  # the study died before the signal was armed
+        os._exit(1)
+    threading.Thread(
+        target=_watch_parent, args=(parent,), name="reslab-watchdog", daemon=True
+    ).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCHDOG_S)
+    os._exit(1)  # no cleanup: the run's last committed checkpoint is what a rerun resumes
 
 
 def _run_one(config: TrainConfig) -> dict[str, Any]:
@@ -231,48 +279,90 @@ def execute(
         return []  # a study that trains nothing (e.g. it probes nets at initialisation only)
     jobs, device, gpus, threads = _jobs(study, len(specs))
     configs = [dataclasses.replace(train_config(study, s, threads), device=device) for s in specs]
-    packs = plan_packs(study, configs, jobs, log)
-    if len(packs) < len(specs):
-        log(f"{len(specs)} runs train as {len(packs)} packs of twins (--no-pack: one by one)")
-    jobs = min(jobs, len(packs))
     records: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
 
-    def done(pack: list[int], results: list[dict[str, Any]]) -> None:
-        for i, record in zip(pack, results, strict=True):
-            records[specs[i].name] = record
-            status = "" if record["status"] == "finished" else f" {record['status']}"
-            log(
-                f"[{len(records)}/{len(specs)}] {specs[i].name:<18} train error "
-                f"{_pct(record['final_clean_train_error'])}  test error "
-                f"{_pct(record['final_test_error'])}  ({record['wall_time'] or 0:.1f} s, "
-                f"{time.perf_counter() - started:.0f} s elapsed){status}"
-            )
+    def done(spec: RunSpec, record: dict[str, Any]) -> None:
+        records[spec.name] = record
+        status = "" if record["status"] == "finished" else f" {record['status']}"
+        log(
+            f"[{len(records)}/{len(specs)}] {spec.name:<18} train error "
+            f"{_pct(record['final_clean_train_error'])}  test error "
+            f"{_pct(record['final_test_error'])}  ({record['wall_time'] or 0:.1f} s, "
+            f"{time.perf_counter() - started:.0f} s elapsed){status}"
+        )
 
+    def done_pack(pack: list[int], results: list[dict[str, Any]]) -> None:
+        for i, record in zip(pack, results, strict=True):
+            done(specs[i], record)
+
+    if study.cluster == "ray":  # one Ray task a run: no packs
+        _execute_on_ray(study, specs, configs, done)
+        return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
+    packs = plan_packs(study, configs, jobs, log)
+    if len(packs) < len(specs):
+        log(f"{len(specs)} runs train as {len(packs)} packs of twins (--no-pack: one by one)")
     if jobs == 1:
         for pack in packs:
-            done(pack, _run_pack([configs[i] for i in pack]))
+            done_pack(pack, _run_pack([configs[i] for i in pack]))
     else:
         # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
         context = mp.get_context("spawn")
-        queue = None
+        queue = cores = None
         if gpus:
             queue = context.Queue()
             for gpu in gpus:
                 queue.put(gpu)
+        elif device == "cpu":
+            cores = core_queue(context, jobs)
         with ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_init_worker, initargs=(queue,)
+            jobs,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(queue, cores, os.getpid()),
         ) as pool:
             futures = {pool.submit(_run_pack, [configs[i] for i in p]): p for p in packs}
             try:
                 for future in as_completed(futures):
-                    done(futures[future], future.result())
+                    done_pack(futures[future], future.result())
             except BaseException:
                 # Fail now rather than after every queued run; finished runs stay on disk and
                 # a rerun of the study skips them.
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
     return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
+
+
+def _execute_on_ray(
+    study: StudyConfig,
+    specs: Sequence[RunSpec],
+    configs: Sequence[TrainConfig],
+    done: Callable[[RunSpec, dict[str, Any]], None],
+) -> None:
+    """Every run as a Ray task (:mod:`reslab.experiments.cluster`): one GPU each where the
+    cluster has GPUs, else one CPU and one thread — what a local CPU study's workers get when
+    it has at least as many runs as cores, so the two train the same weights."""
+    ray, owned = connect(study.ray_address)
+    try:
+        has_gpus = bool(ray.cluster_resources().get("GPU"))
+        if study.device.startswith("cuda") and not has_gpus:
+            raise ConfigError(
+                f"--device {study.device}: the Ray cluster has no GPUs; use --device auto or cpu"
+            )
+        gpus = has_gpus and study.device != "cpu"
+        device, threads = ("cuda", None) if gpus else ("cpu", 1)
+        configs = [dataclasses.replace(c, device=device, threads=threads) for c in configs]
+        run_on_ray(
+            ray,
+            _run_one,
+            configs,
+            [s.name for s in specs],
+            gpus=gpus,
+            done=lambda i, record: done(specs[i], record),
+        )
+    finally:
+        if owned:
+            ray.shutdown()
 
 
 def _pct(value: float | None) -> str:

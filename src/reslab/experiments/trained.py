@@ -7,6 +7,10 @@ Studies that measure trained nets (lesion, landscape) take them from one of thre
   and run folders (e.g. ``reslab lesion --from runs/degradation``);
 * ``--weights FILE [--model NAME]``: any weights file reslab can load, imported CIFAR
   checkpoints included, so the popular pretrained ResNet-56 can be measured as it is.
+
+Each net comes with the input normalisation it was trained with (its file's header; for
+``--weights`` also ``--normalize``, as ``reslab eval`` takes it), and the studies feed it inputs
+normalised that way; a file without one gets the dataset's statistics, as before.
 """
 
 from __future__ import annotations
@@ -25,10 +29,22 @@ from reslab.experiments.probing import label
 from reslab.experiments.registry import Flag
 from reslab.report.schema import load_results
 from reslab.train import RunFolder
-from reslab.train.evaluate import model_for_weights
-from reslab.weights import load_model
+from reslab.train.evaluate import (
+    NORMALIZE_CHOICES,
+    dataset_normalization,
+    model_for_weights,
+    normalization_for,
+    parse_normalize,
+)
+from reslab.weights import Normalization, load_model, read_normalization
 
-__all__ = ["SOURCE_FLAGS", "TrainedNet", "check_sources", "own_runs", "trained_nets"]
+__all__ = [
+    "SOURCE_FLAGS",
+    "TrainedNet",
+    "check_sources",
+    "own_runs",
+    "trained_nets",
+]
 
 SOURCE_FLAGS = (
     Flag(
@@ -43,6 +59,7 @@ SOURCE_FLAGS = (
         "measure this one weights file (safetensors, or a CIFAR .pt/.th checkpoint)",
     ),
     Flag("--model", None, "the net of --weights (default: the name in the file's header)"),
+    Flag("--normalize", None, f"input normalisation of the --weights file: {NORMALIZE_CHOICES}"),
 )
 
 
@@ -56,6 +73,7 @@ class TrainedNet:
     seed: int | None  # None for a weights file
     model: nn.Module  # in eval mode, on the CPU
     source: str  # the run folder or the weights file
+    normalization: Normalization  # how its inputs are normalised: as it was trained
 
 
 def _option(config: StudyConfig, key: str) -> str | None:
@@ -70,6 +88,11 @@ def check_sources(config: StudyConfig) -> None:
         raise ConfigError("--from and --weights name two sources of nets; give one of them")
     if _option(config, "model") and not weights:
         raise ConfigError("--model names the net of a --weights file; add --weights FILE")
+    if _option(config, "normalize") and not weights:
+        raise ConfigError(
+            "--normalize sets the inputs of a --weights file (other nets carry theirs in their "
+            "files); add --weights FILE"
+        )
     if from_dir and not (Path(from_dir) / "results.json").is_file():
         raise ConfigError(
             f"--from {from_dir}: no results.json there; point it at a finished study folder, "
@@ -77,6 +100,9 @@ def check_sources(config: StudyConfig) -> None:
         )
     if weights and not Path(weights).is_file():
         raise ConfigError(f"--weights {weights}: no such file")
+    if _option(config, "normalize"):  # refused before the study writes anything
+        ds = load_dataset(config.dataset, data_dir=config.data_dir)
+        parse_normalize(str(_option(config, "normalize")), ds)
 
 
 def own_runs(
@@ -92,27 +118,53 @@ def own_runs(
     return planned
 
 
-def _net(record: dict[str, Any], folder: RunFolder) -> TrainedNet | None:
+def _net(record: dict[str, Any], folder: RunFolder, config: StudyConfig) -> TrainedNet | None:
     if not folder.weights_path.is_file():
         return None  # diverged before its first checkpoint: nothing trained to measure
     model = load_model(folder.weights_path).eval()
+    norm = read_normalization(folder.weights_path)
+    if norm is None:  # written before the header recorded it: the trainer used the dataset's
+        norm = dataset_normalization(load_dataset(config.dataset, data_dir=config.data_dir))
     return TrainedNet(
         label(record), record["family"], int(record["depth"]), record.get("seed"), model,
-        str(folder.path),
+        str(folder.path), norm,
     )  # fmt: skip
 
 
-def trained_nets(config: StudyConfig, records: Sequence[dict[str, Any]]) -> list[TrainedNet]:
-    """The nets to measure, from the source the flags name (see the module docstring)."""
+def trained_nets(
+    config: StudyConfig, records: Sequence[dict[str, Any]], *, shared_inputs: bool = False
+) -> list[TrainedNet]:
+    """The nets to measure, from the source the flags name (see the module docstring).
+
+    Each net's input normalisation is on its model too, as ``model.reslab_normalization`` (what
+    :func:`reslab.weights.save_weights` records), for code that gets the model alone. With
+    ``shared_inputs`` (a study that measures every net on one batch) nets trained on
+    differently normalised inputs are refused: measure each group in its own study.
+    """
+    nets = _find_nets(config, records)
+    for net in nets:
+        net.model.reslab_normalization = net.normalization  # type: ignore[assignment]
+    found = {(n.normalization.mean, n.normalization.std): n.normalization.name for n in nets}
+    if shared_inputs and len(found) > 1:
+        raise ConfigError(
+            f"these nets were trained on differently normalised inputs "
+            f"({', '.join(sorted(set(found.values())))} statistics); measure each group in its "
+            "own study"
+        )
+    return nets
+
+
+def _find_nets(config: StudyConfig, records: Sequence[dict[str, Any]]) -> list[TrainedNet]:
     weights, from_dir = _option(config, "weights"), _option(config, "from_dir")
     if weights:
         ds = load_dataset(config.dataset, data_dir=config.data_dir)
         model = model_for_weights(Path(weights), _option(config, "model"), ds).eval()
+        norm = normalization_for(Path(weights), _option(config, "normalize"), ds)
         plain = bool(getattr(model, "plain", False))
         depth = int(getattr(model, "depth", 0))
         family = "plain" if plain else "residual"
         record: dict[str, Any] = {"family": family, "depth": depth}
-        return [TrainedNet(label(record), family, depth, None, model, weights)]
+        return [TrainedNet(label(record), family, depth, None, model, weights, norm)]
     if from_dir:
         results = load_results(from_dir)
         trained_on = results.get("config", {}).get("dataset")
@@ -124,7 +176,7 @@ def trained_nets(config: StudyConfig, records: Sequence[dict[str, Any]]) -> list
         root = Path(from_dir) / "runs"
     else:
         runs, root = list(records), Path(config.out) / "runs"
-    nets = [_net(r, RunFolder(root / r["name"])) for r in runs]
+    nets = [_net(r, RunFolder(root / r["name"]), config) for r in runs]
     found = [n for n in nets if n is not None]
     if not found:
         raise ConfigError(f"no trained nets to measure in {root}: every run diverged or is missing")

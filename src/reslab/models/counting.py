@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from reslab.blocks import bottleneck_width
 from reslab.models.resnet import ResNetLayout
 
 
@@ -80,10 +81,12 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
     Mirrors ``ResNet.__init__`` and the blocks of :mod:`reslab.blocks`: a conv has ``k·k·c_in``
     weights per output channel and no bias, a BN a scale and a shift per channel, fc a bias, a
     gate's 1×1 conv a bias too. Activation placements move BNs and ReLUs but add none with
-    parameters; ``shortcut_mode="conv"`` is option C, counted as a projection.
+    parameters; ``shortcut_mode="conv"`` is option C, counted as a projection. A grouped
+    convolution (ResNeXt) has ``k·k·c_in/groups`` weights per output channel; dropout (wide
+    ResNets) has none.
     """
     h, w = size[1], size[2]
-    planes = layout.widths[0]
+    planes = layout.stem_planes
     k, stride = (3, 1) if layout.stem == "cifar" else (7, 2)
     h, w, macs = _conv(layout.in_channels, planes, k, stride, h, w)
     # Pre-activation nets have no BN after the stem.
@@ -96,9 +99,9 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
         for j in range(n_blocks):
             stride = 2 if i > 0 and j == 0 else 1
             h_in, w_in = h, w
-            for c_in, c_out, k, s in _branch_convs(layout, in_planes, planes, stride):
-                h, w, macs = _conv(c_in, c_out, k, s, h, w)
-                yield c_in * c_out * k * k + 2 * (c_in if layout.preact else c_out), macs
+            for c_in, c_out, k, s, g in _branch_convs(layout, in_planes, planes, stride):
+                h, w, macs = _conv(c_in, c_out, k, s, h, w, g)
+                yield c_in * c_out * k * k // g + 2 * (c_in if layout.preact else c_out), macs
             out_planes = planes * layout.block.expansion
             same_shape = in_planes == out_planes and stride == 1
             projects = layout.shortcut == "C" or (layout.shortcut == "B" and not same_shape)
@@ -118,19 +121,24 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
 
 def _branch_convs(
     layout: ResNetLayout, in_planes: int, planes: int, stride: int
-) -> list[tuple[int, int, int, int]]:
-    """(c_in, c_out, kernel, stride) of a block's branch: two 3×3s, or 1×1-3×3-1×1 (v1.5)."""
+) -> list[tuple[int, int, int, int, int]]:
+    """(c_in, c_out, kernel, stride, groups) of a block's branch: two 3×3s, or 1×1-3×3-1×1
+    (v1.5) with ResNeXt's grouped 3×3 of :func:`~reslab.blocks.bottleneck_width` channels."""
     if layout.block.branch_convs == 2:
-        return [(in_planes, planes, 3, stride), (planes, planes, 3, 1)]
+        return [(in_planes, planes, 3, stride, 1), (planes, planes, 3, 1, 1)]
     expanded = planes * layout.block.expansion
-    return [(in_planes, planes, 1, 1), (planes, planes, 3, stride), (planes, expanded, 1, 1)]
+    g = layout.groups
+    inner = bottleneck_width(planes, g, layout.base_width)
+    return [(in_planes, inner, 1, 1, 1), (inner, inner, 3, stride, g), (inner, expanded, 1, 1, 1)]
 
 
-def _conv(c_in: int, c_out: int, k: int, stride: int, h: int, w: int) -> tuple[int, int, int]:
+def _conv(
+    c_in: int, c_out: int, k: int, stride: int, h: int, w: int, groups: int = 1
+) -> tuple[int, int, int]:
     """Output height, width and MACs of a ``k×k`` conv with padding ``k // 2`` (as all here)."""
     pad = k // 2
     h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    return h, w, h * w * c_out * c_in * k * k
+    return h, w, h * w * c_out * c_in * k * k // groups
 
 
 __all__ = ["count_macs", "count_params", "layout_macs", "layout_params"]

@@ -1,6 +1,7 @@
 """Every model by name, in the manner of timm: ``create_model("resnet56", shortcut="B")``.
 
-Names, and the one rule that makes a plain twin: replace ``resnet`` by ``plain`` in the name.
+Names, and the one rule that makes a plain twin: replace ``resnet`` by ``plain`` in the name,
+or, where the name has no ``resnet``, put ``plain_`` before it.
 
 =====================================  ==============================================  ==========
 residual                               plain twin (the same layers, no shortcuts)      input
@@ -8,15 +9,24 @@ residual                               plain twin (the same layers, no shortcuts
 ``resnet20 … resnet1202``  (CIFAR)     ``plain20 … plain1202``                         32×32
 ``preact_resnet110/164/1001``          ``preact_plain110/164/1001``                    32×32
 ``resnet18 … resnet152``  (ImageNet)   ``plain18 … plain152``  (bottlenecks from 50)   224×224
+``wrn28_10`` ``wrn16_8`` ``wrn40_4``   ``plain_wrn28_10`` ``plain_wrn16_8`` …          32×32
+``resnext29_8x64d`` ``…16x64d``        ``plain_resnext29_8x64d`` …                     32×32
+``resnext50_32x4d``  (ImageNet)        ``plain_resnext50_32x4d``                       224×224
 =====================================  ==============================================  ==========
 
 Any other CIFAR depth builds by name too (``resnet74``, ``plain74``, ``preact_resnet56``,
 ``preact_plain56``). Where ``resnetN``/``plainN`` names an ImageNet net (50 and 152 are also
 ``6n+2``), the CIFAR net of that depth is ``cifar_resnetN``/``cifar_plainN``, and
-:func:`cifar_model_name` picks that spelling for the studies.
+:func:`cifar_model_name` picks that spelling for the studies. So does any wide ResNet
+``wrnD_K`` (``D = 6n+4``) and any ResNeXt ``resnextD_CxWd``: CIFAR for ``D = 9n+2``, torchvision's
+ImageNet layout for 50, 101 and 152 (``resnext101_32x8d``), each with its ``plain_`` twin.
 
 Options override the name: ``create_model("resnet110", preact=True)`` is ``preact_resnet110``
 and ``create_model(name, plain=True)`` is the name's plain twin, exactly.
+``create_model(name, features_only=True, out_indices=...)`` is the net without its head, whose
+forward returns the list of feature maps ``out_indices`` chooses (timm's convention: 0 is the
+stem's output, ``i`` the ``i``-th stage's, negative indices count from the end; all by
+default): a :class:`~reslab.models.features.ResNetFeatures`.
 """
 
 from __future__ import annotations
@@ -24,10 +34,11 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NoReturn, overload
 
 from reslab.errors import ModelError
+from reslab.models.features import ResNetFeatures
 from reslab.models.resnet import (
     IMAGENET_DEPTHS,
     ResNet,
@@ -36,6 +47,7 @@ from reslab.models.resnet import (
     cifar_layout,
     imagenet_layout,
 )
+from reslab.models.wide import cifar_resnext_layout, imagenet_resnext_layout, wrn_layout
 
 LayoutFactory = Callable[..., ResNetLayout]
 # name -> (the layout factory, whose keyword arguments are the name's options; preset arguments)
@@ -100,6 +112,40 @@ plain50 = register_model("plain50", imagenet_layout, depth=50, plain=True)
 plain101 = register_model("plain101", imagenet_layout, depth=101, plain=True)
 plain152 = register_model("plain152", imagenet_layout, depth=152, plain=True)
 
+# Wide ResNets, Zagoruyko & Komodakis 2016 (arXiv:1605.07146) Table 4, and their plain twins.
+wrn28_10 = register_model("wrn28_10", wrn_layout, depth=28, widen_factor=10)
+wrn16_8 = register_model("wrn16_8", wrn_layout, depth=16, widen_factor=8)
+wrn40_4 = register_model("wrn40_4", wrn_layout, depth=40, widen_factor=4)
+plain_wrn28_10 = register_model("plain_wrn28_10", wrn_layout, depth=28, widen_factor=10, plain=True)
+plain_wrn16_8 = register_model("plain_wrn16_8", wrn_layout, depth=16, widen_factor=8, plain=True)
+plain_wrn40_4 = register_model("plain_wrn40_4", wrn_layout, depth=40, widen_factor=4, plain=True)
+
+# ResNeXt, Xie et al. 2017 (arXiv:1611.05431): CIFAR Table 7, ImageNet as torchvision's.
+_RESNEXT29 = {"depth": 29, "bottleneck_width": 64}
+resnext29_8x64d = register_model(
+    "resnext29_8x64d", cifar_resnext_layout, cardinality=8, **_RESNEXT29
+)
+resnext29_16x64d = register_model(
+    "resnext29_16x64d", cifar_resnext_layout, cardinality=16, **_RESNEXT29
+)
+resnext50_32x4d = register_model(
+    "resnext50_32x4d", imagenet_resnext_layout, depth=50, cardinality=32, bottleneck_width=4
+)
+plain_resnext29_8x64d = register_model(
+    "plain_resnext29_8x64d", cifar_resnext_layout, cardinality=8, plain=True, **_RESNEXT29
+)
+plain_resnext29_16x64d = register_model(
+    "plain_resnext29_16x64d", cifar_resnext_layout, cardinality=16, plain=True, **_RESNEXT29
+)
+plain_resnext50_32x4d = register_model(
+    "plain_resnext50_32x4d",
+    imagenet_resnext_layout,
+    depth=50,
+    cardinality=32,
+    bottleneck_width=4,
+    plain=True,
+)
+
 
 # --- names --------------------------------------------------------------------------------------
 
@@ -108,12 +154,27 @@ IMAGENET_NAMES = frozenset(f"resnet{d}" for d in IMAGENET_DEPTHS)
 # Any other CIFAR depth by name: resnet74, plain74, preact_resnet56, preact_plain56; and
 # cifar_resnet50, cifar_plain50 where resnet50 and plain50 name the ImageNet nets.
 _DYNAMIC = re.compile(r"^(resnet|plain|preact_resnet|preact_plain|cifar_resnet|cifar_plain)(\d+)$")
+# Any wide ResNet and ResNeXt: wrn22_8, plain_wrn22_8; resnext29_4x32d, resnext101_32x8d.
+_WRN = re.compile(r"^(plain_)?wrn(\d+)_(\d+)$")
+_RESNEXT = re.compile(r"^(plain_)?resnext(\d+)_(\d+)x(\d+)d$")
+# What a name fixes; the factories take them as arguments, but they are not options.
+_NAME_ARGUMENTS = {"depth", "widen_factor", "cardinality", "bottleneck_width"}
 
 
 def _resolve(name: str) -> tuple[LayoutFactory, dict[str, Any]]:
     """(layout factory, preset keyword arguments) for a model name."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    wide = _WRN.match(name)
+    if wide:
+        plain, depth, k = wide.groups()
+        return wrn_layout, {"depth": int(depth), "widen_factor": int(k), "plain": bool(plain)}
+    grouped = _RESNEXT.match(name)
+    if grouped:
+        plain, depth, c, d = grouped.groups()
+        factory = imagenet_resnext_layout if int(depth) in IMAGENET_DEPTHS else cifar_resnext_layout
+        grid = {"depth": int(depth), "cardinality": int(c), "bottleneck_width": int(d)}
+        return factory, {**grid, "plain": bool(plain)}
     match = _DYNAMIC.match(name)
     if match:
         family, depth = match.group(1), int(match.group(2))
@@ -127,7 +188,7 @@ def _resolve(name: str) -> tuple[LayoutFactory, dict[str, Any]]:
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ModelError(
         f"unknown model {name!r}: {hint}run `reslab models` to list them "
-        "(CIFAR depths 6n+2 also work, e.g. resnet74, plain74)"
+        "(CIFAR depths 6n+2 also work, e.g. resnet74, plain74, and wrnD_K, resnext29_CxWd)"
     )
 
 
@@ -161,6 +222,18 @@ def list_models(pattern: str | None = None) -> list[str]:
 _BOOLEAN_OPTIONS = ("plain", "zero_init_residual", "preact")
 
 
+# features_only=True returns the headless net; the overloads tell type checkers which is which.
+@overload
+def create_model(
+    name: str,
+    *,
+    features_only: Literal[True],
+    out_indices: int | Sequence[int] | None = None,
+    **options: Any,
+) -> ResNetFeatures: ...
+
+
+@overload
 def create_model(
     name: str,
     *,
@@ -178,8 +251,35 @@ def create_model(
     branch_scale: float | None = None,
     gate_bias: float | None = None,
     shortcut_dropout: float | None = None,
+    drop_rate: float | None = None,
+    features_only: Literal[False] = False,
+    out_indices: None = None,
     **unknown: NoReturn,
-) -> ResNet:
+) -> ResNet: ...
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    width: float | None = None,
+    shortcut: str | None = None,
+    plain: bool | None = None,
+    zero_init_residual: bool | None = None,
+    preact: bool | None = None,
+    block: str | None = None,
+    activation: str | None = None,
+    shortcut_mode: str | None = None,
+    shortcut_scale: float | None = None,
+    branch_scale: float | None = None,
+    gate_bias: float | None = None,
+    shortcut_dropout: float | None = None,
+    drop_rate: float | None = None,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    **unknown: Any,
+) -> ResNet | ResNetFeatures:
     """Build a registered model by name, e.g. ``create_model("resnet56", shortcut="B")``.
 
     Every option left at ``None`` keeps the name's default:
@@ -205,6 +305,8 @@ def create_model(
       (a 1×1 conv on every shortcut: ``shortcut="C"``) or ``"dropout"`` (``shortcut_dropout``
       0.5 on the shortcut). These change the shortcut, so they have no plain twin.
 
+    ``drop_rate``: dropout inside a wide ResNet's blocks. ``features_only``: see the module.
+
     Any other keyword, or a value of the wrong type, raises :class:`~reslab.errors.ModelError`
     (``**unknown`` is typed ``NoReturn`` so that type checkers flag a misspelt option too). The
     resolved name and the options given are kept on the model as ``model.reslab_config``,
@@ -227,11 +329,31 @@ def create_model(
         "branch_scale": branch_scale,
         "gate_bias": gate_bias,
         "shortcut_dropout": shortcut_dropout,
+        "drop_rate": drop_rate,
     }
     options = {**{k: v for k, v in given.items() if v is not None}, **unknown}
     model = ResNet.from_layout(model_layout(name, **options))
-    model.reslab_config = {"name": name, **options}  # type: ignore[assignment]
-    return model
+    model.reslab_config = config = {"name": name, **options}  # type: ignore[assignment]
+    return _headless(model, config, features_only, out_indices)
+
+
+def _headless(
+    model: ResNet,
+    config: dict[str, Any],
+    features_only: object,
+    out_indices: int | Sequence[int] | None,
+) -> ResNet | ResNetFeatures:
+    """``model`` without its head if ``features_only``; the config rebuilds it so."""
+    if not isinstance(features_only, bool):
+        raise ModelError(f"features_only must be True or False, got {features_only!r}")
+    if out_indices is not None and not features_only:
+        raise ModelError("out_indices chooses feature maps: it needs features_only=True")
+    if not features_only:
+        return model
+    features = ResNetFeatures(model, out_indices)
+    chosen = list(features.out_indices)
+    features.reslab_config = {**config, "features_only": True, "out_indices": chosen}  # type: ignore[assignment]
+    return features
 
 
 def model_layout(name: str, **options: Any) -> ResNetLayout:
@@ -239,7 +361,7 @@ def model_layout(name: str, **options: Any) -> ResNetLayout:
     if not isinstance(name, str):
         raise ModelError(f"model name must be a string such as 'resnet20', got {name!r}")
     factory, preset = _resolve(name)
-    valid = set(inspect.signature(factory).parameters) - {"depth"}
+    valid = set(inspect.signature(factory).parameters) - _NAME_ARGUMENTS
     bad = sorted(set(options) - valid)
     if bad:
         raise ModelError(

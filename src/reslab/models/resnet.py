@@ -12,10 +12,15 @@ A factory decides a :class:`ResNetLayout` (block, stage sizes, widths, stem, opt
 that fixes the shapes) and :class:`ResNet` builds the modules from it. The layout alone is enough
 to count parameters and MACs (:mod:`reslab.models.counting`), which is how ``reslab models``
 lists ResNet-1202 without building it. The registry (:mod:`reslab.models.registry`) names them.
+The wide ResNets and ResNeXt are layouts of the same class (:mod:`reslab.models.wide`).
+
+Every net gives its stage outputs in timm's convention: :attr:`ResNet.feature_info` and
+:meth:`ResNet.forward_intermediates` (:mod:`reslab.models.features`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +37,7 @@ from reslab.blocks import (
     is_block,
 )
 from reslab.errors import ModelError
+from reslab.models.features import feature_take_indices
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 PREACT_CIFAR_DEPTHS = (110, 164, 1001)
@@ -62,6 +68,10 @@ class ResNetLayout:
     zero_init_residual: bool = False
     # How shortcuts meet F (2016, Table 1); frozen, so one default instance is safe to share.
     variant: ShortcutVariant = ShortcutVariant()  # noqa: RUF009
+    stem_width: int | None = None  # None: the first stage's width; a wide ResNet's stem is 16
+    groups: int = 1  # bottlenecks: ResNeXt's cardinality C (Xie et al. 2017)
+    base_width: int = 64  # bottlenecks: each group's width in the first stage, ResNeXt's d
+    drop_rate: float = 0.0  # wide blocks: dropout between the convolutions (WRN, §2.3)
 
     def __post_init__(self) -> None:
         _check_positive_int("num_classes", self.num_classes)
@@ -83,6 +93,34 @@ class ResNetLayout:
             )
         if mode == "conv" and self.shortcut != "C":
             raise ModelError(f"shortcut_mode='conv' is option C, got shortcut {self.shortcut!r}")
+        self._check_block_options()
+
+    def _check_block_options(self) -> None:
+        """The family options: valid values, and only on a block that takes them."""
+        if self.stem_width is not None:
+            _check_positive_int("stem_width", self.stem_width)
+        _check_positive_int("groups", self.groups)
+        _check_positive_int("base_width", self.base_width)
+        rate = self.drop_rate
+        number = isinstance(rate, int | float) and not isinstance(rate, bool)
+        if not (number and math.isfinite(rate) and 0 <= rate < 1):
+            raise ModelError(f"drop_rate must be a number in [0, 1), got {rate!r}")
+        defaults = {"groups": 1, "base_width": 64, "drop_rate": 0.0}
+        for option, default in defaults.items():
+            if getattr(self, option) != default and option not in self.block.options:
+                raise ModelError(
+                    f"{option}={getattr(self, option)!r} needs a block that has it: "
+                    f"{self.block.__name__} takes {', '.join(self.block.options) or 'none'}"
+                )
+
+    @property
+    def stem_planes(self) -> int:
+        """Channels of the stem's convolution."""
+        return self.widths[0] if self.stem_width is None else self.stem_width
+
+    def block_options(self) -> dict[str, Any]:
+        """The keyword options the block's constructor takes beyond the shared ones."""
+        return {name: getattr(self, name) for name in self.block.options}
 
     @property
     def preact(self) -> bool:
@@ -115,7 +153,11 @@ class ResNet(nn.Module):
     have no BN after the stem and a final BN-ReLU (``bn_final``) after the last block, since
     their blocks end on a convolution (He et al. 2016); ReLU-only pre-activation nets end on a
     ReLU there for the same reason. ``variant`` changes how every block's shortcut meets its
-    branch (He et al. 2016, Table 1).
+    branch (He et al. 2016, Table 1). ``stem_width``, ``groups``, ``base_width`` and
+    ``drop_rate`` are the wide families' (:class:`ResNetLayout`).
+
+    ``feature_info`` lists, as timm does, each feature map :meth:`forward_intermediates` can
+    return: the stem's output, then each stage's (``num_chs``, ``reduction``, ``module``).
     """
 
     def __init__(
@@ -131,6 +173,10 @@ class ResNet(nn.Module):
         plain: bool = False,
         zero_init_residual: bool = False,
         variant: ShortcutVariant | None = None,
+        stem_width: int | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         layout = ResNetLayout(
@@ -144,6 +190,10 @@ class ResNet(nn.Module):
             plain=plain,
             zero_init_residual=zero_init_residual,
             variant=variant or ShortcutVariant(),
+            stem_width=stem_width,
+            groups=groups,
+            base_width=base_width,
+            drop_rate=drop_rate,
         )
         self.shortcut_option = shortcut = layout.shortcut
         self.plain = plain
@@ -151,8 +201,9 @@ class ResNet(nn.Module):
         self.preact = layout.preact
         self.activation = layout.activation
         self.input_size = layout.input_size
+        self.block_options = layout.block_options()
 
-        stem_width = widths[0]
+        stem_width = layout.stem_planes
         if stem == "cifar":
             self.conv1 = nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False)
             self.maxpool: nn.Module = nn.Identity()
@@ -170,6 +221,7 @@ class ResNet(nn.Module):
             stage = self._make_stage(block, width, n_blocks, stride, shortcut, plain)
             setattr(self, name, stage)
             self.stage_names.append(name)
+        self.feature_info = _feature_info(layout)
 
         out_planes = self.in_planes
         self.bn_final: nn.Module = nn.Identity()
@@ -178,7 +230,9 @@ class ResNet(nn.Module):
         elif self.activation == "relu_preact":
             self.bn_final = nn.ReLU(inplace=True)  # its last addition, like (e)'s, is activated
         self.fc = nn.Linear(out_planes, num_classes)
+        self._init_weights(zero_init_residual)
 
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # He initialisation (arXiv:1502.01852), as the paper and torchvision use.
@@ -210,6 +264,7 @@ class ResNet(nn.Module):
                     shortcut=shortcut,
                     plain=plain,
                     variant=self.variant,
+                    **self.block_options,
                 )
             )
             self.in_planes = planes * block.expansion
@@ -229,6 +284,10 @@ class ResNet(nn.Module):
             plain=layout.plain,
             zero_init_residual=layout.zero_init_residual,
             variant=layout.variant,
+            stem_width=layout.stem_width,
+            groups=layout.groups,
+            base_width=layout.base_width,
+            drop_rate=layout.drop_rate,
         )
 
     def blocks(self) -> list[_Block]:
@@ -252,6 +311,65 @@ class ResNet(nn.Module):
         x = self.features(x)
         # Global average pool as a mean: CUDA's adaptive-pool backward is not deterministic.
         return self.fc(x.mean((2, 3)))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """``(features(x), [the chosen feature maps])``, as timm's models return them.
+
+        ``indices`` count :attr:`feature_info`: 0 is the stem's output, ``i`` the ``i``-th
+        stage's; ``None`` takes all, an int ``n`` the last ``n``, a sequence those named
+        (negative ones from the end). ``norm=True`` gives the last stage's map after what the
+        net applies to it before pooling (``bn_final``: a pre-activation net's BN-ReLU, the
+        ReLU of ReLU-only pre-activation, nothing in the others). ``stop_early`` runs only
+        as far as the deepest chosen map, and the first item is then that map.
+        ``intermediates_only`` returns the list alone.
+        """
+        if output_fmt != "NCHW":
+            raise ModelError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, deepest = feature_take_indices(len(self.feature_info), indices)
+        maps: list[Tensor] = []
+        x = self.relu(self.bn1(self.conv1(x)))
+        if 0 in take:
+            maps.append(x)
+        x = self.maxpool(x)
+        names = self.stage_names[:deepest] if stop_early else self.stage_names
+        for i, name in enumerate(names, 1):
+            x = getattr(self, name)(x)
+            if i in take:
+                maps.append(x)
+        if len(names) < len(self.stage_names):
+            return maps if intermediates_only else (x, maps)
+        last_taken = len(self.stage_names) in take
+        if norm and last_taken:
+            x = maps[-1] = self.bn_final(x)
+        elif not intermediates_only:
+            # A ReLU-only final activation works in place; keep the stage's own map intact.
+            inplace = isinstance(self.bn_final, nn.ReLU) and self.bn_final.inplace
+            x = self.bn_final(x.clone() if last_taken and inplace else x)
+        return maps if intermediates_only else (x, maps)
+
+
+def _feature_info(layout: ResNetLayout) -> list[dict[str, Any]]:
+    """timm's ``feature_info``: the stem's output (before the max-pool), then every stage's.
+
+    ``reduction`` is the input's side over the map's: the ImageNet stem halves it, its
+    max-pool again, every stage after the first again.
+    """
+    reduction = 1 if layout.stem == "cifar" else 2
+    info = [{"num_chs": layout.stem_planes, "reduction": reduction, "module": "relu"}]
+    reduction *= 1 if layout.stem == "cifar" else 2
+    for i, width in enumerate(layout.widths):
+        reduction *= 1 if i == 0 else 2
+        channels = width * layout.block.expansion
+        info.append({"num_chs": channels, "reduction": reduction, "module": f"layer{i + 1}"})
+    return info
 
 
 def _check_positive_int(name: str, value: object) -> None:

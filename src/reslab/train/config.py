@@ -18,7 +18,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,31 @@ class TrainConfig:
         None, "evaluate an EMA of the weights with this decay, e.g. 0.999", metavar="DECAY"
     )
     grad_clip: float | None = knob(None, "clip the global gradient norm to this", metavar="NORM")
+    # --- timm-style trainer options (issue 10): EMA warm-up, mixup/cutmix, accumulation ---
+    ema_warmup: bool = knob(
+        True, "warm the EMA decay up as timm's ModelEmaV3: min(decay, 1 - step^(-2/3))"
+    )
+    mixup: float = knob(
+        0.0,
+        "mixup α: mix image pairs, λ ~ Beta(α, α) (Zhang et al. 2017); 0 = off",
+        metavar="ALPHA",
+    )
+    cutmix: float = knob(
+        0.0,
+        "cutmix α: paste a box of area 1-λ from the pair (Yun et al. 2019); 0 = off",
+        metavar="ALPHA",
+    )
+    mix_prob: float = knob(
+        1.0, "probability that a batch is mixed (with --mixup/--cutmix)", metavar="P"
+    )
+    mix_switch_prob: float = knob(
+        0.5, "with both --mixup and --cutmix: probability a mixed batch uses cutmix", metavar="P"
+    )
+    accum_steps: int = knob(
+        1,
+        "gradient accumulation: each step's --batch-size as K micro-batches (BN sees each)",
+        metavar="K",
+    )
     # system
     device: str = knob("auto", "auto (default: cuda if available), cpu, cuda or cuda:N")
     precision: str = knob("auto", "auto (bf16 on CUDA and on AMX CPUs, else fp32), fp32 or bf16")
@@ -155,7 +180,9 @@ class TrainConfig:
     seed: int = knob(0, "seed of weights, data order and augmentation", metavar="N")
     deterministic: bool = knob(False, "deterministic kernels: bit-identical resume on CPU")
     threads: int | None = knob(
-        None, "CPU threads (torch.set_num_threads); study workers use 1", metavar="N"
+        None,
+        "CPU threads (default: one per core this process may use; study workers split them)",
+        metavar="N",
     )
     detect_anomaly: bool = knob(False, "autograd anomaly detection (slow; debugging)")
     # output
@@ -296,6 +323,26 @@ def _check_values(c: TrainConfig) -> None:
     )
     need(c.recipe is None or c.recipe in RECIPES, "recipe", f"one of {', '.join(RECIPES)}")
     need(c.seed >= 0, "seed", "zero or positive")
+    _check_trainer_options(c, need)
+
+
+def _check_trainer_options(c: TrainConfig, need: Callable[[bool, str, str], None]) -> None:
+    """Issue 10's trainer options (EMA warm-up, mixup/cutmix, accumulation), kept apart."""
+    need(0 <= c.mixup < math.inf, "mixup", "a Beta α, zero (off) or positive, e.g. 0.8")
+    need(0 <= c.cutmix < math.inf, "cutmix", "a Beta α, zero (off) or positive, e.g. 1.0")
+    need(0 <= c.mix_prob <= 1, "mix_prob", "a probability in [0, 1]")
+    need(0 <= c.mix_switch_prob <= 1, "mix_switch_prob", "a probability in [0, 1]")
+    need(
+        1 <= c.accum_steps <= c.batch_size and c.batch_size % c.accum_steps == 0,
+        "accum_steps",
+        f"a divisor of --batch-size {c.batch_size} (micro-batches of batch_size / K)",
+    )
+    need(
+        c.accum_steps == 1 or not c.cuda_graphs,
+        "cuda_graphs",
+        "off with --accum-steps > 1 (CUDA graphs overwrite accumulated gradients, "
+        "pytorch/pytorch#169545; the default turns them off)",
+    )
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Evaluation: one function for the clean training error, the held-out errors and ``reslab eval``.
 
 :func:`evaluate` scores a model in eval mode without augmentation (top-1 error, mean loss and the
-confusion matrix); :func:`eval_run` is ``reslab eval``: a weights file on a dataset split.
+confusion matrix); :func:`eval_run` is ``reslab eval``: a weights file on a dataset split, fed
+the inputs it was trained on (:func:`normalization_for`: ``--normalize``, else the file's
+header, else the dataset's statistics).
 """
 
 from __future__ import annotations
@@ -20,9 +22,30 @@ from reslab.errors import CheckpointError, ConfigError
 from reslab.models import create_model
 from reslab.train.run_folder import run_config_near
 from reslab.train.runtime import autocast_context, pick_device
-from reslab.weights import load_weights, read_model_config
+from reslab.weights import (
+    IMAGENET,
+    Normalization,
+    load_weights,
+    normalization_problem,
+    read_model_config,
+    read_normalization,
+)
 
-__all__ = ["EvalResult", "eval_run", "evaluate", "model_for_weights"]
+__all__ = [
+    "EvalResult",
+    "dataset_normalization",
+    "eval_run",
+    "evaluate",
+    "model_for_weights",
+    "normalization_for",
+    "parse_normalize",
+]
+
+# --normalize's values, for the help of `reslab eval` and of the studies' --weights.
+NORMALIZE_CHOICES = (
+    "imagenet, dataset (its own statistics) or MEAN,STD (one value each, or one per channel: "
+    "m1,m2,m3,s1,s2,s3); default: the file's header, else dataset"
+)
 
 
 @dataclass
@@ -106,12 +129,15 @@ def eval_run(
     split: str = "test",
     device: str = "auto",
     batch_size: int = 1024,
+    normalize: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a weights file on a dataset split: ``reslab eval``.
 
     Without ``model`` the net is rebuilt from the file's header (:func:`reslab.load_model`).
     Without ``dataset``, a file inside a run folder uses the run's dataset, else ``digits``.
-    Returns error, loss, per-class error and the confusion matrix as plain JSON values.
+    The inputs are normalised as :func:`normalization_for` says (``normalize`` is
+    ``--normalize``). Returns error, loss, per-class error, the confusion matrix and the
+    normalisation used as plain JSON values.
     """
     weights = Path(weights)
     if not weights.is_file():
@@ -124,6 +150,7 @@ def eval_run(
     dev = pick_device(device, local_rank=0)
     ds = load_dataset(dataset, data_dir=data_dir or (run_config or {}).get("data_dir"))
     net = model_for_weights(weights, model, ds)
+    norm = normalization_for(weights, normalize, ds)
     net.to(dev)
     images = ds.test_images if split == "test" else ds.train_images
     labels = ds.test_labels if split == "test" else ds.train_labels
@@ -131,8 +158,8 @@ def eval_run(
         net,
         images,
         labels,
-        mean=ds.mean,
-        std=ds.std,
+        mean=norm.mean,
+        std=norm.std,
         num_classes=ds.num_classes,
         batch_size=batch_size,
         device=dev,
@@ -142,6 +169,7 @@ def eval_run(
         "model": getattr(net, "reslab_config", {}).get("name", model),
         "dataset": ds.name,
         "split": split,
+        "normalization": norm.to_json(),
         "n": result.n,
         "error": result.error,
         "loss": result.loss,
@@ -177,3 +205,72 @@ def model_for_weights(weights: Path, name: str | None, ds: Dataset) -> nn.Module
             "pass the dataset it was trained on with --dataset"
         )
     return net
+
+
+# --- which normalisation the weights expect ------------------------------------------------
+
+
+def dataset_normalization(ds: Dataset) -> Normalization:
+    """``ds``'s own train-split statistics, named after it: what ``reslab train`` feeds a net."""
+    return Normalization.of(ds.name, ds.mean, ds.std)
+
+
+def parse_normalize(text: str, ds: Dataset) -> Normalization:
+    """``--normalize`` for ``ds``: ``imagenet``, ``dataset`` or ``MEAN,STD``.
+
+    ``MEAN,STD`` is two numbers (one mean and one std for every channel) or ``2 × channels``
+    numbers, the means first (``0.49,0.48,0.45,0.25,0.24,0.26``), in [0, 1] pixel units.
+    Refused in one line: an unknown word, a wrong count, a value that is not finite, a std
+    that is not positive, a mean outside [0, 1], or ImageNet's three channels for a dataset
+    with another number.
+    """
+    word = text.strip().lower()
+    channels = ds.in_channels
+    where = f"--normalize {text!r}"
+    if word == "dataset":
+        return dataset_normalization(ds)
+    if word == "imagenet":
+        if channels != IMAGENET.channels:
+            raise ConfigError(
+                f"{where}: ImageNet's statistics are for 3 channels, {ds.name} has {channels}; "
+                "pass MEAN,STD or dataset"
+            )
+        return IMAGENET
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"{where}: expected imagenet, dataset or MEAN,STD (numbers separated by commas)"
+        ) from None
+    if len(values) == 2:
+        mean, std = [values[0]] * channels, [values[1]] * channels
+    elif len(values) == 2 * channels:
+        mean, std = values[:channels], values[channels:]
+    else:
+        raise ConfigError(
+            f"{where}: {ds.name} has {channels} channel(s), so give 2 numbers (one mean, one "
+            f"std) or {2 * channels} (the {channels} means, then the {channels} stds)"
+        )
+    problem = normalization_problem(mean, std)
+    if problem is None and not all(0 <= m <= 1 for m in mean):
+        problem = "means are in [0, 1] pixel units (divide 0-255 values by 255)"
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
+    return Normalization.of("custom", mean, std)
+
+
+def normalization_for(weights: Path, normalize: str | None, ds: Dataset) -> Normalization:
+    """The inputs ``weights`` expect on ``ds``: ``normalize`` (``--normalize``) when given,
+    else the file's header (:func:`reslab.weights.read_normalization`), else ``ds``'s own
+    statistics (files from before the header entry, and imported checkpoints)."""
+    if normalize is not None:
+        return parse_normalize(normalize, ds)
+    norm = read_normalization(weights)
+    if norm is None:
+        return dataset_normalization(ds)
+    if norm.channels != ds.in_channels:
+        raise ConfigError(
+            f"{weights} was trained on {norm.channels}-channel inputs ({norm.name} statistics) "
+            f"but {ds.name} has {ds.in_channels}; pass the dataset it was trained on"
+        )
+    return norm

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reslab.errors import ConfigError, ReslabError
+from reslab.data.mix import MixDraw, MixSettings, apply_mix, draw_mix
+from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.models import count_params
 from reslab.train.config import RESUME_OVERRIDABLE, TrainConfig, flag_name, resolve
 from reslab.train.console import Reporter, fmt, tensorboard_writer
 from reslab.train.distributed import Dist, init_distributed, param_checksum, sync_buffers
-from reslab.train.evaluate import evaluate
+from reslab.train.evaluate import dataset_normalization, evaluate
 from reslab.train.run_folder import RunFolder
 from reslab.train.runtime import Runtime, autocast_context, pick_device, setup
 from reslab.train.schedule import Schedule
@@ -215,8 +216,10 @@ def _fit(
     random.seed(config.seed)
     data = load_data(config, dist, device, fast)
     raw = build_model(config, data.ds, dist, device, fast)
+    # Every weights file of the run (and the EMA's copy) records the inputs it was trained on.
+    raw.reslab_normalization = dataset_normalization(data.ds)  # type: ignore[assignment]
     optimizer = build_optimizer(config, raw, device)
-    ema = EMA(raw, config.ema) if config.ema else None
+    ema = EMA(raw, config.ema, warmup=config.ema_warmup) if config.ema else None
     folder = RunFolder(config.run_dir())
     lock = claim_folder(folder, dist, resume, config, explicit)
     try:
@@ -257,6 +260,17 @@ def _resume(run: _Run) -> None:
             folder.drop_metrics()
         return
     saved, weights_path, tensors = checkpoint
+    # The step must be where the loader stands: an edited step would train on from the wrong
+    # place (the step files' own step is checked by the run folder).
+    loader = saved["loader"]
+    if loader["epoch"] * len(run.data.loader) + loader["batch"] != saved["step"]:
+        raise CheckpointError(
+            f"{folder.last_json} says step {saved['step']} but its loader stands at epoch "
+            f"{loader['epoch']}, batch {loader['batch']} of {len(run.data.loader)}; it was "
+            "edited: restore it, or delete it to resume from the newest intact step files"
+        )
+    if folder.recovered and dist.main:
+        run.report.line(f"resume: {folder.recovered}", always=True)
     load_weights(run.raw, weights_path)
     restore_momentum(run.optimizer, tensors)
     if run.ema is not None:
@@ -310,21 +324,32 @@ def _check_finite(run: _Run) -> tuple[float, int, int]:
     return loss_sum, errors, count
 
 
-def _step(run: _Run, x: Tensor, y: Tensor, autocast: Any, lr: float) -> None:
-    """One optimizer step at learning rate ``lr``, its sums added on the device."""
+def _step(
+    run: _Run, x: Tensor, y: Tensor, autocast: Any, lr: float, mix: MixDraw | None = None
+) -> None:
+    """One optimizer step at learning rate ``lr``, its sums added on the device.
+
+    With ``mix`` (mixup/cutmix on) the batch is mixed first and trained on soft targets; its
+    running training error counts against the dominant label (:mod:`reslab.data.mix`).
+    """
     config, state = run.config, run.state
     for group in run.optimizer.param_groups:
         group["lr"] = lr
+    target = y
+    if mix is not None:
+        mixed = apply_mix(x, y, mix, run.data.ds.num_classes)
+        x, target, y = mixed.images, mixed.targets, mixed.dominant
     try:
         loss, logits = train_step(
             run.model,
             run.optimizer,
             x,
-            y,
+            target,
             autocast,
             config.label_smoothing,
             config.grad_clip,
             cuda_graphs=run.fast.cuda_graphs,
+            accum_steps=config.accum_steps,
         )
     except RuntimeError as exc:
         # --detect-anomaly's NaN report: autograd has printed the forward call above.
@@ -335,7 +360,7 @@ def _step(run: _Run, x: Tensor, y: Tensor, autocast: Any, lr: float) -> None:
             f"the forward call that made it is printed above; stopped, {run.kept()}"
         ) from None
     if run.ema is not None:
-        run.ema.update(run.raw)
+        run.ema.update(run.raw, state.step + 1)
     state.running.add(loss, logits, y)
     state.step += 1
 
@@ -346,6 +371,12 @@ def _run_epochs(run: _Run) -> None:
     loader, schedule = data.loader, state.schedule
     autocast = autocast_context(run.device, run.fast.amp_dtype)
     lr = schedule.lr(state.step)
+    mixing = MixSettings(config.mixup, config.cutmix, config.mix_prob, config.mix_switch_prob)
+    if loader.batch_size % config.accum_steps:
+        raise ConfigError(
+            f"--accum-steps {config.accum_steps} must divide each rank's batch of "
+            f"{loader.batch_size} (--batch-size {config.batch_size} over {run.dist.world_size})"
+        )
     for epoch in range(loader.epoch, data.num_epochs):
         if state.step >= data.total_steps:  # resumed from the checkpoint taken at the end
             break
@@ -354,7 +385,13 @@ def _run_epochs(run: _Run) -> None:
         epoch_start, images = time.perf_counter(), 0
         for x, y in loader:
             lr = schedule.lr(state.step)
-            _step(run, x, y, autocast, lr)
+            mix = None
+            if mixing.enabled:  # drawn from (seed, epoch, batch, rank) alone: resumes exactly
+                h, w = x.shape[2:]
+                batch = loader.state_dict()["batch"] - 1  # the batch just handed out
+                mix = draw_mix(mixing, h, w, seed=config.seed, epoch=loader.epoch, batch=batch,
+                               rank=run.dist.rank)  # fmt: skip
+            _step(run, x, y, autocast, lr, mix)
             images += y.shape[0] * run.dist.world_size
             _snapshot(run)
             # He et al. 2015 §4.2: warm up at warmup_lr until the training error is below the

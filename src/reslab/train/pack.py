@@ -36,6 +36,7 @@ from reslab.models import count_params, create_model
 from reslab.train.config import TrainConfig
 from reslab.train.console import Reporter
 from reslab.train.distributed import Dist
+from reslab.train.evaluate import dataset_normalization
 from reslab.train.loop import (
     History,
     NonFiniteLoss,
@@ -82,6 +83,10 @@ def pack_blocker(config: TrainConfig) -> str | None:
         return "--warmup-until-error (a learning rate per member)"
     if config.ema is not None:
         return "--ema"
+    if config.mixup or config.cutmix:
+        return "--mixup/--cutmix"
+    if config.accum_steps > 1:
+        return "--accum-steps"
     if config.shortcut_mode == "dropout":
         return "--shortcut-mode dropout (draws from the global RNG)"
     if config.tensorboard or config.detect_anomaly:
@@ -170,6 +175,7 @@ def _build_member(
     random.seed(config.seed)
     data = load_data(config, dist, device, fast)
     raw = build_model(config, data.ds, dist, device, fast)
+    raw.reslab_normalization = dataset_normalization(data.ds)  # type: ignore[assignment]
     optimizer = build_optimizer(config, raw, device)
     rng = get_rng_state()
     folder = RunFolder(config.run_dir())

@@ -46,12 +46,28 @@ from torch import Tensor, nn
 from reslab.errors import CheckpointError, ReslabError
 from reslab.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from reslab.train.config import TrainConfig, check_settings
+from reslab.train.run_lock import RunLock
+from reslab.train.run_schema import (
+    CHECKPOINT_FORMAT,
+    MAX_JSON_BYTES,
+    BadField,
+    BadJSON,
+    check_checkpoint,
+    check_config_values,
+    check_files,
+    check_record,
+    check_result,
+    commit_name,
+    optim_name,
+    parse_json,
+    read_bounded,
+    read_json,
+    shown,
+    step_metadata,
+    step_of,
+    weights_name,
+)
 from reslab.weights import read_state_dict, save_weights
-
-try:  # POSIX only; elsewhere runs go unlocked
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -63,52 +79,8 @@ __all__ = [
     "set_rng_state",
 ]
 
-CHECKPOINT_FORMAT = 1
 WEIGHTS = "last.safetensors"
 OPTIM = "last.optim.safetensors"
-
-
-class RunLock:
-    """An exclusive, non-blocking ``fcntl.flock`` on ``<run>/.lock`` holding the owner's pid.
-
-    The kernel drops the lock when the process dies (even by ``kill -9``), so a stale lock
-    never blocks a resume.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.path = run_dir / ".lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:  # --out is a file, under a file, read-only, disk full...
-            raise ReslabError(
-                f"cannot use {self.run_dir} as a run folder: {exc.strerror or exc}; "
-                "choose another --out"
-            ) from exc
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise ReslabError(
-                    f"run folder {self.run_dir} is in use by another process (pid {owner}); "
-                    "wait for it or choose another --out"
-                ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            if fcntl is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 def _sha256(path: Path) -> str:
@@ -142,26 +114,32 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+def _read_json_object(path: Path, what: str, fix: str) -> dict[str, Any]:
     """A JSON file that must hold an object; every failure is one line naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         raise ReslabError(
             f"{path.parent} is not a finished run (missing {path.name}): finish it with "
             "`reslab train --resume DIR` or remove it"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReslabError(f"cannot read {path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ReslabError(f"{path.parent} has a corrupt JSON file ({exc.msg})") from exc
+        )
+    data = read_json(path, fix)
     if not isinstance(data, dict):
-        raise ReslabError(f"{path} must hold a JSON object ({what}), got {type(data).__name__}")
+        raise CheckpointError(
+            f"{path} must hold a JSON object ({what}), got {type(data).__name__}; {fix}"
+        )
     return data
 
 
+def _fix_finished(path: Path) -> str:
+    return f"restore it, or delete it and run `reslab train --resume {path.parent}` to finish again"
+
+
 class RunFolder:
-    """Reading and writing one run folder; only rank 0 writes."""
+    """Reading and writing one run folder; only rank 0 writes.
+
+    Every file is read through :mod:`reslab.train.run_schema` (a bad one is one line naming
+    it), and the writer is conservative: a checkpoint is deleted only once a newer one is
+    committed, and nothing is touched before the folder's layout has been checked.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -174,6 +152,7 @@ class RunFolder:
         self.last_json = self.ckpt_dir / "last.json"
         self.best_path = self.ckpt_dir / "best.safetensors"
         self.ema_path = self.ckpt_dir / "ema.safetensors"
+        self.recovered: str | None = None  # set when a resume had to rebuild last.json
 
     @property
     def weights_path(self) -> Path:
@@ -185,11 +164,15 @@ class RunFolder:
         return path.relative_to(self.path).as_posix()
 
     def has_run(self) -> bool:
-        return any(p.exists() for p in (self.config_path, self.result_path, self.last_json))
+        """Whether anything of a run is here (a new run must not start over it)."""
+        paths = (self.config_path, self.result_path, self.last_json)
+        if any(os.path.lexists(p) for p in paths):
+            return True
+        return self.ckpt_dir.is_dir() and any(step_of(p.name) for p in self.ckpt_dir.iterdir())
 
     def is_finished(self) -> bool:
-        """Whether result.json is there (the run finished or diverged)."""
-        return self.result_path.is_file()
+        """Whether result.json is there (the run finished or diverged); read_result checks it."""
+        return os.path.lexists(self.result_path)
 
     # config and result ------------------------------------------------------------------------
 
@@ -205,21 +188,24 @@ class RunFolder:
 
     def read_config(self) -> TrainConfig:
         """The saved config, checked like a config file; refuses a folder without one."""
-        if not self.config_path.is_file():
+        if not os.path.lexists(self.config_path):
             raise ReslabError(
                 f"no run to resume in {self.path}: {self.config_path.name} is missing; "
                 "start it without --resume"
             )
-        from reslab.train.config import load_config_file
-
-        return TrainConfig(**load_config_file(self.config_path))
+        return TrainConfig(**self.read_saved_config())
 
     def read_saved_config(self) -> dict[str, Any]:
         """config.json's settings as saved (without ``_meta``), checked key by key."""
-        raw = _read_json_object(self.config_path, "the run's settings")
+        fix = "restore it, or start the run again in a new --out with its settings"
+        raw = _read_json_object(self.config_path, "the run's settings", fix)
         raw = raw.get("config", raw)  # a results.json-style {"config": {...}} wrapper
         if not isinstance(raw, dict):
-            raise ReslabError(f"{self.config_path} must hold a JSON object of settings")
+            raise ReslabError(f"{self.config_path} must hold a JSON object of settings; {fix}")
+        try:
+            check_config_values(raw)
+        except BadField as exc:
+            raise CheckpointError(f"{self.config_path} {exc}; {fix}") from None
         return check_settings(raw, f"config file {self.config_path}", f" (in {self.config_path})")
 
     def write_result(self, result: dict[str, Any]) -> None:
@@ -234,7 +220,13 @@ class RunFolder:
         )  # fmt: skip
 
     def read_result(self) -> dict[str, Any]:
-        return _read_json_object(self.result_path, "the run's result")
+        """result.json (finished, or the diverged marker), checked against its schema."""
+        fix = _fix_finished(self.result_path)
+        data = _read_json_object(self.result_path, "the run's result", fix)
+        try:
+            return check_result(data)
+        except BadField as exc:
+            raise CheckpointError(f"{self.result_path} {exc}; {fix}") from None
 
     # checkpoints ------------------------------------------------------------------------------
 
@@ -248,31 +240,34 @@ class RunFolder:
         """Write step-stamped files, then ``last.json`` (the commit point), then the links.
 
         A crash before the commit leaves the previous checkpoint in force; after it, the new
-        one. Stale step files are removed once the new checkpoint is committed.
+        one. The commit is also kept as ``step-<N>.json`` (a copy, not a link, so damage to
+        last.json in place does not reach it): a lost or damaged ``last.json`` is rebuilt from
+        the newest intact step files. Older step files are removed only once the new
+        checkpoint is committed.
         """
-        weights = self.ckpt_dir / f"step-{step:09d}.safetensors"
-        optim = self.ckpt_dir / f"step-{step:09d}.optim.safetensors"
+        weights = self.ckpt_dir / weights_name(step)
+        optim = self.ckpt_dir / optim_name(step)
         from safetensors.torch import save as st_save
 
         save_weights(model, weights, metadata={"step": str(step)})
         cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         atomic_write_bytes(optim, st_save(cpu, metadata={"step": str(step)}))
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in (weights, optim)}
-        atomic_write_json(
-            self.last_json,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "step": step,
-                "weights": weights.name,
-                "optim": optim.name,
-                "files": files,
-                **state,
-            },
-        )
+        files = {p.name: _file_entry(p) for p in (weights, optim)}
+        commit = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "weights": weights.name,
+            "optim": optim.name,
+            "files": files,
+            **state,
+        }
+        atomic_write_json(self.last_json, commit)
+        atomic_write_bytes(self.ckpt_dir / commit_name(step), self.last_json.read_bytes())
         _link_atomic(weights, self.ckpt_dir / WEIGHTS)
         _link_atomic(optim, self.ckpt_dir / OPTIM)
-        for old in self.ckpt_dir.glob("step-*.safetensors"):
-            if old.name not in files:
+        for old in self.ckpt_dir.glob("step-*"):
+            parsed = step_of(old.name)
+            if parsed is not None and parsed[0] < step:  # superseded by this commit
                 old.unlink(missing_ok=True)
 
     def snapshot_path(self, step: int) -> Path:
@@ -282,8 +277,8 @@ class RunFolder:
     def committed_step(self) -> int | None:
         """The committed checkpoint's step; None when there is none or it is unreadable."""
         try:
-            return int(json.loads(self.last_json.read_text())["step"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return check_checkpoint(read_json(self.last_json, ""))
+        except (ReslabError, BadField):
             return None
 
     def load_checkpoint(
@@ -291,52 +286,166 @@ class RunFolder:
     ) -> tuple[dict[str, Any], Path, dict[str, Tensor]] | None:
         """(state, weights path, optimizer tensors) of the committed checkpoint, or None.
 
-        Every referenced file is checked against the size and SHA-256 recorded at commit.
-        With ``repair`` (rank 0 only), stale ``last.*`` links and temporary files left by a
-        crash are fixed.
+        ``last.json`` is checked against its schema and every file it names against the size,
+        SHA-256 and step recorded at commit. A ``last.json`` that is missing or not JSON (lost,
+        truncated) is rebuilt from the newest intact step files; one that is JSON but breaks
+        the schema or disagrees with the files (edited) is refused. None means a fresh start:
+        no checkpoint was ever committed (at most temp files of a first write remain). With
+        ``repair`` (rank 0 only) links, temp files and a rebuilt ``last.json`` are written.
         """
-        if not self.last_json.is_file():
-            if repair:  # killed during the first checkpoint: only temp files are left
-                for tmp in self.ckpt_dir.glob(".*.tmp"):
-                    tmp.unlink(missing_ok=True)
+        self.check_layout()
+        self.recovered = None
+        if not os.path.lexists(self.ckpt_dir):
             return None
-        try:
-            state = json.loads(self.last_json.read_text())
-            weights = self.ckpt_dir / state["weights"]
-            optim = self.ckpt_dir / state["optim"]
-            files = state["files"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(
-                f"{self.last_json} is unreadable ({exc}); delete {self.ckpt_dir} to restart "
-                "the run from scratch"
-            ) from exc
-        for path, alias in ((weights, WEIGHTS), (optim, OPTIM)):
-            shown = f"{self.ckpt_dir / alias} (= {path.name})"
-            if not path.is_file():
-                raise CheckpointError(f"checkpoint file {shown} is missing")
-            want = files[path.name]
-            size = path.stat().st_size
-            if size != want["size"] or _sha256(path) != want["sha256"]:
-                raise CheckpointError(
-                    f"checkpoint file {shown} is truncated or corrupt ({size} bytes, "
-                    f"{want['size']} written, SHA-256 differs); restore it or delete "
-                    f"{self.ckpt_dir} to restart the run"
-                )
+        state = self._read_last_json()
+        if state is None:
+            state = self._newest_intact()
+            if state is None:
+                if repair:  # killed during the first checkpoint: only temp files are left
+                    _remove_temps(self.ckpt_dir)
+                return None
+        weights, optim = self._check_step_files(state)
         tensors = read_state_dict(optim)
         if not repair:
             return state, weights, tensors
+        if self.recovered is not None:
+            atomic_write_json(self.last_json, state)
         # Repair the convenience links if a crash came between the commit and the link.
         for src, alias in ((weights, WEIGHTS), (optim, OPTIM)):
             dst = self.ckpt_dir / alias
             if not dst.exists() or not os.path.samefile(src, dst):
                 _link_atomic(src, dst)
-        for tmp in self.ckpt_dir.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        _remove_temps(self.ckpt_dir)
         return state, weights, tensors
+
+    def check_layout(self) -> None:
+        """Refuse a run folder whose parts are not what reslab wrote, before touching any."""
+        for path, kind in (
+            (self.path, "folder"),
+            (self.ckpt_dir, "folder"),
+            (self.metrics_path, "file"),
+            (self.csv_path, "file"),
+            (self.last_json, "file"),
+        ):
+            if not os.path.lexists(path):
+                continue
+            ok = path.is_dir() if kind == "folder" else path.is_file() and not path.is_symlink()
+            if not ok:
+                raise CheckpointError(
+                    f"{path} is not a {'folder' if kind == 'folder' else 'regular file'} as "
+                    f"reslab writes it; move it out of the way and resume, or choose another --out"
+                )
+
+    def _read_last_json(self) -> dict[str, Any] | None:
+        """The committed state; None when last.json is missing or not JSON (lost, truncated)."""
+        fix = (
+            "it was edited or damaged: restore it, delete it to resume from the newest intact "
+            f"step files, or delete {self.ckpt_dir} to restart the run"
+        )
+        if not os.path.lexists(self.last_json):
+            self.recovered = "checkpoints/last.json is missing"
+            return None
+        data = read_bounded(self.last_json, MAX_JSON_BYTES, fix)
+        try:
+            state = parse_json(data)
+        except BadField as exc:
+            self.recovered = f"checkpoints/last.json is not JSON ({exc})"
+            return None
+        try:
+            step = check_checkpoint(state)
+            check_files(state.get("files"), (weights_name(step), optim_name(step)))
+        except BadField as exc:
+            raise CheckpointError(f"{self.last_json} {exc}; {fix}") from None
+        return dict(state)
+
+    def _newest_intact(self) -> dict[str, Any] | None:
+        """The commit the newest intact step files carry; refuses if there are files but none.
+
+        None only when nothing shows a commit (no commit copy, no damaged last.json, no
+        metrics): then no checkpoint was ever committed and a fresh start loses nothing.
+        """
+        # A step's commit copy is written after last.json: step files without one are a
+        # write that was cut (or an older reslab's), never the only copy of a checkpoint.
+        steps = sorted(
+            {p[0] for p in map(step_of, os.listdir(self.ckpt_dir)) if p and p[1] == "json"},
+            reverse=True,
+        )
+        problems = []
+        for step in steps:
+            try:
+                return self._commit_in(step)
+            except BadField as exc:
+                problems.append(f"{commit_name(step)} {exc}")
+        # Metrics are appended only after their epoch's commit: any means one was committed.
+        committed_once = os.path.lexists(self.last_json) or (
+            self.metrics_path.is_file() and self.metrics_path.stat().st_size > 0
+        )
+        if not steps and not committed_once:
+            self.recovered = None
+            return None
+        raise CheckpointError(
+            f"{self.recovered} and no step file in {self.ckpt_dir} holds an intact checkpoint "
+            f"({'; '.join(problems[:2]) or 'there are none'}); restore last.json, or delete "
+            f"{self.ckpt_dir} to restart the run from scratch"
+        )
+
+    def _commit_in(self, step: int) -> dict[str, Any]:
+        """The commit kept as ``step-<step>.json``, checked with the files it names."""
+        path = self.ckpt_dir / commit_name(step)
+        if not (path.is_file() and not path.is_symlink()):
+            raise BadField("is missing or not a regular file")
+        try:
+            state = parse_json(read_bounded(path, MAX_JSON_BYTES, ""))
+        except (BadJSON, CheckpointError) as exc:
+            raise BadField(f"is not JSON ({exc})") from None
+        if check_checkpoint(state) != step:
+            raise BadField(f"does not hold step {step}")
+        check_files(state.get("files"), (weights_name(step), optim_name(step)))
+        try:
+            self._check_step_files(state)
+        except CheckpointError as exc:
+            raise BadField(f"names files that fail their check ({exc})") from None
+        self.recovered = f"{self.recovered}; rebuilt it from {path.name}"
+        return dict(state)
+
+    def _check_step_files(self, state: dict[str, Any]) -> tuple[Path, Path]:
+        """The two step files the commit names, each intact and holding the commit's step."""
+        step = state["step"]
+        files = check_files(state["files"], (weights_name(step), optim_name(step)))
+        paths = []
+        for name, alias in ((weights_name(step), WEIGHTS), (optim_name(step), OPTIM)):
+            path = self.ckpt_dir / name  # a name made from the step: always inside ckpt_dir
+            shown_as = f"{self.ckpt_dir / alias} (= {name})"
+            if not path.is_file() or path.is_symlink():
+                raise CheckpointError(
+                    f"checkpoint file {self.ckpt_dir / name}, the step-{step} file last.json "
+                    "commits, is missing or not a regular file; restore it, or delete "
+                    f"{self.ckpt_dir} to restart the run"
+                )
+            size, sha = files[name]
+            if path.stat().st_size != size or _sha256(path) != sha:
+                raise CheckpointError(
+                    f"checkpoint file {shown_as} is truncated or corrupt "
+                    f"({path.stat().st_size} bytes, {size} written, SHA-256 differs); restore it "
+                    f"or delete {self.ckpt_dir} to restart the run"
+                )
+            try:
+                held = step_metadata(path).get("step")
+            except BadField as exc:
+                raise CheckpointError(f"checkpoint file {path} {exc}") from None
+            if held != str(step):
+                raise CheckpointError(
+                    f"{self.last_json} says step {step} but {name} holds step {shown(held)}: "
+                    "last.json was edited; restore it, or delete it to resume from the newest "
+                    "intact step files"
+                )
+            paths.append(path)
+        return paths[0], paths[1]
 
     # metrics ----------------------------------------------------------------------------------
 
     def append_metrics(self, record: dict[str, Any], columns: Sequence[str]) -> None:
+        self.check_layout()  # never append through a symlink to a file outside the run
         try:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -357,6 +466,7 @@ class RunFolder:
 
     def rewrite_metrics(self, records: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         """Make the metrics files match the checkpoint's history (drops epochs run after it)."""
+        self.check_layout()
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in records))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
@@ -365,19 +475,46 @@ class RunFolder:
         atomic_write_text(self.csv_path, buf.getvalue())
 
     def drop_metrics(self) -> None:
-        """Remove the metrics of a run killed before its first checkpoint (it starts over)."""
+        """Remove the metrics of a run killed before its first checkpoint (it starts over).
+
+        Only after :meth:`load_checkpoint` found no checkpoint ever committed: the metrics of
+        an epoch are written after its checkpoint, so these hold nothing a checkpoint kept.
+        """
+        self.check_layout()
+        commits = [p for p in self.ckpt_dir.glob("step-*.json") if step_of(p.name)]
+        if os.path.lexists(self.last_json) or commits:
+            raise CheckpointError(f"{self.ckpt_dir} holds a checkpoint; resume it")  # a bug guard
         for path in (self.metrics_path, self.csv_path):
             path.unlink(missing_ok=True)
 
     def read_records(self) -> list[dict[str, Any]]:
         """metrics.jsonl's records ([] when absent: a run that diverged in its first epoch)."""
-        if not self.metrics_path.is_file():
+        if not os.path.lexists(self.metrics_path):
             return []
-        try:
-            lines = self.metrics_path.read_text().splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise ReslabError(f"{self.path} has a corrupt JSON file ({exc.msg})") from exc
+        fix = f"restore it, or delete it and result.json and resume {self.path} to rewrite it"
+        text = read_bounded(self.metrics_path, MAX_JSON_BYTES, fix)
+        records = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(check_record(parse_json(line), f"line {i}"))
+            except BadJSON as exc:
+                raise CheckpointError(
+                    f"{self.metrics_path} line {i} is not JSON ({exc}); {fix}"
+                ) from None
+            except BadField as exc:
+                raise CheckpointError(f"{self.metrics_path} {exc}; {fix}") from None
+        return records
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _remove_temps(folder: Path) -> None:
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -391,8 +528,8 @@ def run_config_near(weights: Path) -> dict[str, Any] | None:
         candidate = folder / "config.json"
         if candidate.is_file():
             try:
-                data = json.loads(candidate.read_text())
-            except (OSError, json.JSONDecodeError):
+                data = read_json(candidate, "")
+            except ReslabError:
                 return None
             return data if isinstance(data, dict) else None
     return None

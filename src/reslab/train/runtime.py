@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from reslab.cpu import available_cores
 from reslab.errors import ConfigError, ReslabError
 from reslab.train.config import DEVICES, TrainConfig
 
@@ -51,12 +52,14 @@ def resolve_runtime(config: TrainConfig, device: torch.device) -> Runtime:
       but made resnet56 slower.
     * CUDA graphs: on for compiled CUDA runs. A ResNet-56 step is ~600 kernel launches around
       ~0.1 ms of arithmetic, so replaying one captured graph removes the launch-bound time.
+      Off with ``accum_steps`` > 1: cudagraph trees hand the first micro-batch's gradient to
+      ``.grad`` from the graph pool and later replays overwrite it (pytorch/pytorch#169545).
     * bf16 autocast: on CUDA devices that support it, and on CPUs with AMX tiles, where
       oneDNN's bf16 convolutions measured 2.6x faster for resnet20 at 32x32.
     """
     cuda = device.type == "cuda"
     use_compile = config.compile if config.compile is not None else cuda
-    graphs = config.cuda_graphs if config.cuda_graphs is not None else True
+    graphs = config.cuda_graphs if config.cuda_graphs is not None else config.accum_steps == 1
     if config.precision == "auto":
         # Native bf16 tensor cores from compute capability 8.0 (Ampere); older cards emulate.
         bf16 = (
@@ -129,6 +132,11 @@ def setup(config: TrainConfig, device: torch.device) -> Iterator[Runtime]:
     try:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
+        elif not cuda:
+            # Default: torch's count (or the caller's own torch.set_num_threads), cut to the
+            # cores this process may use — torch counts the affinity mask but not a cgroup CPU
+            # quota, and more threads than cores is what collapses under load (reslab.cpu).
+            torch.set_num_threads(min(torch.get_num_threads(), len(available_cores())))
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)

@@ -109,7 +109,7 @@ def build_model(
         raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     raw.to(device)
     if fast.channels_last:
-        raw.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        raw.to(memory_format=torch.channels_last)
     return raw
 
 

@@ -1,0 +1,118 @@
+"""Training on a busy machine: reslab's default thread policy beside explicit thread counts,
+with 0, 1 and 2 CPU-bound background processes, in one run (issue: no collapse under load).
+
+    python benchmarks/bench_load.py                       # resnet20 on digits, 2 epochs
+    python benchmarks/bench_load.py --hogs 0,2 --repeats 2 --model resnet56
+
+Each cell is one fresh ``reslab train`` process (so the OpenMP runtime starts as a user's
+would), training ``--model`` on the embedded digits with the same seed. A hog is
+``python -c 'while True: pass'``. Reported per cell: the process's wall time, training images
+per second over all epochs (first epoch included: that is where the collapse was worst) and
+over the last epoch alone. ``spin`` is today's libgomp default for comparison
+(``GOMP_SPINCOUNT=300000``: a waiting thread spins ~300k times before it sleeps), at the
+default thread count. The ratio compares the default with the best explicit thread count at
+the same load; the target is >= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HOG = "while True: pass"
+WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # how OpenMP threads wait
+
+
+@contextmanager
+def hogs(n: int) -> Iterator[None]:
+    """``n`` busy-loop processes for the length of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if n else 0)  # let the scheduler see them
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def train_once(args: argparse.Namespace, threads: int | None, env: dict[str, str]) -> dict:
+    """One ``reslab train`` in a fresh process: wall time and img/s from its metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "reslab", "train", "--model", args.model, "--dataset"]
+        cmd += ["digits", "--epochs", str(args.epochs), "--seed", "0", "--quiet", "--out", str(out)]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        start = time.perf_counter()
+        # The spin row drops reslab's wait policy and sets libgomp's default spin count.
+        base = {k: v for k, v in os.environ.items() if k not in env and k not in WAIT}
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**base, **env})
+        wall = time.perf_counter() - start
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    images = sum(r["images_per_s"] * r["epoch_time"] for r in records)
+    return {
+        "wall": wall,
+        "img_s": images / sum(r["epoch_time"] for r in records),
+        "last_img_s": records[-1]["images_per_s"],
+    }
+
+
+def policies(threads: list[int]) -> list[tuple[str, int | None, dict[str, str]]]:
+    rows: list[tuple[str, int | None, dict[str, str]]] = [("default", None, {})]
+    rows += [(f"--threads {n}", n, {}) for n in threads]
+    rows.append(("spin (old default)", None, {"GOMP_SPINCOUNT": "300000"}))
+    return rows
+
+
+def best_of(results: list[dict]) -> dict:
+    return max(results, key=lambda r: r["img_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--hogs", default="0,1,2", help="background hog counts, comma-separated")
+    parser.add_argument("--threads", default=None, help="explicit thread counts (default 1..cores)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the best is kept")
+    args = parser.parse_args()
+    from reslab.cpu import available_cores
+
+    cores = len(available_cores())
+    threads = (
+        [int(t) for t in args.threads.split(",")] if args.threads else list(range(1, cores + 1))
+    )
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or 'CPU'}, "
+        f"{cores} usable cores, load {os.getloadavg()[0]:.1f} before the run; "
+        f"{args.model} on digits, {args.epochs} epochs, best of {args.repeats}"
+    )
+    print(f"{'hogs':>4}  {'policy':<20}{'wall s':>8}{'img/s':>9}{'last epoch':>12}")
+    for n in (int(h) for h in args.hogs.split(",")):
+        with hogs(n):
+            cells = {}
+            for name, t, env in policies(threads):
+                runs = [train_once(args, t, env) for _ in range(args.repeats)]
+                cells[name] = best_of(runs)
+                r = cells[name]
+                print(
+                    f"{n:>4}  {name:<20}{r['wall']:>8.1f}{r['img_s']:>9.0f}{r['last_img_s']:>12.0f}"
+                )
+            explicit = best_of([cells[f"--threads {t}"] for t in threads])
+            ratio = cells["default"]["img_s"] / explicit["img_s"]
+            verdict = "ok" if ratio >= 0.8 else "BELOW 0.8"
+            print(f"{n:>4}  default / best explicit: {ratio:.2f} ({verdict})")
+
+
+if __name__ == "__main__":
+    main()

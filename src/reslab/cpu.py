@@ -1,0 +1,148 @@
+"""How reslab shares the CPU: the cores this process may use, split without overlap, and an
+OpenMP runtime that yields its core instead of spinning on it.
+
+Two things made training collapse on a busy machine (docs/PERFORMANCE.md, "A busy machine"):
+
+* **Spin-waiting.** PyTorch's CPU kernels run on OpenMP (libgomp in the pip wheels). A thread
+  that finishes its share of a parallel region spins for up to ~300,000 iterations before it
+  sleeps, waiting for the others at the barrier. When another process holds one of the cores,
+  the thread it waits for is descheduled, and the spinner burns its whole time slice for
+  nothing — on every one of the thousands of small parallel regions of a ResNet step. Passive
+  waiting (``OMP_WAIT_POLICY=PASSIVE``) sleeps at once and gives the core away. It changes
+  when a thread waits, not how the work is split, so weights are bit-identical either way.
+  libgomp reads the variable once, when it is loaded, so it must be set before torch is
+  imported: :func:`configure_openmp` runs on ``import reslab`` (first, before torch) and leaves
+  any value the user set alone.
+* **More threads than cores.** ``os.cpu_count()`` counts the machine, not the cores a
+  container or ``taskset`` lets this process use. :func:`available_cores` reads the affinity
+  mask and a cgroup CPU quota, and study workers get disjoint sets of those cores
+  (:func:`split_cores`), so two workers never share one core while another idles.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "available_cores",
+    "configure_openmp",
+    "core_queue",
+    "pin_to",
+    "pin_worker",
+    "split_cores",
+]
+
+#: The OpenMP settings that decide how an idle thread waits; if the user set any, theirs stand.
+_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
+def configure_openmp() -> bool:
+    """Ask OpenMP to wait passively, unless the user chose a policy or torch is loaded already
+    (then it is too late: the runtime has read its settings). Returns whether it was set."""
+    if "torch" in sys.modules or any(v in os.environ for v in _WAIT_VARIABLES):
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
+def _affinity() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))  # macOS and Windows have no affinity call
+
+
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self")) -> float:
+    """CPUs' worth of time the process's cgroup may use (inf when unlimited or unknown).
+
+    cgroup v2 ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD") of the process's own group and its
+    ancestors, or cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``.
+    """
+    limit = math.inf
+    try:
+        lines = (proc / "cgroup").read_text().splitlines()
+    except OSError:
+        return limit
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, group = parts
+        if hierarchy == "0" and controllers == "":  # cgroup v2: the quota of every ancestor
+            folder = root / group.lstrip("/")
+            while True:
+                limit = min(limit, _read_quota_v2(folder / "cpu.max"))
+                if folder == root or root not in folder.parents:
+                    break
+                folder = folder.parent
+        elif "cpu" in controllers.split(","):
+            for base in (root / "cpu", root / "cpu,cpuacct"):
+                limit = min(limit, _read_quota_v1(base / group.lstrip("/")), _read_quota_v1(base))
+    return limit
+
+
+def _read_quota_v2(path: Path) -> float:
+    try:
+        quota, period = path.read_text().split()[:2]
+        return math.inf if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return math.inf
+
+
+def _read_quota_v1(folder: Path) -> float:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return math.inf if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return math.inf
+
+
+def available_cores() -> list[int]:
+    """The CPU ids this process may run on: its affinity mask, cut to a cgroup CPU quota
+    (rounded up: a quota of 1.5 CPUs still runs two threads at 75 % each)."""
+    cores = _affinity()
+    quota = _cgroup_quota()
+    if math.isfinite(quota):
+        cores = cores[: max(1, math.ceil(quota))]
+    return cores
+
+
+def split_cores(jobs: int, cores: list[int] | None = None) -> list[list[int]]:
+    """``jobs`` disjoint, contiguous sets of the available cores, as even as can be.
+
+    With more jobs than cores each job gets one core, round robin (they must then share).
+    """
+    cores = available_cores() if cores is None else cores
+    if jobs >= len(cores):
+        return [[cores[i % len(cores)]] for i in range(jobs)]
+    size, extra = divmod(len(cores), jobs)
+    sets, start = [], 0
+    for i in range(jobs):
+        end = start + size + (1 if i < extra else 0)
+        sets.append(cores[start:end])
+        start = end
+    return sets
+
+
+def pin_to(cores: list[int]) -> None:
+    """Run this process (and the threads it starts later) on ``cores`` only, where the OS can."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+
+
+def core_queue(context: Any, jobs: int) -> Any:
+    """A queue of :func:`split_cores`' sets for a pool of ``jobs`` workers started from
+    ``context``; each worker takes one in :func:`pin_worker`, its initializer."""
+    queue = context.Queue()
+    for cores in split_cores(jobs):
+        queue.put(cores)
+    return queue
+
+
+def pin_worker(queue: Any) -> None:
+    """Pool initializer: pin this worker to the next free set of cores (see :func:`core_queue`)."""
+    pin_to(queue.get())

@@ -1,0 +1,172 @@
+"""``--cluster ray``: a study's runs as tasks of a REAL local Ray cluster, started here.
+
+The cluster is ``ray start --head --block`` in its own process group, stopped after the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reslab.cli import main
+
+ray = pytest.importorskip("ray")
+
+# Four tiny runs: two depths, plain and residual; a few steps each.
+STUDY = ["--depths", "8,14", "--seeds", "0", "--width", "0.25", "--steps", "6", "--device", "cpu"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local two-CPU Ray head node; yields its address."""
+    port = _free_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are bounded
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--num-gpus",
+            "0",
+            "--port",
+            str(port),
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            temp,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        _wait_for(address, head)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def _wait_for(address: str, head: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    host, port = address.split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start --head exited"
+        with socket.socket() as s:
+            if s.connect_ex((host, int(port))) == 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"no Ray head at {address} after {timeout} s")
+
+
+def _runs(folder: Path) -> dict[str, dict[str, Any]]:
+    results = json.loads((folder / "results.json").read_text())
+    # Everything but the clocks must agree.
+    return {r["name"]: {k: v for k, v in r.items() if k != "wall_time"} for r in results["runs"]}
+
+
+def _files(folder: Path) -> set[str]:
+    skip = {"train.log", ".lock"}
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.name not in skip}
+
+
+def test_a_study_on_ray_equals_the_local_study(cluster: str, tmp_path: Path) -> None:
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert main(["degradation", *STUDY, "--out", str(local)]) == 0
+    assert (
+        main(
+            [
+                "degradation",
+                *STUDY,
+                "--cluster",
+                "ray",
+                "--ray-address",
+                cluster,
+                "--out",
+                str(remote),
+            ]
+        )
+        == 0
+    )
+    assert not ray.is_initialized()  # the study closed the connection it opened
+    assert _runs(remote) == _runs(local)  # same seeds, same threads: the same runs
+    for name in _runs(local):
+        a = (local / "runs" / name / "result.json").read_text()
+        b = (remote / "runs" / name / "result.json").read_text()
+        assert json.loads(a)["rank_checksums"] == json.loads(b)["rank_checksums"]  # same weights
+    assert _files(remote) == _files(local)
+    summary = json.loads((remote / "results.json").read_text())["summary"]
+    assert summary == json.loads((local / "results.json").read_text())["summary"]
+
+
+def test_a_killed_driver_then_a_rerun_redoes_no_finished_run(cluster: str, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    args = ["degradation", "--depths", "8,14,20", "--seeds", "0", "--width", "0.25"]
+    args += ["--steps", "40", "--device", "cpu", "--cluster", "ray", "--ray-address", cluster]
+    args += ["--out", str(out)]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "reslab", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    runs = out / "runs"
+    deadline = time.monotonic() + 240
+    finished: dict[str, bytes] = {}
+    while time.monotonic() < deadline and driver.poll() is None:
+        finished = {p.parent.name: p.read_bytes() for p in runs.glob("*/result.json")}
+        if finished:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""
+    assert 0 < len(finished) < 6, "the study must be killed mid-way"
+    driver.kill()  # kill -9 of the driver mid-study
+    driver.wait()
+    assert not (out / "results.json").exists()
+    # The rerun trains only what is missing: the runs finished before the kill are read back.
+    assert main(args) == 0
+    for name, before in finished.items():
+        assert (runs / name / "result.json").read_bytes() == before, f"{name} was trained again"
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 6
+    assert all(r["status"] == "finished" for r in results["runs"])
+
+
+def test_cluster_flag_is_checked(cli_error: Any) -> None:
+    assert "--cluster must be one of local, ray" in cli_error(["degradation", "--cluster", "slurm"])
+
+
+def test_an_unreachable_ray_address_is_one_line(cli_error: Any, tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    address = f"127.0.0.1:{_free_port()}"
+    flags = ["--cluster", "ray", "--ray-address", address, "--out", str(out)]
+    assert f"cannot connect to Ray at {address}" in cli_error(["degradation", *STUDY, *flags])
+    assert not out.exists()  # refused before the study folder is made
+    assert "HOST:PORT" in cli_error(
+        ["degradation", *STUDY, "--cluster", "ray", "--ray-address", "x:99999"]
+    )

@@ -1,0 +1,147 @@
+"""reslab.cpu: the cores a process may use, split without overlap, and OpenMP's wait policy."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from reslab import cpu
+
+
+def _python(code: str, **env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in cpu._WAIT_VARIABLES}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_import_sets_passive_waiting_before_torch_loads() -> None:
+    code = "import os, reslab, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert _python(code) == "PASSIVE"
+
+
+def test_a_users_own_wait_settings_stand() -> None:
+    code = "import os, reslab; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert _python(code, GOMP_SPINCOUNT="1000") == "None"
+
+
+def test_too_late_once_torch_is_loaded() -> None:
+    code = "import os, torch, reslab; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert _python(code) == "None"
+
+
+def _cgroup_v2(tmp_path: Path, quota: str, parent: str | None = None) -> tuple[Path, Path]:
+    root, proc = tmp_path / "cg", tmp_path / "proc"
+    (root / "a" / "b").mkdir(parents=True)
+    proc.mkdir()
+    (proc / "cgroup").write_text("0::/a/b\n")
+    (root / "a" / "b" / "cpu.max").write_text(quota)
+    if parent is not None:
+        (root / "a" / "cpu.max").write_text(parent)
+    return root, proc
+
+
+@pytest.mark.parametrize(
+    ("quota", "parent", "expected"),
+    [
+        ("max 100000\n", None, math.inf),
+        ("150000 100000\n", None, 1.5),
+        ("max 100000\n", "50000 100000\n", 0.5),  # an ancestor's quota binds too
+        ("300000 100000\n", "100000 100000\n", 1.0),
+        ("garbage\n", None, math.inf),
+    ],
+)
+def test_cgroup_v2_quota(tmp_path: Path, quota: str, parent: str | None, expected: float) -> None:
+    root, proc = _cgroup_v2(tmp_path, quota, parent)
+    assert cpu._cgroup_quota(root, proc) == expected
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    root, proc = tmp_path / "cg", tmp_path / "proc"
+    group = root / "cpu" / "docker" / "x"
+    group.mkdir(parents=True)
+    proc.mkdir()
+    (proc / "cgroup").write_text("4:cpu,cpuacct:/docker/x\n1:memory:/docker/x\n")
+    (group / "cpu.cfs_quota_us").write_text("250000\n")
+    (group / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu._cgroup_quota(root, proc) == 2.5
+    (group / "cpu.cfs_quota_us").write_text("-1\n")  # unlimited
+    assert cpu._cgroup_quota(root, proc) == math.inf
+
+
+def test_available_cores_obey_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu, "_affinity", lambda: [0, 2, 4, 6])
+    monkeypatch.setattr(cpu, "_cgroup_quota", lambda: 1.5)
+    assert cpu.available_cores() == [0, 2]
+    monkeypatch.setattr(cpu, "_cgroup_quota", lambda: 0.2)
+    assert cpu.available_cores() == [0]
+    monkeypatch.setattr(cpu, "_cgroup_quota", lambda: math.inf)
+    assert cpu.available_cores() == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3, 5, 8, 9])
+def test_split_cores_is_disjoint_and_covers(jobs: int) -> None:
+    cores = list(range(8))
+    sets = cpu.split_cores(jobs, cores)
+    assert len(sets) == jobs
+    assert all(sets)
+    if jobs <= len(cores):
+        flat = [c for s in sets for c in s]
+        assert sorted(flat) == cores  # every core used once
+        assert max(map(len, sets)) - min(map(len, sets)) <= 1
+    else:
+        assert {c for s in sets for c in s} == set(cores)
+
+
+def _my_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_pool_workers_get_their_own_cores() -> None:
+    cores = cpu.available_cores()
+    jobs = min(2, len(cores))
+    context = mp.get_context("spawn")
+    queue = cpu.core_queue(context, jobs)
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=cpu.pin_worker, initargs=(queue,)
+    ) as pool:
+        # One task per worker, each held long enough that both workers start.
+        seen = list(pool.map(_sleep_then_cores, [0.5] * jobs))
+    assert sorted(map(tuple, seen)) == sorted(map(tuple, cpu.split_cores(jobs, cores)))
+
+
+def _sleep_then_cores(seconds: float) -> list[int]:
+    import time
+
+    time.sleep(seconds)
+    return _my_cores()
+
+
+def test_wait_policy_does_not_change_weights(tmp_path: Path) -> None:
+    """Passive waiting changes when a thread waits, not how work is split: same weights."""
+    outs = {}
+    for name, env in (("passive", {}), ("spin", {"GOMP_SPINCOUNT": "300000"})):
+        out = tmp_path / name
+        args = "train --model resnet20 --width 0.25 --dataset digits --steps 4 --seed 3 --threads 2"
+        code = (
+            "import sys; from reslab.cli import main; "
+            f"sys.exit(main({[*args.split(), '--quiet', '--out', str(out)]!r}))"
+        )
+        _python(code, **env)
+        outs[name] = load_file(out / json.loads((out / "result.json").read_text())["weights"])
+    assert outs["passive"].keys() == outs["spin"].keys()
+    for key, tensor in outs["passive"].items():
+        assert tensor.equal(outs["spin"][key]), key
