@@ -100,6 +100,7 @@ def test_features_that_couple_members_do_not_pack(small: Callable[..., TrainConf
     assert pack_blocker(small(grad_clip=1.0)) is not None
     assert pack_blocker(small(warmup_until_error=80.0)) is not None
     assert pack_blocker(small(ema=0.99)) is not None
+    assert pack_blocker(small(mixup=0.2)) is not None and pack_blocker(small(accum_steps=2))
     assert pack_blocker(small()) is None
     projected = [small("b", model="resnet8", shortcut="B"), small("p", model="plain8")]
     assert pack_groups(projected) == [[0], [1]]  # B's projections: shapes differ
