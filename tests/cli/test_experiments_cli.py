@@ -39,6 +39,7 @@ BEFORE: dict[str, dict[str, Any]] = {
 def test_every_study_keeps_its_flags_and_defaults(name: str) -> None:
     parsed = vars(build_parser().parse_args([name]))
     parsed.pop("func")
+    assert parsed.pop("pack") is None  # --pack/--no-pack: a switch (default: on CUDA only)
     expected = {"command": name, **_COMMON, **BEFORE[name], "out": f"runs/{name}"}
     assert parsed == {**expected, "experiment": name}
     flags = [f"--{key.replace('_', '-')}" for key in expected if key != "command"]

@@ -48,6 +48,13 @@ def register(sub: Any) -> None:
         for flag in study.flags:
             p.add_argument(flag.flag, default=flag.default, dest=flag.name, help=flag.help)
         _add(p, _AFTER)
+        p.add_argument(
+            "--pack",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="train runs of one shape and recipe as one packed net, each computing its "
+            "own run (default: on CUDA only); --no-pack trains every run on its own",
+        )
         p.add_argument("--out", default=f"runs/{name}", help=f"study folder (default runs/{name})")
         p.set_defaults(func=_cmd_study, experiment=name)
 
@@ -84,6 +91,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         experiment=study.name,
         **{key: getattr(args, key) for key in common},
         **settings,
+        pack=args.pack,
         out=args.out,
         options=options,
     )

@@ -47,6 +47,10 @@ class StudyConfig:
     jobs: int | None = None  # parallel runs; None: one per GPU, or one per CPU core
     cluster: str = "local"  # local: a worker pool here; ray: Ray tasks (--ray-address)
     ray_address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else local Ray
+    # Train runs of one shape and recipe as one packed net (reslab.train.fit_pack); None: on
+    # CUDA only (on the project's 2-core CPU a pack's step measured no faster than separate
+    # steps: docs/PERFORMANCE.md, "Packed twins").
+    pack: bool | None = None
     probe_batch: int = 256  # images the probes look at
     probe_steps: tuple[int, ...] = (0,)  # gradient flow also at these steps (0 = at init)
     tolerance: float = 1.0  # points of training error within which two nets "train as well"

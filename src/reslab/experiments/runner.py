@@ -8,6 +8,7 @@ per GPU, or whole runs in parallel on the CPU cores, which beats threads per run
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import multiprocessing as mp
@@ -32,9 +33,19 @@ from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
 from reslab.report.schema import new_results, write_results
-from reslab.train import NonFiniteLoss, RunFolder, TrainConfig, fit, pick_device, resolve
+from reslab.train import (
+    NonFiniteLoss,
+    RunFolder,
+    TrainConfig,
+    fit,
+    fit_pack,
+    pack_blocker,
+    pack_groups,
+    pick_device,
+    resolve,
+)
 
-__all__ = ["execute", "run_study", "summary_table", "train_config"]
+__all__ = ["execute", "plan_packs", "run_study", "summary_table", "train_config"]
 
 
 def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -207,12 +218,63 @@ def _run_one(config: TrainConfig) -> dict[str, Any]:
     return run_record(run_dir)
 
 
+def _run_pack(configs: Sequence[TrainConfig]) -> list[dict[str, Any]]:
+    """Train runs as one pack (:func:`reslab.train.fit_pack`); runs in a worker process.
+
+    Each run's log lines go to its own ``train.log``; each run gets its ordinary record.
+    """
+    if len(configs) == 1:
+        return [_run_one(configs[0])]
+    with contextlib.ExitStack() as stack:
+        logs = []
+        for config in configs:
+            config.run_dir().mkdir(parents=True, exist_ok=True)
+            logs.append(stack.enter_context((config.run_dir() / "train.log").open("a")))
+        fit_pack(configs, resume=True, streams=logs)  # records diverged members itself
+    return [run_record(c.run_dir()) for c in configs]
+
+
+def plan_packs(
+    study: StudyConfig,
+    configs: Sequence[TrainConfig],
+    jobs: int,
+    log: Callable[[str], None] = print,
+) -> list[list[int]]:
+    """Which runs train together: :func:`reslab.train.pack.pack_groups`, split until every
+    worker has a job, most expensive first. One run per pack with ``study.pack`` off (by
+    default, off unless the runs train on CUDA)."""
+    on = study.pack if study.pack is not None else configs[0].device.startswith("cuda")
+    if not on:
+        return [[i] for i in range(len(configs))]
+    packs = pack_groups(configs)
+    blocked = sorted({b for c in configs if (b := pack_blocker(c)) is not None})
+    if blocked:
+        log(f"packing off for these runs ({', '.join(blocked)}): they train one by one")
+
+    def cost(pack: list[int]) -> float:  # per-step work grows with depth
+        return sum(float(_depth(configs[i])) for i in pack)
+
+    while len(packs) < jobs and any(len(p) > 1 for p in packs):
+        big = max((p for p in packs if len(p) > 1), key=cost)
+        packs.remove(big)
+        packs += [big[: len(big) // 2], big[len(big) // 2 :]]
+    return sorted(packs, key=lambda p: (-cost(p), p))
+
+
+def _depth(config: TrainConfig) -> int:
+    digits = "".join(ch for ch in config.model if ch.isdigit())
+    return int(digits) if digits else 1
+
+
 def execute(
     study: StudyConfig,
     specs: Sequence[RunSpec],
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Run every spec (in parallel worker processes when more than one job) and collect them."""
+    """Run every spec (in parallel worker processes when more than one job) and collect them.
+
+    Runs of one shape and recipe train as one pack (``study.pack``); a pack is one job.
+    """
     if not specs:
         return []  # a study that trains nothing (e.g. it probes nets at initialisation only)
     jobs, device, gpus, threads = _jobs(study, len(specs))
@@ -230,11 +292,19 @@ def execute(
             f"{time.perf_counter() - started:.0f} s elapsed){status}"
         )
 
-    if study.cluster == "ray":
+    def done_pack(pack: list[int], results: list[dict[str, Any]]) -> None:
+        for i, record in zip(pack, results, strict=True):
+            done(specs[i], record)
+
+    if study.cluster == "ray":  # one Ray task a run: no packs
         _execute_on_ray(study, specs, configs, done)
-    elif jobs == 1:
-        for spec, config in zip(specs, configs, strict=True):
-            done(spec, _run_one(config))
+        return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
+    packs = plan_packs(study, configs, jobs, log)
+    if len(packs) < len(specs):
+        log(f"{len(specs)} runs train as {len(packs)} packs of twins (--no-pack: one by one)")
+    if jobs == 1:
+        for pack in packs:
+            done_pack(pack, _run_pack([configs[i] for i in pack]))
     else:
         # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
         context = mp.get_context("spawn")
@@ -251,10 +321,10 @@ def execute(
             initializer=_init_worker,
             initargs=(queue, cores, os.getpid()),
         ) as pool:
-            futures = {pool.submit(_run_one, c): s for s, c in zip(specs, configs, strict=True)}
+            futures = {pool.submit(_run_pack, [configs[i] for i in p]): p for p in packs}
             try:
                 for future in as_completed(futures):
-                    done(futures[future], future.result())
+                    done_pack(futures[future], future.result())
             except BaseException:
                 # Fail now rather than after every queued run; finished runs stay on disk and
                 # a rerun of the study skips them.

@@ -15,6 +15,8 @@ Read it in this order:
   :mod:`~reslab.train.console` — one SGD step, the checkpointed state, torchrun, the console.
 * :mod:`~reslab.train.session` — what a session is made of: data on the device, model, folder.
 * :mod:`~reslab.train.loop` — :func:`fit`: setup → resume → epochs → finish.
+* :mod:`~reslab.train.pack`, :mod:`~reslab.train.packed` — :func:`fit_pack`: runs of one shape
+  and recipe trained as one grouped net, each member computing its own run in its own folder.
 """
 
 from reslab.train.config import (
@@ -27,6 +29,7 @@ from reslab.train.config import (
 )
 from reslab.train.evaluate import EvalResult, eval_run, evaluate
 from reslab.train.loop import History, NonFiniteLoss, fit
+from reslab.train.pack import fit_pack, pack_blocker, pack_groups
 from reslab.train.recipes import RECIPES
 from reslab.train.run_folder import RunFolder, RunLock, find_runs
 from reslab.train.runtime import (
@@ -59,9 +62,12 @@ __all__ = [
     "evaluate",
     "find_runs",
     "fit",
+    "fit_pack",
     "flag_name",
     "load_config_file",
     "lr_at",
+    "pack_blocker",
+    "pack_groups",
     "pick_device",
     "resolve",
     "resolve_runtime",
