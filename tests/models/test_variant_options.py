@@ -162,8 +162,14 @@ def test_every_registered_name_defaults_to_the_original_identity_block() -> None
         ({"shortcut_mode": "gate"}, "shortcut_mode 'gate' is not one of identity, scale"),
         ({"shortcut_scale": 0.5}, "shortcut_scale is read only by shortcut_mode='scale'"),
         ({"shortcut_mode": "dropout", "gate_bias": -6}, "gate_bias is read only by"),
-        ({"shortcut_mode": "scale", "shortcut_scale": -1.0}, "shortcut_scale must be a number ≥ 0"),
-        ({"shortcut_mode": "scale", "branch_scale": 0}, "branch_scale must be a number > 0"),
+        (
+            {"shortcut_mode": "scale", "shortcut_scale": -1.0},
+            r"shortcut_scale must be a number in \[0, 1000\]",
+        ),
+        (
+            {"shortcut_mode": "scale", "branch_scale": 0},
+            "branch_scale must be a positive number, at most 1000",
+        ),
         ({"shortcut_mode": "scale", "shortcut_scale": "1"}, "shortcut_scale must be a number"),
         ({"shortcut_mode": "exclusive_gate", "gate_bias": float("nan")}, "gate_bias must be"),
         ({"shortcut_mode": "dropout", "shortcut_dropout": 1.0}, "in \\[0, 1\\)"),
