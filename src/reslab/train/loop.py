@@ -199,6 +199,22 @@ class _Run:
         ]
 
 
+def build_run(
+    config: TrainConfig, dist: Dist, device: torch.device, fast: Runtime
+) -> tuple[RunData, nn.Module, torch.optim.SGD]:
+    """Seed, then data, model and optimizer, in this order: the RNG draws a run's weights and
+    data split come from. :func:`reslab.train.fit_pack` builds each member with it too."""
+    # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    random.seed(config.seed)
+    data = load_data(config, dist, device, fast)
+    raw = build_model(config, data.ds, dist, device, fast)
+    # Every weights file of the run (and the EMA's copy) records the inputs it was trained on.
+    raw.reslab_normalization = dataset_normalization(data.ds)  # type: ignore[assignment]
+    return data, raw, build_optimizer(config, raw, device)
+
+
 def _fit(
     config: TrainConfig,
     dist: Dist,
@@ -210,15 +226,7 @@ def _fit(
 ) -> History:
     started = time.perf_counter()
     report = Reporter(config.quiet, enabled=dist.main)
-    # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    random.seed(config.seed)
-    data = load_data(config, dist, device, fast)
-    raw = build_model(config, data.ds, dist, device, fast)
-    # Every weights file of the run (and the EMA's copy) records the inputs it was trained on.
-    raw.reslab_normalization = dataset_normalization(data.ds)  # type: ignore[assignment]
-    optimizer = build_optimizer(config, raw, device)
+    data, raw, optimizer = build_run(config, dist, device, fast)
     ema = EMA(raw, config.ema, warmup=config.ema_warmup) if config.ema else None
     folder = RunFolder(config.run_dir())
     lock = claim_folder(folder, dist, resume, config, explicit)

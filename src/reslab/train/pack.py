@@ -21,13 +21,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,7 +34,6 @@ from reslab.models import count_params, create_model
 from reslab.train.config import TrainConfig
 from reslab.train.console import Reporter
 from reslab.train.distributed import Dist
-from reslab.train.evaluate import dataset_normalization
 from reslab.train.loop import (
     History,
     NonFiniteLoss,
@@ -47,6 +44,7 @@ from reslab.train.loop import (
     _Run,
     _save_checkpoint,
     _snapshot,
+    build_run,
     fit,
     run_config,
 )
@@ -55,10 +53,8 @@ from reslab.train.run_folder import RunFolder, get_rng_state, set_rng_state
 from reslab.train.runtime import Runtime, autocast_context, pick_device, setup
 from reslab.train.schedule import Schedule
 from reslab.train.session import (
-    MODEL_VARIANT_OPTIONS,
-    build_model,
     claim_folder,
-    load_data,
+    model_kwargs,
     wrap_model,
 )
 from reslab.train.state import Running, TrainState
@@ -96,16 +92,8 @@ def pack_blocker(config: TrainConfig) -> str | None:
 
 def _signature(config: TrainConfig, num_classes: int, in_channels: int) -> tuple[Any, ...] | None:
     """The parameter names and shapes of the config's net (built on the meta device)."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
-    if config.width != 1.0:
-        kwargs["width"] = config.width
-    for name in ("shortcut", "plain", *MODEL_VARIANT_OPTIONS):
-        if getattr(config, name) is not None:
-            kwargs[name] = getattr(config, name)
-    if config.zero_init_residual:
-        kwargs["zero_init_residual"] = True
     with torch.device("meta"):
-        model = create_model(config.model, **kwargs)
+        model = create_model(config.model, **model_kwargs(config, num_classes, in_channels))
     if packable_reason(model) is not None:
         return None
     return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
@@ -170,13 +158,7 @@ def _build_member(
     """What :func:`reslab.train.loop._fit` builds, in its order (so the RNG draws match)."""
     started = time.perf_counter()
     report = Reporter(config.quiet, enabled=True)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-    random.seed(config.seed)
-    data = load_data(config, dist, device, fast)
-    raw = build_model(config, data.ds, dist, device, fast)
-    raw.reslab_normalization = dataset_normalization(data.ds)  # type: ignore[assignment]
-    optimizer = build_optimizer(config, raw, device)
+    data, raw, optimizer = build_run(config, dist, device, fast)
     rng = get_rng_state()
     folder = RunFolder(config.run_dir())
     lock = claim_folder(folder, dist, resume, config, None)

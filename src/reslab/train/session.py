@@ -90,11 +90,10 @@ MODEL_VARIANT_OPTIONS = (
 )
 
 
-def build_model(
-    config: TrainConfig, ds: Dataset, dist: Dist, device: torch.device, fast: Runtime
-) -> nn.Module:
-    """The net the config names, sized for ``ds``, on ``device`` in the run's memory format."""
-    kwargs: dict[str, Any] = {"num_classes": ds.num_classes, "in_channels": ds.in_channels}
+def model_kwargs(config: TrainConfig, num_classes: int, in_channels: int) -> dict[str, Any]:
+    """``create_model``'s keyword arguments for the config's net (options it leaves unset are
+    not passed, so each model keeps its own defaults)."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
     if config.width != 1.0:
         kwargs["width"] = config.width
     for name in ("shortcut", "plain", *MODEL_VARIANT_OPTIONS):
@@ -102,7 +101,14 @@ def build_model(
             kwargs[name] = getattr(config, name)
     if config.zero_init_residual:
         kwargs["zero_init_residual"] = True
-    raw = create_model(config.model, **kwargs)
+    return kwargs
+
+
+def build_model(
+    config: TrainConfig, ds: Dataset, dist: Dist, device: torch.device, fast: Runtime
+) -> nn.Module:
+    """The net the config names, sized for ``ds``, on ``device`` in the run's memory format."""
+    raw = create_model(config.model, **model_kwargs(config, ds.num_classes, ds.in_channels))
     if config.sync_bn and dist.enabled and device.type != "cuda":
         raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel")
     if config.sync_bn and dist.enabled:
