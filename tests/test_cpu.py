@@ -10,6 +10,7 @@ import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from safetensors.torch import load_file
@@ -109,25 +110,35 @@ def _my_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+_BARRIER: Any = None
+
+
+def _pin_and_keep_barrier(queue: Any, barrier: Any) -> None:
+    global _BARRIER
+    cpu.pin_worker(queue)
+    _BARRIER = barrier
+
+
+def _cores_once_all_workers_run() -> list[int]:
+    # A worker blocked here cannot take the other task, so each task runs in its own
+    # worker; a sleep instead flaked under load (one slow spawn, one worker ran both).
+    _BARRIER.wait(timeout=120)
+    return _my_cores()
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 def test_pool_workers_get_their_own_cores() -> None:
     cores = cpu.available_cores()
     jobs = min(2, len(cores))
     context = mp.get_context("spawn")
     queue = cpu.core_queue(context, jobs)
+    barrier = context.Barrier(jobs)
     with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=cpu.pin_worker, initargs=(queue,)
+        jobs, mp_context=context, initializer=_pin_and_keep_barrier, initargs=(queue, barrier)
     ) as pool:
-        # One task per worker, each held long enough that both workers start.
-        seen = list(pool.map(_sleep_then_cores, [0.5] * jobs))
+        futures = [pool.submit(_cores_once_all_workers_run) for _ in range(jobs)]
+        seen = [f.result() for f in futures]
     assert sorted(map(tuple, seen)) == sorted(map(tuple, cpu.split_cores(jobs, cores)))
-
-
-def _sleep_then_cores(seconds: float) -> list[int]:
-    import time
-
-    time.sleep(seconds)
-    return _my_cores()
 
 
 def test_wait_policy_does_not_change_weights(tmp_path: Path) -> None:
