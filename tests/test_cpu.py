@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,84 @@ def test_split_cores_is_disjoint_and_covers(jobs: int) -> None:
         assert max(map(len, sets)) - min(map(len, sets)) <= 1
     else:
         assert {c for s in sets for c in s} == set(cores)
+
+
+_STAT = """cpu  10 0 10 80 0 0 0 0 0 0
+cpu0 100 5 20 800 40 1 2 3 0 0
+cpu1 7 0 3 990 0 0 0 0 0 0
+intr 12345
+"""
+
+
+def test_core_ticks_count_busy_and_total_per_core(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(_STAT)
+    # busy: user nice system irq softirq steal; idle and iowait are not busy
+    assert cpu._core_ticks([0], stat) == (131, 971)
+    assert cpu._core_ticks([0, 1], stat) == (141, 1971)
+    assert cpu._core_ticks([7], stat) is None  # a core the file does not list
+    assert cpu._core_ticks([0], tmp_path / "missing") is None
+
+
+def test_busy_cores_is_zero_where_proc_stat_is_unreadable(tmp_path: Path) -> None:
+    assert cpu.busy_cores([0, 1], window=0.01, stat=tmp_path / "missing") == 0.0
+
+
+_HOG = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="no /proc/stat")
+def test_busy_cores_sees_another_process_not_its_own() -> None:
+    core = cpu.available_cores()[0]
+    hog = subprocess.Popen([sys.executable, "-c", _HOG, str(core)])
+    try:
+        time.sleep(0.3)  # the hog is running
+        assert cpu.busy_cores([core], window=0.5) > 0.7
+    finally:
+        hog.kill()
+        hog.wait()
+    # This process spinning on its own core is not "another process": a thread burns the
+    # core while busy_cores watches it.
+    code = (
+        "import os, threading, time\n"
+        "from reslab import cpu\n"
+        f"os.sched_setaffinity(0, {{{core}}})\n"
+        "stop = time.monotonic() + 1.5\n"
+        "def spin():\n"
+        "    while time.monotonic() < stop: pass\n"
+        "threading.Thread(target=spin).start(); time.sleep(0.2)\n"
+        f"print(cpu.busy_cores([{core}], window=0.5))"
+    )
+    assert float(_python(code)) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("requested", "busy", "expected"),
+    [
+        (4, 0.0, 4),
+        (4, 0.4, 4),
+        (4, 1.0, 3),
+        (4, 2.6, 1),
+        (4, 4.0, 1),
+        (2, 2.4, 2),
+        (2, 3.4, 1),
+        (8, 0.0, 4),
+    ],
+)
+def test_default_threads_leave_busy_cores_alone(
+    monkeypatch: pytest.MonkeyPatch, requested: int, busy: float, expected: int
+) -> None:
+    monkeypatch.setattr(cpu, "busy_cores", lambda cores, window=0.2: busy)
+    assert cpu.default_threads(requested, [0, 1, 2, 3]) == expected
+
+
+def test_one_thread_needs_no_look_at_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(cores: list[int], window: float = 0.2) -> float:
+        raise AssertionError("sampled the load for a one-thread run")
+
+    monkeypatch.setattr(cpu, "busy_cores", never)
+    assert cpu.default_threads(1, [0, 1, 2, 3]) == 1
+    assert cpu.default_threads(6, [3]) == 1
 
 
 def _my_cores() -> list[int]:

@@ -17,20 +17,31 @@ Two things made training collapse on a busy machine (docs/PERFORMANCE.md, "A bus
   container or ``taskset`` lets this process use. :func:`available_cores` reads the affinity
   mask and a cgroup CPU quota, and study workers get disjoint sets of those cores
   (:func:`split_cores`), so two workers never share one core while another idles.
+
+A third cause is not in the process at all: **cores other processes keep busy.** Two threads
+on two cores that two other processes also want finish each parallel region only when the
+scheduler has given both a turn; one thread then trains faster (docs/PERFORMANCE.md).
+:func:`default_threads` therefore counts the cores left free by others, measured when a run
+starts, and the run records the count it chose (``threads`` in its ``config.json``), so its
+resume, or a rerun from its folder, computes the same thing whatever the load is then.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "available_cores",
+    "busy_cores",
     "configure_openmp",
     "core_queue",
+    "default_threads",
     "pin_to",
     "pin_worker",
     "split_cores",
@@ -109,6 +120,53 @@ def available_cores() -> list[int]:
     if math.isfinite(quota):
         cores = cores[: max(1, math.ceil(quota))]
     return cores
+
+
+def _core_ticks(cores: list[int], stat: Path) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of ``cores`` since boot, from /proc/stat; None if unreadable."""
+    wanted = {f"cpu{c}" for c in cores}
+    busy = total = 0
+    try:
+        for line in stat.read_text().splitlines():
+            name, *fields = line.split()
+            if name not in wanted:
+                continue
+            # user nice system idle iowait irq softirq steal (guest time is inside user)
+            ticks = [int(f) for f in fields[:8]]
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+    except (OSError, ValueError):
+        return None
+    return (busy, total) if total else None
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def busy_cores(cores: list[int], window: float = 0.2, stat: Path = Path("/proc/stat")) -> float:
+    """How many of ``cores`` other processes kept busy over the next ``window`` seconds
+    (this process's own CPU time left out); 0.0 where /proc/stat cannot be read."""
+    before, own, start = _core_ticks(cores, stat), _own_cpu_seconds(), time.monotonic()
+    time.sleep(window)
+    after, own, wall = _core_ticks(cores, stat), _own_cpu_seconds() - own, time.monotonic() - start
+    if before is None or after is None or after[1] <= before[1]:
+        return 0.0
+    share = (after[0] - before[0]) / (after[1] - before[1])  # busy fraction of those cores
+    return max(0.0, share * len(cores) - own / max(wall, 1e-9))
+
+
+def default_threads(requested: int, cores: list[int] | None = None) -> int:
+    """The threads a run gets when it names none: ``requested`` (torch's count, or the
+    caller's), cut to the usable ``cores`` and then to those other processes leave free
+    (rounded to the nearest core, at least one)."""
+    cores = available_cores() if cores is None else cores
+    most = min(requested, len(cores))
+    if most <= 1:
+        return 1
+    free = len(cores) - busy_cores(cores)
+    return max(1, min(most, math.floor(free + 0.5)))
 
 
 def split_cores(jobs: int, cores: list[int] | None = None) -> list[list[int]]:

@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import write_cifar
 from reslab.cli import main
 from reslab.errors import ConfigError
 from reslab.experiments import StudyConfig, get_study, run_study
-from reslab.experiments.shattering import DEFAULTS, _one_thread, shattering_verdict, summarize
+from reslab.experiments.shattering import DEFAULTS, shattering_verdict, summarize
 from reslab.shattering import line_inputs, line_shattering, mlp_stack
 
 SMALL = {"mlp_depths": (1, 12), "mlp_width": 64, "line_points": 64, "path_points": 24}
@@ -215,16 +214,3 @@ def test_works_on_cifar10_files(tmp_path: Path) -> None:
     assert {n["model"] for n in nets} == {"plain8", "resnet8"}
     assert all(len(n["gradients"]) == 24 for n in nets)
     assert "one seed, so the seed noise is unknown" in results["verdict"]["text"]
-
-
-def test_small_nets_run_on_one_cpu_thread_and_the_count_is_restored() -> None:
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with _one_thread(torch.device("cpu"), small=True):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        with _one_thread(torch.device("cpu"), small=False):
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from reslab.errors import ConfigError
 from reslab.train import (
     TrainConfig,
     fit,
+    one_cpu_thread,
     resolve,
     setup,
 )
+from reslab.train.run_folder import RunFolder
 
 
 def test_device_names() -> None:
@@ -85,5 +90,76 @@ def test_default_threads_never_exceed_the_usable_cores(monkeypatch: pytest.Monke
             assert torch.get_num_threads() == 1
         with setup(resolve({"threads": 3}), torch.device("cpu")):  # --threads overrides
             assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_default_thread_count_is_recorded_and_resumed_with(
+    small: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The default reads the load; the run folder keeps what it chose, so a resume on a
+    machine whose load has changed trains on with the same count (and the same arithmetic)."""
+    before = torch.get_num_threads()
+    counts = iter([2])  # what the load allows at the start; a second look would fail
+    monkeypatch.setattr("reslab.train.runtime.available_cores", lambda: [0, 1])
+    monkeypatch.setattr(
+        "reslab.train.runtime.default_threads", lambda requested, cores: next(counts)
+    )
+    try:
+        torch.set_num_threads(2)
+        config = small(threads=None, quiet=False)
+        original = RunFolder.save_checkpoint
+        commits: list[int] = []
+
+        def commit_once(self: RunFolder, step: int, *args: Any) -> None:
+            commits.append(step)
+            if len(commits) > 1:  # stopped after the first commit, as kill -9 would
+                raise KeyboardInterrupt
+            original(self, step, *args)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(RunFolder, "save_checkpoint", commit_once)
+            with pytest.raises(KeyboardInterrupt):
+                fit(config)
+        folder = Path(config.out or "")
+        assert json.loads((folder / "config.json").read_text())["threads"] == 2
+        assert "(2 threads)" in capsys.readouterr().out
+        fit(config, resume=True)  # threads still None: the saved 2 is used, not a new look
+        assert f"resuming {folder}" in capsys.readouterr().out
+        reference = fit(small("reference", threads=2))
+    finally:
+        torch.set_num_threads(before)
+    resumed = load_file(folder / "checkpoints" / "last.safetensors")
+    straight = load_file(reference.run_dir / "checkpoints" / "last.safetensors")
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in resumed)
+
+
+def test_small_nets_run_on_one_cpu_thread_and_the_count_is_restored() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with one_cpu_thread(torch.device("cpu"), small=True):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with one_cpu_thread(torch.device("cpu"), small=False):
+            assert torch.get_num_threads() == 2
+        with one_cpu_thread(torch.device("cuda"), small=True):  # a GPU's host threads stay
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_probes_of_a_digits_study_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reslab.experiments import probing
+    from reslab.experiments.config import StudyConfig
+
+    seen: list[int] = []
+    monkeypatch.setattr(probing, "_probe_all", lambda *args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        probing.probe_runs(StudyConfig(), [{"seed": 0}], probing.KINDS)
+        assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

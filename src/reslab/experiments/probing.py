@@ -18,7 +18,7 @@ from reslab import probes
 from reslab.data import load_dataset, normalize_batch
 from reslab.experiments.config import StudyConfig
 from reslab.report import stats
-from reslab.train import RunFolder
+from reslab.train import RunFolder, one_cpu_thread
 from reslab.weights import load_model
 
 __all__ = ["KINDS", "label", "probe_runs"]
@@ -47,6 +47,18 @@ def probe_runs(
     # x86 CPUs; flushing them to zero changes nothing measurable.
     torch.set_flush_denormal(True)
     x, y = _probe_batch(study)
+    with one_cpu_thread(torch.device("cpu"), small=x[0].numel() < 32 * 32):  # below CIFAR's
+        return _probe_all(study, records, kinds, every_seed, x, y)
+
+
+def _probe_all(
+    study: StudyConfig,
+    records: Sequence[dict[str, Any]],
+    kinds: tuple[str, ...],
+    every_seed: bool,
+    x: Tensor,
+    y: Tensor,
+) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     first_seed = min(r["seed"] for r in records)
     chosen = [r for r in records if every_seed or r["seed"] == first_seed]

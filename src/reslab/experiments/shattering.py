@@ -23,11 +23,10 @@ draws it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,7 +63,7 @@ from reslab.shattering import (
     path_shattering,
     seeded,
 )
-from reslab.train import pick_device
+from reslab.train import one_cpu_thread, pick_device
 
 __all__ = ["STUDY", "analyse", "plan", "shattering_verdict"]
 
@@ -97,27 +96,13 @@ def plan(config: StudyConfig) -> list[RunSpec]:
 # --- the measurement -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _one_thread(device: torch.device, small: bool) -> Iterator[None]:
-    """One intra-op CPU thread for small nets, restored after: their operations are too small
-    to split, and two threads on a busy 2-core machine spin against each other (the default
-    study at load 5-7: 495 s with two threads, 44 s with one; the numbers are the same)."""
-    before = torch.get_num_threads()
-    if small and device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Measure every net at every depth and seed; results.json's ``shattering`` section."""
     device = pick_device(config.device, 0)
-    with _one_thread(device, small=True):
+    with one_cpu_thread(device, small=True):
         mlp = _measure_mlps(config, device)
     images = _path_images(config)
-    with _one_thread(device, small=images["a"][0].numel() < 32 * 32):  # smaller than CIFAR's
+    with one_cpu_thread(device, small=images["a"][0].numel() < 32 * 32):  # smaller than CIFAR's
         cnn = _measure_cnns(config, device, images)
     section = {"max_lag": option(config, "max_lag"), "mlp": mlp, "cnn": cnn}
     section["summary"] = summarize(section)

@@ -30,7 +30,13 @@ from reslab.train.console import Reporter, fmt, tensorboard_writer
 from reslab.train.distributed import Dist, init_distributed, param_checksum, sync_buffers
 from reslab.train.evaluate import dataset_normalization, evaluate
 from reslab.train.run_folder import RunFolder
-from reslab.train.runtime import Runtime, autocast_context, pick_device, setup
+from reslab.train.runtime import (
+    Runtime,
+    autocast_context,
+    pick_device,
+    record_threads,
+    setup,
+)
 from reslab.train.schedule import Schedule
 from reslab.train.session import RunData, build_model, claim_folder, load_data, wrap_model
 from reslab.train.state import Running, TrainState
@@ -86,6 +92,7 @@ def fit(
     try:
         device = pick_device(config.device, dist.local_rank)
         with setup(config, device) as fast:
+            config = record_threads(config, device)
             return _fit(config, dist, device, fast, resume=resume, explicit=explicit)
     finally:
         if dist.enabled and torch.distributed.is_initialized():
@@ -131,6 +138,8 @@ def run_config(
                     f"run folder {folder.path} holds a run with a different config "
                     f"({', '.join(differ)} differ); choose another --out"
                 )
+            if config.threads is None:  # go on with the thread count the run chose
+                config = dataclasses.replace(config, threads=saved.threads)
     if config.out is None:
         config = dataclasses.replace(config, out=str(config.run_dir()))
     return config, resume
@@ -244,7 +253,7 @@ def _fit(
         report.line(
             f"{config.model} ({count_params(raw):,} params) on {data.ds.name}: "
             f"{data.total_steps} steps ({data.num_epochs} epochs of {len(data.loader)}), batch "
-            f"{config.batch_size}, {dist.world_size} × {device}, "
+            f"{config.batch_size}, {dist.world_size} × {device}{_threads_note(device)}, "
             f"{'bf16' if fast.amp_dtype else 'fp32'}, recipe {config.recipe or '-'} -> "
             f"{folder.path}"
         )
@@ -254,6 +263,11 @@ def _fit(
     finally:
         report.close()
         lock.release()
+
+
+def _threads_note(device: torch.device) -> str:
+    n = torch.get_num_threads()
+    return f" ({n} thread{'' if n == 1 else 's'})" if device.type == "cpu" else ""
 
 
 # --- resume ----------------------------------------------------------------------------------

@@ -50,7 +50,13 @@ from reslab.train.loop import (
 )
 from reslab.train.packed import check_packed, pack_nets, pack_tensor, packable_reason, unpack
 from reslab.train.run_folder import RunFolder, get_rng_state, set_rng_state
-from reslab.train.runtime import Runtime, autocast_context, pick_device, setup
+from reslab.train.runtime import (
+    Runtime,
+    autocast_context,
+    pick_device,
+    record_threads,
+    setup,
+)
 from reslab.train.schedule import Schedule
 from reslab.train.session import (
     claim_folder,
@@ -325,6 +331,7 @@ def _train(
     device = pick_device(first.device, 0)
     members: list[_Member] = []
     with setup(first, device) as fast:
+        configs = [record_threads(c, device) for c in configs]
         try:
             started = time.perf_counter()
             for config, stream in zip(configs, streams, strict=True):

@@ -10,6 +10,7 @@ drift apart.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 from collections.abc import Iterator
@@ -18,11 +19,20 @@ from typing import Any
 
 import torch
 
-from reslab.cpu import available_cores
+from reslab.cpu import available_cores, default_threads
 from reslab.errors import ConfigError, ReslabError
 from reslab.train.config import DEVICES, TrainConfig
 
-__all__ = ["Runtime", "autocast_context", "compile_mode", "pick_device", "resolve_runtime", "setup"]
+__all__ = [
+    "Runtime",
+    "autocast_context",
+    "compile_mode",
+    "one_cpu_thread",
+    "pick_device",
+    "record_threads",
+    "resolve_runtime",
+    "setup",
+]
 
 
 @dataclass(frozen=True)
@@ -135,8 +145,9 @@ def setup(config: TrainConfig, device: torch.device) -> Iterator[Runtime]:
         elif not cuda:
             # Default: torch's count (or the caller's own torch.set_num_threads), cut to the
             # cores this process may use — torch counts the affinity mask but not a cgroup CPU
-            # quota, and more threads than cores is what collapses under load (reslab.cpu).
-            torch.set_num_threads(min(torch.get_num_threads(), len(available_cores())))
+            # quota — and to those other processes leave free: more threads than free cores
+            # is what collapses under load (reslab.cpu). record_threads keeps the choice.
+            torch.set_num_threads(default_threads(torch.get_num_threads(), available_cores()))
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -162,3 +173,31 @@ def setup(config: TrainConfig, device: torch.device) -> Iterator[Runtime]:
             torch.backends.cudnn.allow_tf32,
             torch.backends.cuda.matmul.allow_tf32,
         ) = saved[3:]
+
+
+def record_threads(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """``config`` with the thread count :func:`setup` chose for a CPU run that named none.
+
+    The count changes the arithmetic (how oneDNN splits its reductions), and the default
+    reads the load, so the run folder's config.json keeps it: a resume, or a rerun with
+    ``--config``, trains with the same count whatever the machine is doing then.
+    """
+    if config.threads is not None or device.type != "cpu":
+        return config
+    return dataclasses.replace(config, threads=torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device, small: bool = True) -> Iterator[None]:
+    """One intra-op CPU thread for the block when ``small`` (the count restored after): the
+    operations of a small net on small images are too small to split, and two threads of one
+    process on a busy 2-core machine wait on each other (the default study's probes at load 6:
+    239 s with two threads, 18.8 s with one, docs/PERFORMANCE.md). One count, whatever the
+    load, keeps the measurements reproducible to the bit."""
+    before = torch.get_num_threads()
+    if small and device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
