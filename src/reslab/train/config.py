@@ -43,8 +43,9 @@ __all__ = [
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-# Fields that may differ when a run is resumed: they change neither the math nor the files.
-# (device too: a study may resume a run on another GPU; only bit-identity across devices is lost)
+# Fields that may differ when a run is resumed: they change neither the math nor the files,
+# only its rounding (threads: how oneDNN splits reductions; device: a study may resume a run
+# on another GPU) and so bit-identity with an uninterrupted run.
 RESUME_OVERRIDABLE = frozenset(
     {"quiet", "threads", "tensorboard", "detect_anomaly", "data_dir", "device"}
 )
@@ -256,7 +257,8 @@ class TrainConfig:
     deterministic: bool = knob(False, "deterministic kernels: bit-identical resume on CPU")
     threads: int | None = knob(
         None,
-        "CPU threads (default: one per core this process may use; study workers split them)",
+        "CPU threads (default: one per core this process may use and other processes leave "
+        "free, kept in config.json; study workers split the cores)",
         metavar="N",
         bounds=Bounds(int, 1, limits.MAX_THREADS),
     )
