@@ -172,8 +172,27 @@ def test_busy_cores_sees_another_process_not_its_own() -> None:
 def test_default_threads_leave_busy_cores_alone(
     monkeypatch: pytest.MonkeyPatch, requested: int, busy: float, expected: int
 ) -> None:
+    monkeypatch.setattr(cpu, "_affinity", lambda: [0, 1, 2, 3])
     monkeypatch.setattr(cpu, "busy_cores", lambda cores, window=0.2: busy)
     assert cpu.default_threads(requested, [0, 1, 2, 3]) == expected
+
+
+def test_under_a_quota_free_cpus_are_counted_over_the_whole_mask(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 2-CPU quota on a 64-CPU host: two busy CPUs leave 62 the process may run on."""
+    asked: list[list[int]] = []
+
+    def busy(cores: list[int], window: float = 0.2) -> float:
+        asked.append(cores)
+        return 2.0
+
+    monkeypatch.setattr(cpu, "_affinity", lambda: list(range(64)))
+    monkeypatch.setattr(cpu, "busy_cores", busy)
+    assert cpu.default_threads(8, [0, 1]) == 2
+    assert asked == [list(range(64))]
+    monkeypatch.setattr(cpu, "busy_cores", lambda cores, window=0.2: 63.4)
+    assert cpu.default_threads(8, [0, 1]) == 1  # the host itself is full
 
 
 def test_one_thread_needs_no_look_at_the_load(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,13 +159,20 @@ def busy_cores(cores: list[int], window: float = 0.2, stat: Path = Path("/proc/s
 
 def default_threads(requested: int, cores: list[int] | None = None) -> int:
     """The threads a run gets when it names none: ``requested`` (torch's count, or the
-    caller's), cut to the usable ``cores`` and then to those other processes leave free
-    (rounded to the nearest core, at least one)."""
+    caller's), cut to the usable ``cores`` and then to the CPUs other processes leave free
+    (rounded to the nearest one, at least one).
+
+    Free CPUs are counted over the whole affinity mask, not over ``cores``: under a cgroup
+    quota of 2 CPUs on a 64-CPU host the process may run on any of the 64, so two busy ones
+    do not make it a one-thread run. (Other processes of the same cgroup, which share its
+    quota, are not told apart from the rest of the host.)
+    """
     cores = available_cores() if cores is None else cores
     most = min(requested, len(cores))
     if most <= 1:
         return 1
-    free = len(cores) - busy_cores(cores)
+    mask = _affinity()
+    free = len(mask) - busy_cores(mask)
     return max(1, min(most, math.floor(free + 0.5)))
 
 
