@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -140,17 +139,12 @@ def _core_ticks(cores: list[int], stat: Path) -> tuple[int, int] | None:
     return (busy, total) if total else None
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
-    return usage.ru_utime + usage.ru_stime
-
-
 def busy_cores(cores: list[int], window: float = 0.2, stat: Path = Path("/proc/stat")) -> float:
     """How many of ``cores`` other processes kept busy over the next ``window`` seconds
     (this process's own CPU time left out); 0.0 where /proc/stat cannot be read."""
-    before, own, start = _core_ticks(cores, stat), _own_cpu_seconds(), time.monotonic()
+    before, own, start = _core_ticks(cores, stat), time.process_time(), time.monotonic()
     time.sleep(window)
-    after, own, wall = _core_ticks(cores, stat), _own_cpu_seconds() - own, time.monotonic() - start
+    after, own, wall = _core_ticks(cores, stat), time.process_time() - own, time.monotonic() - start
     if before is None or after is None or after[1] <= before[1]:
         return 0.0
     share = (after[0] - before[0]) / (after[1] - before[1])  # busy fraction of those cores
