@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -127,6 +128,7 @@ def register(sub: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from reslab.train import fit, load_config_file, resolve
+    from reslab.train.config import drop_unfit_threads
     from reslab.train.loop import run_config
 
     # Only the flags the user typed are attributes (argparse.SUPPRESS).
@@ -143,6 +145,10 @@ def run_train(args: argparse.Namespace) -> int:
         fit(resume_from=args.resume_dir, overrides=given)
         return 0
     explicit = load_config_file(args.config_file) if args.config_file else {}
+    if args.config_file and "threads" not in given:
+        note = drop_unfit_threads(explicit, args.config_file)
+        if note:
+            print(note, file=sys.stderr)
     explicit.update(given)  # the command line wins over the file
     config = resolve(explicit)
     if args.print_config:

@@ -257,8 +257,7 @@ class TrainConfig:
     deterministic: bool = knob(False, "deterministic kernels: bit-identical resume on CPU")
     threads: int | None = knob(
         None,
-        "CPU threads (default: one per core this process may use and other processes leave "
-        "free, kept in config.json; study workers split the cores)",
+        "CPU threads (default: the usable cores others leave free, saved in config.json)",
         metavar="N",
         bounds=Bounds(int, 1, limits.MAX_THREADS),
     )
@@ -456,6 +455,34 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must hold a table of settings")
     return check_settings(raw, f"config file {path}", where=f" (in {path})")
+
+
+def drop_unfit_threads(values: dict[str, Any], path: str | Path) -> str | None:
+    """Leave out a run's recorded ``threads`` that this machine cannot start a run with.
+
+    A run's config.json records the count reslab chose for it (``threads`` absent from
+    ``_meta.explicit``: the default, read from the machine and its load). Rerun on a smaller
+    machine, that count may exceed :func:`reslab.limits.max_threads`; it is then dropped, so
+    the rerun picks its own, and the returned line says so. A count the user set is kept
+    (and refused by :func:`resolve` if it is too large, as any ``--threads`` is).
+    """
+    threads = values.get("threads")
+    path = Path(path)
+    if threads is None or threads <= limits.max_threads() or path.suffix != ".json":
+        return None  # a TOML file is the user's own: its threads are theirs
+    try:
+        raw = limits.parse_config_text(limits.read_config_text(path), "json", str(path))
+        explicit = raw["_meta"]["explicit"]
+    except (ConfigError, KeyError, TypeError):
+        return None
+    if not isinstance(explicit, list) or "threads" in explicit:
+        return None
+    del values["threads"]
+    return (
+        f"{limits.shown_path(path)} records {threads} threads, which reslab chose on the "
+        f"machine that ran it; this one allows {limits.max_threads()}, so this run picks its "
+        "own (--threads N sets it)"
+    )
 
 
 def check_settings(raw: Mapping[Any, Any], source: str, where: str = "") -> dict[str, Any]:
