@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +35,14 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (``value`` itself when not distributed)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     def agree(self, error: str | None) -> None:
         """Rank 0's error (or None) becomes every rank's, so no rank waits on a dead peer."""

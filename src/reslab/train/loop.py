@@ -92,6 +92,9 @@ def fit(
     try:
         device = pick_device(config.device, dist.local_rank)
         with setup(config, device) as fast:
+            if config.threads is None and device.type == "cpu":
+                # Each rank read its own load; all train with rank 0's count, the one saved.
+                torch.set_num_threads(dist.from_main(torch.get_num_threads()))
             config = record_threads(config, device)
             return _fit(config, dist, device, fast, resume=resume, explicit=explicit)
     finally:
