@@ -135,3 +135,26 @@ def test_an_interrupted_pack_resumes_to_the_same_run(
         for key in ta:  # deterministic on CPU: bit-identical, as a resumed fit is
             assert torch.equal(ta[key], tb[key]), key
         assert _rows(a.run_dir()) == _rows(b.run_dir())
+
+
+def test_members_saved_with_different_thread_counts_train_alone(
+    small: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process has one thread count: a member whose folder saved another trains alone,
+    with its own count, as its resume would."""
+    from reslab.train import pack
+    from reslab.train.run_folder import RunFolder
+
+    members = _members(small, "threads", threads=None)
+    assert pack_groups(members) == [[0, 1, 2]]
+    saved = members[1]
+    saved.run_dir().mkdir(parents=True)
+    RunFolder(saved.run_dir()).write_config(TrainConfig(**{**saved.to_dict(), "threads": 1}), [])
+
+    def no_pack(*args: Any) -> None:
+        raise AssertionError("members with different thread counts were packed")
+
+    monkeypatch.setattr(pack, "_train", no_pack)
+    histories = fit_pack(members)
+    assert all(h is not None for h in histories)
+    assert json.loads((saved.run_dir() / "config.json").read_text())["threads"] == 1

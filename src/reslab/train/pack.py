@@ -278,10 +278,11 @@ def fit_pack(
     """Train ``configs`` as one pack; a :class:`History` per config, in order.
 
     The configs must be one of :func:`pack_groups`' groups. Finished runs are read, not
-    retrained. Runs resumed at different steps cannot share steps: they train one by one with
-    :func:`reslab.train.fit`. A diverged member raises :class:`NonFiniteLoss` only after the
-    others have finished: its History is then None in the list and its folder has
-    ``result.json`` status ``diverged`` (``fit_pack`` writes it, as a study would).
+    retrained. Runs resumed at different steps, or saved with different thread counts, cannot
+    share steps: they train one by one with :func:`reslab.train.fit`. A diverged member
+    raises :class:`NonFiniteLoss` only after the others have finished: its History is then
+    None in the list and its folder has ``result.json`` status ``diverged`` (``fit_pack``
+    writes it, as a study would).
     """
     streams = list(streams) if streams is not None else [None] * len(configs)
     # As fit checks them: a folder holding another run's config is refused before anything.
@@ -295,7 +296,9 @@ def fit_pack(
         else:
             todo.append(i)
     steps = {RunFolder(configs[i].run_dir()).committed_step() or 0 for i in todo} if resume else {0}
-    if len(todo) == 1 or len(steps) > 1:
+    # One process, one thread count: members whose folders saved different counts train alone.
+    threads = {configs[i].threads for i in todo}
+    if len(todo) == 1 or len(steps) > 1 or len(threads) > 1:
         for i in todo:
             with _redirect(streams[i]):
                 histories[i] = _fit_alone(configs[i], resume)
