@@ -52,10 +52,11 @@ def train_once(args: argparse.Namespace, threads: int | None, env: dict[str, str
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "reslab", "train", "--model", args.model, "--dataset"]
         cmd += ["digits", "--epochs", str(args.epochs), "--seed", "0", "--quiet", "--out", str(out)]
+        cmd += ["--device", "cpu"]  # the CPU's threads are the subject, on a GPU machine too
         if threads is not None:
             cmd += ["--threads", str(threads)]
         start = time.perf_counter()
-        # The spin row drops reslab's wait policy and sets libgomp's default spin count.
+        # The old-default row drops reslab's wait policy and sets libgomp's own spin count.
         base = {k: v for k, v in os.environ.items() if k not in env and k not in WAIT}
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**base, **env})
         wall = time.perf_counter() - start

@@ -8,7 +8,6 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -118,42 +117,75 @@ def test_core_ticks_count_busy_and_total_per_core(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     stat.write_text(_STAT)
     # busy: user nice system irq softirq steal; idle and iowait are not busy
-    assert cpu._core_ticks([0], stat) == (131, 971)
-    assert cpu._core_ticks([0, 1], stat) == (141, 1971)
+    assert cpu._core_ticks([0], stat) == (131, 971, 1)
+    assert cpu._core_ticks([0, 1], stat) == (141, 1971, 2)
     assert cpu._core_ticks([7], stat) is None  # a core the file does not list
     assert cpu._core_ticks([0], tmp_path / "missing") is None
 
 
+def test_core_ticks_skip_malformed_lines(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("\n   \ncpu0 1 2 3\ncpu0 x y z w\n" + _STAT + "cpu1\n")
+    assert cpu._core_ticks([0, 1], stat) == (141, 1971, 2)
+    stat.write_bytes(b"cpu0 \xff\xfe 1 2 3\n")
+    assert cpu._core_ticks([0], stat) is None
+
+
 def test_busy_cores_is_zero_where_proc_stat_is_unreadable(tmp_path: Path) -> None:
-    assert cpu.busy_cores([0, 1], window=0.01, stat=tmp_path / "missing") == 0.0
+    assert cpu.busy_cores([0, 1], window=10.0, stat=tmp_path / "missing") == 0.0  # no wait
 
 
-_HOG = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
+class _Clock:
+    """time as busy_cores sees it: a window of 0.5 s in which this process used ``own`` s."""
+
+    def __init__(self, own: float) -> None:
+        self.wall = self.cpu = 0.0
+        self.own = own
+
+    def monotonic(self) -> float:
+        return self.wall
+
+    def process_time(self) -> float:
+        return self.cpu
+
+    def sleep(self, seconds: float) -> None:
+        self.wall += seconds
+        self.cpu += self.own
+
+
+@pytest.mark.parametrize(
+    ("busy_ticks", "own", "expected"),
+    [(100, 0.0, 2.0), (100, 0.5, 1.0), (50, 0.0, 1.0), (50, 0.5, 0.0), (0, 0.0, 0.0)],
+)
+def test_busy_cores_leaves_this_processs_own_time_out(
+    monkeypatch: pytest.MonkeyPatch, busy_ticks: int, own: float, expected: float
+) -> None:
+    """Two cores over 0.5 s are 100 ticks; ``own`` s of them were this process's."""
+    samples = iter([(0, 0, 2), (busy_ticks, 100, 2)])
+    monkeypatch.setattr(cpu, "_core_ticks", lambda cores, stat: next(samples))
+    monkeypatch.setattr(cpu, "time", _Clock(own))
+    assert cpu.busy_cores([0, 1], window=0.5) == pytest.approx(expected)
+
+
+_HOG = (
+    "import os, sys\n"
+    "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
+    "print('running', flush=True)\n"
+    "while True: pass"
+)
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="no /proc/stat")
-def test_busy_cores_sees_another_process_not_its_own() -> None:
+def test_busy_cores_sees_another_process() -> None:
     core = cpu.available_cores()[0]
-    hog = subprocess.Popen([sys.executable, "-c", _HOG, str(core)])
+    hog = subprocess.Popen([sys.executable, "-c", _HOG, str(core)], stdout=subprocess.PIPE)
     try:
-        time.sleep(0.3)  # the hog is running
+        assert hog.stdout is not None and hog.stdout.readline() == b"running\n"
+        # The hog's core is busy whatever else shares it; this process only sleeps.
         assert cpu.busy_cores([core], window=0.5) > 0.7
     finally:
         hog.kill()
         hog.wait()
-    # This process spinning on its own core is not "another process": a thread burns the
-    # core while busy_cores watches it.
-    code = (
-        "import os, threading, time\n"
-        "from reslab import cpu\n"
-        f"os.sched_setaffinity(0, {{{core}}})\n"
-        "stop = time.monotonic() + 1.5\n"
-        "def spin():\n"
-        "    while time.monotonic() < stop: pass\n"
-        "threading.Thread(target=spin).start(); time.sleep(0.2)\n"
-        f"print(cpu.busy_cores([{core}], window=0.5))"
-    )
-    assert float(_python(code)) < 0.5
 
 
 @pytest.mark.parametrize(

@@ -121,34 +121,49 @@ def available_cores() -> list[int]:
     return cores
 
 
-def _core_ticks(cores: list[int], stat: Path) -> tuple[int, int] | None:
-    """(busy, total) clock ticks of ``cores`` since boot, from /proc/stat; None if unreadable."""
-    wanted = {f"cpu{c}" for c in cores}
-    busy = total = 0
+def _core_ticks(cores: list[int], stat: Path) -> tuple[int, int, int] | None:
+    """(busy, total) clock ticks of ``cores`` since boot and how many of them /proc/stat
+    lists; None if it cannot be read or lists none of them. Malformed lines are skipped."""
     try:
-        for line in stat.read_text().splitlines():
-            name, *fields = line.split()
-            if name not in wanted:
-                continue
+        lines = stat.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    wanted = {f"cpu{c}" for c in cores}
+    busy = total = found = 0
+    for line in lines:
+        name, *fields = line.split() or [""]
+        if name not in wanted or len(fields) < 4:
+            continue
+        try:
             # user nice system idle iowait irq softirq steal (guest time is inside user)
             ticks = [int(f) for f in fields[:8]]
-            total += sum(ticks)
-            busy += sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
-    except (OSError, ValueError):
-        return None
-    return (busy, total) if total else None
+        except ValueError:
+            continue
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+        found += 1
+    return (busy, total, found) if total > 0 else None
 
 
 def busy_cores(cores: list[int], window: float = 0.2, stat: Path = Path("/proc/stat")) -> float:
-    """How many of ``cores`` other processes kept busy over the next ``window`` seconds
-    (this process's own CPU time left out); 0.0 where /proc/stat cannot be read."""
-    before, own, start = _core_ticks(cores, stat), time.process_time(), time.monotonic()
+    """How many of ``cores`` other processes kept busy over the next ``window`` seconds; 0.0
+    where /proc/stat cannot be read (macOS, Windows: then no time is spent waiting).
+
+    This process's own CPU time is subtracted whole, so ``cores`` should be every CPU the
+    process may run on (as :func:`default_threads` passes its affinity mask).
+    """
+    before = _core_ticks(cores, stat)
+    if before is None:
+        return 0.0
+    own, start = time.process_time(), time.monotonic()
     time.sleep(window)
-    after, own, wall = _core_ticks(cores, stat), time.process_time() - own, time.monotonic() - start
-    if before is None or after is None or after[1] <= before[1]:
+    after = _core_ticks(cores, stat)
+    own, wall = time.process_time() - own, time.monotonic() - start
+    if after is None or after[1] <= before[1]:
         return 0.0
     share = (after[0] - before[0]) / (after[1] - before[1])  # busy fraction of those cores
-    return max(0.0, share * len(cores) - own / max(wall, 1e-9))
+    share = min(1.0, max(0.0, share))  # counters that stepped back (a CPU went offline)
+    return max(0.0, share * after[2] - own / max(wall, 1e-9))
 
 
 def default_threads(requested: int, cores: list[int] | None = None) -> int:

@@ -351,3 +351,76 @@ def test_eval_out_is_refused_with_the_json_flag_named(
     target = tmp_path / "e.json"
     line = cli_error(["eval", "--weights", str(weights), "--out", str(target)])
     assert "--json" in line and not target.exists()
+
+
+def _saved_run(tmp_path: Path, threads: int, explicit: list[str]) -> Path:
+    """A run's config.json as a machine with more cores would have written it."""
+    from reslab.train import resolve
+
+    config = resolve({"model": "resnet20", "width": 0.25, "dataset": "digits", "steps": 2})
+    saved = {**config.to_dict(), "threads": threads, "_meta": {"explicit": explicit}}
+    path = tmp_path / "big-machine" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(saved))
+    return path
+
+
+def test_a_recorded_thread_count_too_big_for_this_machine_is_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reslab.limits import max_threads
+
+    too_many = max_threads() + 1
+    saved = _saved_run(tmp_path, too_many, ["dataset", "model", "steps", "width"])
+    out = tmp_path / "rerun"
+    assert main(["train", "--config", str(saved), "--out", str(out), "--quiet"]) == 0
+    assert f"records {too_many} threads, which reslab chose" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["threads"] <= max_threads()
+    # A count the user set on that machine is theirs: refused here as any --threads would be.
+    (tmp_path / "user").mkdir()
+    asked = _saved_run(tmp_path / "user", too_many, ["threads"])
+    assert main(["train", "--config", str(asked), "--out", str(tmp_path / "no"), "--quiet"]) == 2
+    assert "at most" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
+_RANKS_SCRIPT = """
+import json, os, sys
+import torch
+import reslab.train.loop as loop
+import reslab.train.runtime as runtime
+from reslab.train import fit, resolve
+
+rank = int(os.environ["RANK"])
+# Each rank's own look at the load says something else: rank 0 one thread, rank 1 two.
+runtime.default_threads = lambda requested, cores: rank + 1
+seen = []
+record = loop.record_threads
+loop.record_threads = lambda config, device: seen.append(torch.get_num_threads()) or record(
+    config, device
+)
+out = sys.argv[1]
+fit(resolve({"model": "resnet8", "width": 0.25, "dataset": "digits", "steps": 2,
+             "batch_size": 64, "quiet": True, "out": out}))
+with open(os.path.join(out, f"threads-{rank}.json"), "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def test_torchrun_ranks_train_with_rank_0s_thread_count(tmp_path: Path) -> None:
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANKS_SCRIPT)
+    out = tmp_path / "ddp"
+    env = {**_env(), "OMP_NUM_THREADS": "2"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*launch, str(script), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "threads-0.json").read_text()) == [1]
+    assert json.loads((out / "threads-1.json").read_text()) == [1]  # not its own 2
+    assert json.loads((out / "config.json").read_text())["threads"] == 1

@@ -163,3 +163,4 @@ def test_the_probes_of_a_digits_study_run_on_one_thread(monkeypatch: pytest.Monk
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+        torch.set_flush_denormal(False)  # probe_runs turns it on for the study's process

@@ -47,7 +47,8 @@ def probe_runs(
     # x86 CPUs; flushing them to zero changes nothing measurable.
     torch.set_flush_denormal(True)
     x, y = _probe_batch(study)
-    with one_cpu_thread(torch.device("cpu"), small=x[0].numel() < 32 * 32):  # below CIFAR's
+    # One thread below CIFAR's 32×32 (height × width: channel 0 of the first image).
+    with one_cpu_thread(torch.device("cpu"), small=x[0, 0].numel() < 32 * 32):
         return _probe_all(study, records, kinds, every_seed, x, y)
 
 
