@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import reslab.train.loop as loop
+import reslab.train.run as run_module
 import reslab.train.schedule as schedule
 from reslab.errors import ConfigError, ReslabError
 from reslab.train import (
@@ -62,7 +62,7 @@ def test_resume_from_saved_config(
     whole = fit(dataclasses.replace(config, out=str(tmp_path / "whole")))
 
     calls = {"n": 0}
-    real_eval = loop.evaluate
+    real_eval = run_module.evaluate
 
     def stop_in_epoch_2(*args: Any, **kw: Any) -> Any:
         calls["n"] += 1
@@ -70,10 +70,10 @@ def test_resume_from_saved_config(
             raise KeyboardInterrupt
         return real_eval(*args, **kw)
 
-    monkeypatch.setattr(loop, "evaluate", stop_in_epoch_2)
+    monkeypatch.setattr(run_module, "evaluate", stop_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         fit(config)
-    monkeypatch.setattr(loop, "evaluate", real_eval)
+    monkeypatch.setattr(run_module, "evaluate", real_eval)
     state = json.loads((config.run_dir() / "checkpoints" / "last.json").read_text())
     assert state["step"] == 1437 // 64 and len(state["records"]) == 1
     resumed = fit(resume_from=config.run_dir(), overrides={"quiet": True})

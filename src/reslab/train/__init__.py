@@ -15,6 +15,8 @@ Read it in this order:
   :mod:`~reslab.train.console` — one SGD step, the checkpointed state, torchrun, the console.
 * :mod:`~reslab.train.session` — what a session is made of: data on the device, model, folder.
 * :mod:`~reslab.train.loop` — :func:`fit`: setup → resume → epochs → finish.
+* :mod:`~reslab.train.run` — one run in progress (``Run``) and its commit points: resume,
+  snapshot, checkpoint, finite check, end of epoch, finish; ``fit`` and ``fit_pack`` share them.
 * :mod:`~reslab.train.pack`, :mod:`~reslab.train.packed` — :func:`fit_pack`: runs of one shape
   and recipe trained as one grouped net, each member computing its own run in its own folder.
 """

@@ -34,21 +34,19 @@ from reslab.models import count_params, create_model
 from reslab.train.config import TrainConfig
 from reslab.train.console import Reporter
 from reslab.train.distributed import Dist
-from reslab.train.loop import (
+from reslab.train.loop import build_run, fit, run_config
+from reslab.train.packed import check_packed, pack_nets, pack_tensor, packable_reason, unpack
+from reslab.train.run import (
     History,
     NonFiniteLoss,
-    _check_finite,
-    _end_epoch,
-    _finish,
-    _resume,
-    _Run,
-    _save_checkpoint,
-    _snapshot,
-    build_run,
-    fit,
-    run_config,
+    Run,
+    check_finite,
+    end_epoch,
+    finish,
+    resume_run,
+    save_checkpoint,
+    snapshot,
 )
-from reslab.train.packed import check_packed, pack_nets, pack_tensor, packable_reason, unpack
 from reslab.train.run_folder import RunFolder, get_rng_state, set_rng_state
 from reslab.train.runtime import (
     Runtime,
@@ -134,9 +132,9 @@ def pack_groups(configs: Sequence[TrainConfig]) -> list[list[int]]:
 
 @dataclass
 class _Member:
-    """One run of a pack: the loop's own :class:`_Run`, plus what the pack keeps for it."""
+    """One run of a pack: the loop's own :class:`Run`, plus what the pack keeps for it."""
 
-    run: _Run
+    run: Run
     rng: dict[str, Any]  # the global RNG state its own fit would have after building
     stream: TextIO | None  # where its console lines go (its train.log in a study)
     lock: Any
@@ -170,12 +168,12 @@ def _build_member(
     lock = claim_folder(folder, dist, resume, config, None)
     schedule = Schedule(config, data.total_steps)
     state = TrainState(schedule, data.loader, Running(device), started=started)
-    run = _Run(config, dist, device, fast, report, folder, data, raw, raw, optimizer, None, state)
+    run = Run(config, dist, device, fast, report, folder, data, raw, raw, optimizer, None, state)
     member = _Member(run, rng, stream, lock)
     with _as_member(member):
-        _resume(run)
+        resume_run(run)
         if state.step == 0:
-            _snapshot(run)
+            snapshot(run)
     return member
 
 
@@ -211,7 +209,7 @@ class _Pack:
         return cls([], fast)
 
     @property
-    def lead(self) -> _Run:
+    def lead(self) -> Run:
         """The first member: every member is at its step, epoch and learning rate."""
         return self.members[0].run
 
@@ -264,7 +262,7 @@ class _Pack:
                 b.copy_(unpack(buffers[name], n, i))
 
 
-def _momentum(run: _Run, name: str) -> Tensor | None:
+def _momentum(run: Run, name: str) -> Tensor | None:
     p = dict(run.raw.named_parameters())[name]
     buf = run.optimizer.state.get(p, {}).get("momentum_buffer")
     return None if buf is None else buf.contiguous()
@@ -413,7 +411,7 @@ def _run_pack(members: list[_Member], fast: Runtime) -> list[History | None]:
             step += 1
             if step in config.snapshot_steps:
                 pack.copy_back()
-                pack = _each(pack, histories, lambda m: _snapshot(m.run))
+                pack = _each(pack, histories, lambda m: snapshot(m.run))
             if step >= data.total_steps:
                 break
             every = config.checkpoint_every_steps
@@ -433,15 +431,15 @@ def _run_pack(members: list[_Member], fast: Runtime) -> list[History | None]:
         ) -> None:
             # Each member's epoch time is the pack's training time, not the evaluation of the
             # members before it.
-            _end_epoch(member.run, epoch, time.perf_counter() - trained, images, lr)
+            end_epoch(member.run, epoch, time.perf_counter() - trained, images, lr)
 
         pack = _each(pack, histories, end)
     for member in pack.members:
         with _as_member(member):
-            histories[id(member)] = _finish(member.run)
+            histories[id(member)] = finish(member.run)
     return [histories.get(id(m)) for m in members]
 
 
 def _checkpoint(member: _Member) -> None:
-    _check_finite(member.run)
-    _save_checkpoint(member.run)
+    check_finite(member.run)
+    save_checkpoint(member.run)
