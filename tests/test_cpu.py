@@ -123,6 +123,45 @@ def test_core_ticks_count_busy_and_total_per_core(tmp_path: Path) -> None:
     assert cpu._core_ticks([0], tmp_path / "missing") is None
 
 
+def test_core_ticks_count_niced_time_as_free_on_request(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text(_STAT)
+    # cpu0's 5 nice ticks leave the busy count; the total stays
+    assert cpu._core_ticks([0], stat, nice_is_busy=False) == (126, 971, 1)
+    assert cpu._core_ticks([0, 1], stat, nice_is_busy=False) == (136, 1971, 2)
+
+
+def test_niced_reads_this_process_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu.os, "getpriority", lambda which, who: 5)
+    assert cpu._niced()
+    monkeypatch.setattr(cpu.os, "getpriority", lambda which, who: 0)
+    assert not cpu._niced()
+
+    def refused(which: int, who: int) -> int:
+        raise OSError("no")
+
+    monkeypatch.setattr(cpu.os, "getpriority", refused)
+    assert not cpu._niced()
+
+
+@pytest.mark.parametrize("niced", [False, True])
+def test_busy_cores_count_niced_others_only_when_niced_itself(
+    monkeypatch: pytest.MonkeyPatch, niced: bool
+) -> None:
+    # Two cores kept busy by niced processes over the window: free for a default-priority
+    # run (the scheduler gives it the cores), busy for a run that is niced itself.
+    reads = iter([(0, 0, 2), None])
+
+    def ticks(cores: list[int], stat: Path, nice_is_busy: bool = True) -> tuple[int, int, int]:
+        read = next(reads)
+        return read if read is not None else ((200 if nice_is_busy else 0), 200, 2)
+
+    monkeypatch.setattr(cpu, "_niced", lambda: niced)
+    monkeypatch.setattr(cpu, "_core_ticks", ticks)
+    monkeypatch.setattr(cpu, "time", _Clock(0.0))
+    assert cpu.busy_cores([0, 1], window=0.5) == (2.0 if niced else 0.0)
+
+
 def test_core_ticks_skip_malformed_lines(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     stat.write_text("\n   \ncpu0 1 2 3\ncpu0 x y z w\n" + _STAT + "cpu1\n")
@@ -162,7 +201,7 @@ def test_busy_cores_leaves_this_processs_own_time_out(
 ) -> None:
     """Two cores over 0.5 s are 100 ticks; ``own`` s of them were this process's."""
     samples = iter([(0, 0, 2), (busy_ticks, 100, 2)])
-    monkeypatch.setattr(cpu, "_core_ticks", lambda cores, stat: next(samples))
+    monkeypatch.setattr(cpu, "_core_ticks", lambda cores, stat, nice_is_busy: next(samples))
     monkeypatch.setattr(cpu, "time", _Clock(own))
     assert cpu.busy_cores([0, 1], window=0.5) == pytest.approx(expected)
 
@@ -170,19 +209,28 @@ def test_busy_cores_leaves_this_processs_own_time_out(
 _HOG = (
     "import os, sys\n"
     "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
+    "os.nice(int(sys.argv[2]))\n"
     "print('running', flush=True)\n"
     "while True: pass"
 )
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="no /proc/stat")
-def test_busy_cores_sees_another_process() -> None:
+@pytest.mark.parametrize("nice", [0, 19])
+def test_busy_cores_sees_another_process(nice: int) -> None:
     core = cpu.available_cores()[0]
-    hog = subprocess.Popen([sys.executable, "-c", _HOG, str(core)], stdout=subprocess.PIPE)
+    hog = subprocess.Popen(
+        [sys.executable, "-c", _HOG, str(core), str(nice)], stdout=subprocess.PIPE
+    )
     try:
         assert hog.stdout is not None and hog.stdout.readline() == b"running\n"
-        # The hog's core is busy whatever else shares it; this process only sleeps.
-        assert cpu.busy_cores([core], window=0.5) > 0.7
+        # The hog's core is busy whatever else shares it (this process only sleeps), unless
+        # the hog is niced and this process is not: then the core is this run's for the asking.
+        busy = cpu.busy_cores([core], window=0.5)
+        if nice == 0 or cpu._niced():
+            assert busy > 0.7
+        else:
+            assert busy < 0.3
     finally:
         hog.kill()
         hog.wait()

@@ -121,9 +121,24 @@ def available_cores() -> list[int]:
     return cores
 
 
-def _core_ticks(cores: list[int], stat: Path) -> tuple[int, int, int] | None:
+def _niced() -> bool:
+    """Whether this process runs at a lower priority than a default one (``nice`` > 0)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0) > 0
+    except (AttributeError, OSError):  # Windows has no getpriority
+        return False
+
+
+def _core_ticks(
+    cores: list[int], stat: Path, nice_is_busy: bool = True
+) -> tuple[int, int, int] | None:
     """(busy, total) clock ticks of ``cores`` since boot and how many of them /proc/stat
-    lists; None if it cannot be read or lists none of them. Malformed lines are skipped."""
+    lists; None if it cannot be read or lists none of them. Malformed lines are skipped.
+
+    ``nice_is_busy=False`` counts the time of niced processes (``nice`` > 0) as free: the
+    scheduler gives a default-priority thread the core whenever it wants it (at nice 19 the
+    other gets ~1.5 %), so background jobs run under ``nice`` take nothing from the run.
+    """
     try:
         lines = stat.read_text().splitlines()
     except (OSError, UnicodeDecodeError):
@@ -140,7 +155,8 @@ def _core_ticks(cores: list[int], stat: Path) -> tuple[int, int, int] | None:
         except ValueError:
             continue
         total += sum(ticks)
-        busy += sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+        free = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle, iowait
+        busy += sum(ticks) - free - (0 if nice_is_busy else ticks[1])
         found += 1
     return (busy, total, found) if total > 0 else None
 
@@ -150,14 +166,16 @@ def busy_cores(cores: list[int], window: float = 0.2, stat: Path = Path("/proc/s
     where /proc/stat cannot be read (macOS, Windows: then no time is spent waiting).
 
     This process's own CPU time is subtracted whole, so ``cores`` should be every CPU the
-    process may run on (as :func:`default_threads` passes its affinity mask).
+    process may run on (as :func:`default_threads` passes its affinity mask). Niced processes
+    count as busy only when this one is niced too: then they are its peers.
     """
-    before = _core_ticks(cores, stat)
+    nice_is_busy = _niced()
+    before = _core_ticks(cores, stat, nice_is_busy)
     if before is None:
         return 0.0
     own, start = time.process_time(), time.monotonic()
     time.sleep(window)
-    after = _core_ticks(cores, stat)
+    after = _core_ticks(cores, stat, nice_is_busy)
     own, wall = time.process_time() - own, time.monotonic() - start
     if after is None or after[1] <= before[1]:
         return 0.0
