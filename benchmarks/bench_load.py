@@ -96,6 +96,17 @@ def policies(threads: list[int], cores: int) -> list[tuple[str, int | None, dict
     return rows
 
 
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
 def best_of(results: list[dict]) -> dict:
     return max(results, key=lambda r: r["img_s"])
 
@@ -119,7 +130,7 @@ def main() -> None:
         [int(t) for t in args.threads.split(",")] if args.threads else list(range(1, cores + 1))
     )
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or 'CPU'}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_name()}, "
         f"{cores} usable cores, load {os.getloadavg()[0]:.1f} before the run; "
         f"{args.model} on {args.dataset}, {args.epochs} epochs, best of {args.repeats}, "
         f"hogs at nice {args.hog_nice}"

@@ -284,6 +284,34 @@ def test_one_thread_needs_no_look_at_the_load(monkeypatch: pytest.MonkeyPatch) -
     assert cpu.default_threads(6, [3]) == 1
 
 
+@pytest.mark.parametrize(
+    ("jobs", "busy", "expected"),
+    [
+        (1, 0.0, 4),  # one worker, idle machine: all four cores
+        (1, 2.0, 2),  # two CPUs busy elsewhere: the two left
+        (1, 3.8, 1),
+        (2, 0.0, 2),  # two workers share the cores, and the free CPUs
+        (2, 2.0, 1),
+        (3, 0.0, 1),  # 4 // 3
+    ],
+)
+def test_study_workers_share_the_cores_others_leave_free(
+    monkeypatch: pytest.MonkeyPatch, jobs: int, busy: float, expected: int
+) -> None:
+    monkeypatch.setattr(cpu, "_affinity", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(cpu, "busy_cores", lambda cores, window=0.2: busy)
+    assert cpu.worker_threads(jobs, [0, 1, 2, 3]) == expected
+
+
+def test_one_thread_workers_need_no_look_at_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(cores: list[int], window: float = 0.2) -> float:
+        raise AssertionError("sampled the load for one-thread workers")
+
+    monkeypatch.setattr(cpu, "busy_cores", never)
+    assert cpu.worker_threads(4, [0, 1, 2, 3]) == 1
+    assert cpu.worker_threads(12, [0, 1]) == 1  # the default study: a worker per core
+
+
 def _my_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 

@@ -44,6 +44,7 @@ __all__ = [
     "pin_to",
     "pin_worker",
     "split_cores",
+    "worker_threads",
 ]
 
 #: The OpenMP settings that decide how an idle thread waits; if the user set any, theirs stand.
@@ -198,9 +199,29 @@ def default_threads(requested: int, cores: list[int] | None = None) -> int:
     most = min(requested, len(cores))
     if most <= 1:
         return 1
+    return max(1, min(most, math.floor(_free_cpus() + 0.5)))
+
+
+def worker_threads(jobs: int, cores: list[int] | None = None) -> int:
+    """The threads of each of a study's ``jobs`` CPU workers: its share of the usable
+    ``cores``, cut to its share of the CPUs other processes leave free, as
+    :func:`default_threads` cuts a single run's. Measured once, as the study starts, so
+    every run of the study computes with one count (each run records it).
+
+    One thread per worker (at least as many jobs as cores, a study's default) needs no
+    measurement: it cannot be cut, and the study trains the same weights on any load.
+    """
+    cores = available_cores() if cores is None else cores
+    share = max(1, len(cores) // max(1, jobs))
+    if share <= 1:
+        return 1
+    return max(1, min(share, math.floor(_free_cpus() / jobs + 0.5)))
+
+
+def _free_cpus() -> float:
+    """CPUs of the whole affinity mask that other processes leave free (see above)."""
     mask = _affinity()
-    free = len(mask) - busy_cores(mask)
-    return max(1, min(most, math.floor(free + 0.5)))
+    return len(mask) - busy_cores(mask)
 
 
 def split_cores(jobs: int, cores: list[int] | None = None) -> list[list[int]]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from reslab import cpu
 from reslab.cli import main
 from reslab.errors import ConfigError
 from reslab.experiments import StudyConfig, get_study, run_study
@@ -116,3 +117,22 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
         run_study(config, log=lambda _: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_fewer_jobs_than_cores_leave_cores_busy_elsewhere_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--jobs 1 on a busy machine: the worker's threads are cut as a single run's are."""
+    share = len(cpu.available_cores())
+    if share < 2:
+        pytest.skip("needs two usable cores")
+    monkeypatch.setattr(cpu, "busy_cores", lambda cores, window=0.2: len(cores) - 1.0)
+    out = tmp_path / "s"
+    config = StudyConfig(
+        depths=(8, 14), families=("residual",), seeds=(0,), steps=2, batch_size=16,
+        width=0.25, jobs=1, out=str(out),
+    )  # fmt: skip
+    lines: list[str] = []
+    run_study(config, log=lines.append)
+    assert f"1 thread(s) per run, not {share}: other processes keep cores busy" in lines
+    assert json.loads((out / "runs" / "resnet8-s0" / "config.json").read_text())["threads"] == 1

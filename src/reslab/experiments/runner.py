@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from reslab.cpu import available_cores, core_queue, pin_worker
+from reslab.cpu import available_cores, core_queue, pin_worker, worker_threads
 from reslab.data import DATASETS
 from reslab.errors import ConfigError
 from reslab.experiments.cluster import check_cluster, connect, run_on_ray
@@ -151,8 +151,9 @@ def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | N
     cores = len(available_cores())
     jobs = min(study.jobs or cores, n_runs)
     # Small nets scale poorly across threads, so whole runs in parallel beat threads per run;
-    # each worker gets its own cores (reslab.cpu.split_cores), none shared while one idles.
-    return jobs, "cpu", [], max(1, cores // jobs)
+    # each worker gets its own cores (reslab.cpu.split_cores), none shared while one idles,
+    # and with fewer jobs than cores no more threads than the cores others leave free.
+    return jobs, "cpu", [], worker_threads(jobs)
 
 
 def _init_worker(gpus: Any, cores: Any, parent: int | None = None) -> None:
@@ -278,6 +279,9 @@ def execute(
     if not specs:
         return []  # a study that trains nothing (e.g. it probes nets at initialisation only)
     jobs, device, gpus, threads = _jobs(study, len(specs))
+    share = len(available_cores()) // jobs
+    if device == "cpu" and study.cluster != "ray" and threads is not None and threads < share:
+        log(f"{threads} thread(s) per run, not {share}: other processes keep cores busy")
     configs = [dataclasses.replace(train_config(study, s, threads), device=device) for s in specs]
     records: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
