@@ -12,7 +12,7 @@ import pytest
 from reslab import cpu
 from reslab.cli import main
 from reslab.errors import ConfigError
-from reslab.experiments import StudyConfig, get_study, run_study
+from reslab.experiments import StudyConfig, get_study, run_study, runner
 from reslab.experiments.runner import train_config
 from reslab.train import TrainConfig
 
@@ -136,3 +136,18 @@ def test_fewer_jobs_than_cores_leave_cores_busy_elsewhere_alone(
     run_study(config, log=lines.append)
     assert f"1 thread(s) per run, not {share}: other processes keep cores busy" in lines
     assert json.loads((out / "runs" / "resnet8-s0" / "config.json").read_text())["threads"] == 1
+
+
+def test_a_ray_study_leaves_the_load_unsampled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every Ray task trains on one thread whatever the driver's machine is doing."""
+
+    def never(cores: list[int], window: float = 0.2) -> float:
+        raise AssertionError("sampled the load for a Ray study")
+
+    monkeypatch.setattr(cpu, "busy_cores", never)
+    config = StudyConfig(
+        depths=(8, 14), seeds=(0,), jobs=1, device="cpu", cluster="ray", out=str(tmp_path / "s")
+    )
+    assert runner._jobs(config, 4, print) == (1, "cpu", [], 1)

@@ -136,7 +136,9 @@ def _pm(mean: float | None, std: float | None) -> str:
 # --- the worker pool -----------------------------------------------------------------------------
 
 
-def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | None]:
+def _jobs(
+    study: StudyConfig, n_runs: int, log: Callable[[str], None]
+) -> tuple[int, str, list[int], int | None]:
     """(workers, device name for every run, GPU index per worker, threads per run)."""
     device = study.device
     if device == "auto":
@@ -148,12 +150,17 @@ def _jobs(study: StudyConfig, n_runs: int) -> tuple[int, str, list[int], int | N
         return jobs, "cuda", [i % gpus for i in range(jobs)], None
     if device.startswith("cuda:"):
         return 1, device, [], None
-    cores = len(available_cores())
-    jobs = min(study.jobs or cores, n_runs)
+    cores = available_cores()
+    jobs = min(study.jobs or len(cores), n_runs)
+    if study.cluster == "ray":
+        return jobs, "cpu", [], 1  # every Ray task trains on one thread (_execute_on_ray)
     # Small nets scale poorly across threads, so whole runs in parallel beat threads per run;
     # each worker gets its own cores (reslab.cpu.split_cores), none shared while one idles,
     # and with fewer jobs than cores no more threads than the cores others leave free.
-    return jobs, "cpu", [], worker_threads(jobs)
+    threads, share = worker_threads(jobs, cores), len(cores) // jobs
+    if threads < share:
+        log(f"{threads} thread(s) per run, not {share}: other processes keep cores busy")
+    return jobs, "cpu", [], threads
 
 
 def _init_worker(gpus: Any, cores: Any, parent: int | None = None) -> None:
@@ -278,10 +285,7 @@ def execute(
     """
     if not specs:
         return []  # a study that trains nothing (e.g. it probes nets at initialisation only)
-    jobs, device, gpus, threads = _jobs(study, len(specs))
-    share = len(available_cores()) // jobs
-    if device == "cpu" and study.cluster != "ray" and threads is not None and threads < share:
-        log(f"{threads} thread(s) per run, not {share}: other processes keep cores busy")
+    jobs, device, gpus, threads = _jobs(study, len(specs), log)
     configs = [dataclasses.replace(train_config(study, s, threads), device=device) for s in specs]
     records: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
