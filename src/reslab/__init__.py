@@ -21,10 +21,8 @@ configure_openmp()
 from reslab.blocks import Residual, ResidualMLP
 from reslab.errors import ReslabError
 from reslab.models import count_macs, count_params, create_model, list_models
+from reslab.version import __version__
 from reslab.weights import load_model, load_weights, save_weights
-
-# The one place the version lives; pyproject.toml reads it from here.
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from reslab.data import load_dataset

@@ -14,7 +14,7 @@ from conftest import write_cifar
 from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import StudyConfig, build_report, run_study
 from reslab.experiments.lesion import STUDY, check_results, lesion_verdict
-from reslab.lesion import lesion_net, top1_error
+from reslab.measure.lesion import lesion_net, top1_error
 from reslab.models import create_model
 from reslab.report.schema import Validator, load_results, new_results, write_results
 from reslab.train import RunFolder

@@ -226,7 +226,7 @@ def test_a_block_refuses_options_it_does_not_have() -> None:
 
 @pytest.mark.parametrize("name", ["wrn16_8", "plain_wrn16_8", "resnext29_8x64d"])
 def test_the_probes_and_zero_init_see_every_wide_block(name: str) -> None:
-    from reslab.probes import gradient_flow, layer_responses, residual_magnitude
+    from reslab.measure.probes import gradient_flow, layer_responses, residual_magnitude
 
     model = create_model(name, width=0.25)
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))

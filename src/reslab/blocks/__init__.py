@@ -46,8 +46,11 @@ from reslab.blocks.conv import (
     is_block,
 )
 
-# The base classes, for reslab.models and reslab.probes (private: not in __all__).
+# The base classes every convolutional block (and its pre-activation kind) derives from, for
+# reslab.models and the measurements of reslab.measure.
+from reslab.blocks.conv import _Block as ConvBlock
 from reslab.blocks.conv import _Block as _Block
+from reslab.blocks.conv import _PreActBlock as PreActConvBlock
 from reslab.blocks.conv import _PreActBlock as _PreActBlock
 from reslab.blocks.residual import Residual, ResidualMLP
 from reslab.blocks.shortcuts import (
@@ -76,11 +79,13 @@ __all__ = [
     "BNAfterAddBottleneck",
     "BasicBlock",
     "Bottleneck",
+    "ConvBlock",
     "DropoutAdd",
     "GatedAdd",
     "PadShortcut",
     "PreActBasicBlock",
     "PreActBottleneck",
+    "PreActConvBlock",
     "Projection",
     "ReLUBeforeAddBasicBlock",
     "ReLUBeforeAddBottleneck",

@@ -13,9 +13,9 @@ import re
 import sys
 from collections.abc import Sequence
 
-from reslab import __version__
 from reslab.errors import ReslabError
 from reslab.limits import MAX_ECHO, one_line, shown
+from reslab.version import __version__
 
 # Modules that add commands, in the order `reslab --help` lists them.
 COMMAND_MODULES = (

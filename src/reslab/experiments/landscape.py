@@ -1,13 +1,13 @@
 """``reslab landscape``: the loss surface around trained plain and residual twins.
 
 Li, Xu, Taylor, Studer & Goldstein 2018, "Visualizing the loss landscape of neural nets"
-(arXiv:1712.09913), Fig. 5: ResNet-20/56/110 with and without shortcuts on CIFAR-10. Along
-filter-normalised random directions (§4; :mod:`reslab.landscape`) the residual nets sit in wide,
-nearly convex basins at every depth, while the plain nets' surfaces turn sharp and chaotic as
-they get deeper. The study trains (or takes) both twins at each depth, measures each net's
-surface on a fixed set of training images, and computes its verdict from the mean loss rise on
-a circle of fixed radius around the trained weights: the sharper a minimum, the more the loss
-rises at the same filter-normalised distance.
+(arXiv:1712.09913), Fig. 5: ResNet-20/56/110 with and without shortcuts on CIFAR-10. Along filter-
+normalised random directions (§4; :mod:`reslab.measure.landscape`) the residual nets sit in wide,
+nearly convex basins at every depth, while the plain nets' surfaces turn sharp and chaotic as they
+get deeper. The study trains (or takes) both twins at each depth, measures each net's surface on a
+fixed set of training images, and computes its verdict from the mean loss rise on a circle of fixed
+radius around the trained weights: the sharper a minimum, the more the loss rises at the same
+filter-normalised distance.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reslab import landscape as ls
 from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
@@ -40,6 +39,7 @@ from reslab.experiments.trained import (
 )
 from reslab.experiments.verdicts import gap_of_values
 from reslab.limits import MAX_IMAGES, MAX_SEED, integer, number
+from reslab.measure import landscape as ls
 from reslab.report import html
 from reslab.report.figures import (
     FAMILY_COLOURS,
@@ -159,7 +159,7 @@ def _scan(
     device: torch.device,
     threads: int,
 ) -> dict[str, Any]:
-    """One net's :func:`reslab.landscape.scan` and its wall time (in a worker on the CPU)."""
+    """One net's :func:`reslab.measure.landscape.scan` and its wall time (in a worker)."""
     if device.type == "cpu":
         torch.set_num_threads(threads)
         # Trained plain nets carry denormal activations, ~50x slower on x86; flushing them

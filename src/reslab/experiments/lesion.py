@@ -7,10 +7,10 @@ net falls to chance (their Fig. 3). Error then rises smoothly with the number of
 (Fig. 4a) and of pairs of same-stage blocks swapped (Fig. 4b), as an ensemble's would, rather
 than collapsing after the first, as a single deep path's would.
 
-The study trains plain and residual twins at one depth with the degradation study's recipe
-and budget, or lesions nets trained elsewhere; the lesions themselves are in
-:mod:`reslab.lesion`. Every net of a depth faces the same deletions and swaps (the draws depend
-only on k and the draw number), so plain and residual nets are compared pair for pair.
+The study trains plain and residual twins at one depth with the degradation study's recipe and
+budget, or lesions nets trained elsewhere; the lesions themselves are in the package
+:mod:`reslab.measure.lesion`. Every net of a depth faces the same deletions and swaps (the draws
+depend only on k and the draw number), so plain and residual nets are compared pair for pair.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reslab import lesion
 from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError, ReslabError
@@ -34,6 +33,7 @@ from reslab.experiments.registry import Flag, Study
 from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
 from reslab.experiments.verdicts import Gap, gap_of_values
 from reslab.limits import MAX_DEPTH, MAX_IMAGES, integer, integers
+from reslab.measure import lesion
 from reslab.report import html
 from reslab.report.figures import (
     FAMILY_COLOURS,

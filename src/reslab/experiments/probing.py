@@ -1,6 +1,6 @@
 """Probing a study's trained nets: gradient flow, residual magnitude and layer responses.
 
-The probes themselves are in :mod:`reslab.probes`; this module loads each run's weights
+The probes themselves are in :mod:`reslab.measure.probes`; this module loads each run's weights
 (final, and the snapshots the trainer kept at ``--probe-steps``), feeds every net the same
 batch of training images, and turns the measurements into results.json ``probes`` entries.
 """
@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reslab import probes
 from reslab.data import load_dataset, normalize_batch
 from reslab.experiments.config import StudyConfig
+from reslab.measure import probes
 from reslab.report import stats
 from reslab.train import RunFolder, one_cpu_thread
 from reslab.weights import load_model

@@ -13,12 +13,11 @@ residual nets. The study measures it, with no training run, for two kinds of net
   ``x_t = (1-t)·a + t·b`` between two training images, the gradient of the logit of ``a``'s
   class.
 
-For every net and seed it keeps the correlation of the gradients at lag 1…K (the
-:mod:`reslab.shattering` definitions: the autocorrelation of ``df/dx`` on the 1-D line, the mean
-Pearson correlation of gradient images k steps apart on the image path); the verdict compares
-how far the lag-1 correlation falls from the shallowest to the deepest net in each family.
-The measurement itself lives in :mod:`reslab.shattering`; this module plans, runs, judges and
-draws it.
+For every net and seed it keeps the correlation of the gradients at lag 1…K (the definitions of
+:mod:`reslab.measure.shattering`: the autocorrelation of ``df/dx`` on the 1-D line, the mean Pearson
+correlation of gradient images k steps apart on the image path); the verdict compares how far the
+lag-1 correlation falls from the shallowest to the deepest net in each family. The measurement
+itself lives in :mod:`reslab.measure.shattering`; this module plans, runs, judges and draws it.
 """
 
 from __future__ import annotations
@@ -38,6 +37,16 @@ from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import Flag, Study, comma
 from reslab.experiments.verdicts import Gap, gap_of_rows
 from reslab.limits import MAX_BATCH, integer, integers, number
+from reslab.measure.shattering import (
+    MLP_NORMS,
+    Shattering,
+    calibrate_batchnorm,
+    line_inputs,
+    line_shattering,
+    mlp_stack,
+    path_shattering,
+    seeded,
+)
 from reslab.models import cifar_model_name, create_model
 from reslab.report import html
 from reslab.report.figures import (
@@ -53,16 +62,6 @@ from reslab.report.figures import (
 )
 from reslab.report.schema import FAMILIES, Validator, is_number
 from reslab.report.stats import mean_std, nan_mean_std
-from reslab.shattering import (
-    MLP_NORMS,
-    Shattering,
-    calibrate_batchnorm,
-    line_inputs,
-    line_shattering,
-    mlp_stack,
-    path_shattering,
-    seeded,
-)
 from reslab.train import one_cpu_thread, pick_device
 
 __all__ = ["STUDY", "analyse", "plan", "shattering_verdict"]

@@ -224,7 +224,7 @@ def _figures_html(figures: Sequence[RenderedFigure]) -> str:
 def _versions_html(results: Mapping[str, Any]) -> str:
     import matplotlib
 
-    from reslab import __version__
+    from reslab.version import __version__
 
     rows = [
         ["reslab", e(results.get("reslab_version", "—"))],

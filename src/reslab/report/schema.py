@@ -258,7 +258,7 @@ def provenance() -> dict[str, str]:
     Returns ``reslab_version``, ``torch_version``, ``python_version``, ``created`` (now, UTC,
     ISO 8601) and ``machine`` (OS, architecture, CPU count and CUDA device if any; no hostname).
     """
-    from reslab import __version__
+    from reslab.version import __version__
 
     machine = f"{platform.platform(terse=True)} {platform.machine()}, {os.cpu_count()} CPUs"
     try:

@@ -67,6 +67,7 @@ from reslab.train.run_schema import (
     step_of,
     weights_name,
 )
+from reslab.version import __version__
 from reslab.weights import read_state_dict, save_weights
 
 __all__ = [
@@ -101,12 +102,6 @@ def _link_atomic(src: Path, dst: Path) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         atomic_write_bytes(dst, src.read_bytes())
-
-
-def _reslab_version() -> str:
-    from reslab import __version__
-
-    return __version__
 
 
 def now() -> str:
@@ -178,7 +173,7 @@ class RunFolder:
 
     def write_config(self, config: TrainConfig, explicit: Sequence[str] | None) -> None:
         meta = {
-            "reslab_version": _reslab_version(),
+            "reslab_version": __version__,
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
             "created": now(),

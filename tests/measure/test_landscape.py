@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reslab.landscape import (
+from reslab.measure.landscape import (
     ScanSettings,
     circle_coeffs,
     curvature_at_origin,

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reslab.blocks import _Block, _PreActBlock
+from reslab.blocks import ConvBlock as _Block
+from reslab.blocks import PreActConvBlock as _PreActBlock
 from reslab.errors import ModelError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]

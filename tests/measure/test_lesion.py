@@ -22,7 +22,7 @@ from reslab.blocks import (
     _Block,
 )
 from reslab.errors import ModelError
-from reslab.lesion import (
+from reslab.measure.lesion import (
     block_sites,
     delete_blocks,
     deletion_curve,

@@ -12,8 +12,7 @@ from torch import nn
 
 from reslab.blocks import Residual, ResidualMLP
 from reslab.errors import ModelError
-from reslab.models import create_model
-from reslab.shattering import (
+from reslab.measure.shattering import (
     MLPStack,
     Shattering,
     autocorrelation,
@@ -27,6 +26,7 @@ from reslab.shattering import (
     path_shattering,
     seeded,
 )
+from reslab.models import create_model
 
 # --- autocorrelation of a scalar sequence ----------------------------------------------------
 

@@ -21,8 +21,7 @@ from reslab.blocks import (
     _Block,
 )
 from reslab.errors import ModelError
-from reslab.models import ResNet, cifar_resnet, create_model
-from reslab.probes import (
+from reslab.measure.probes import (
     GradientFlow,
     LayerResponses,
     ResidualMagnitude,
@@ -31,6 +30,7 @@ from reslab.probes import (
     layer_responses,
     residual_magnitude,
 )
+from reslab.models import ResNet, cifar_resnet, create_model
 
 RTOL = 1e-6
 

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reslab.blocks import Residual, _Block
+from reslab.blocks import ConvBlock as _Block
+from reslab.blocks import Residual
 from reslab.errors import ModelError
 
 __all__ = [

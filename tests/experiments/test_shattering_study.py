@@ -15,7 +15,7 @@ from reslab.cli import main
 from reslab.errors import ConfigError
 from reslab.experiments import StudyConfig, get_study, run_study
 from reslab.experiments.shattering import DEFAULTS, shattering_verdict, summarize
-from reslab.shattering import line_inputs, line_shattering, mlp_stack
+from reslab.measure.shattering import line_inputs, line_shattering, mlp_stack
 
 SMALL = {"mlp_depths": (1, 12), "mlp_width": 64, "line_points": 64, "path_points": 24}
 SMALL_OPTIONS = {**SMALL, "max_lag": 6}

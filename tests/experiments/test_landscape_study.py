@@ -23,7 +23,7 @@ from reslab.experiments.landscape import (
     scan_models,
     settings_of,
 )
-from reslab.landscape import ScanSettings
+from reslab.measure.landscape import ScanSettings
 from reslab.models import create_model
 from reslab.report.schema import validate_results
 from reslab.train import RunFolder
