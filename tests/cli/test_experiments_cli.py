@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from reslab.cli import build_parser, main
+from reslab.errors import ConfigError
 from reslab.experiments import StudyConfig, get_study, list_studies
 
 _COMMON: dict[str, Any] = {
@@ -36,15 +38,56 @@ BEFORE: dict[str, dict[str, Any]] = {
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
-def test_every_study_keeps_its_flags_and_defaults(name: str) -> None:
-    parsed = vars(build_parser().parse_args([name]))
-    parsed.pop("func")
-    assert parsed.pop("pack") is None  # --pack/--no-pack: a switch (default: on CUDA only)
-    expected = {"command": name, **_COMMON, **BEFORE[name], "out": f"runs/{name}"}
-    assert parsed == {**expected, "experiment": name}
-    flags = [f"--{key.replace('_', '-')}" for key in expected if key != "command"]
+def test_every_study_keeps_its_flags_and_defaults(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _captured(monkeypatch, [name]).to_json()
+    assert config.pop("pack") is None  # --pack/--no-pack: a switch (default: on CUDA only)
+    for key, text in {**_COMMON, **BEFORE[name], "out": f"runs/{name}"}.items():
+        value = config[key]
+        assert (",".join(map(str, value)) if isinstance(value, list | tuple) else value) == text
+    one = "--depth" if get_study(name).one_depth else "--depths"
+    flags = [
+        one if k == "depths" else f"--{k.replace('_', '-')}" for k in (*_COMMON, *BEFORE[name])
+    ]
     for flag in flags:  # every flag still takes a value
-        assert vars(build_parser().parse_args([name, flag, "7"]))[flag[2:].replace("-", "_")]
+        assert build_parser().parse_args([name, flag, "7"])
+
+
+@pytest.mark.parametrize("name", list_studies())
+def test_python_gets_exactly_what_the_command_line_gets(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """StudyConfig(experiment=s) is `reslab s`'s config, for every registered study."""
+    assert _captured(monkeypatch, [name]).to_json() == StudyConfig(experiment=name).to_json()
+    out = "elsewhere/s"
+    given = _captured(monkeypatch, [name, "--out", out, "--seeds", "3"])
+    assert given.to_json() == StudyConfig(experiment=name, out=out, seeds=(3,)).to_json()
+
+
+@pytest.mark.parametrize("name", list_studies())
+def test_print_config_prints_the_resolved_config_and_writes_nothing(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "study"
+    assert main([name, "--out", str(out), "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(StudyConfig(experiment=name, out=str(out)).to_json()))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", [s for s in list_studies() if get_study(s).one_depth])
+def test_a_one_depth_study_takes_depth_and_says_so(
+    name: str, tmp_path: Path, cli_error: Callable[[list[str]], str]
+) -> None:
+    help_text = build_parser().parse_args  # the flag is --depth, singular, in every such study
+    with pytest.raises(SystemExit):
+        help_text([name, "--depths", "20"])
+    line = cli_error([name, "--depth", "20,56", "--out", str(tmp_path / "s")])
+    assert "--depth takes one depth" in line
+    with pytest.raises(ConfigError, match="takes nets of one depth"):
+        StudyConfig(experiment=name, depths=(20, 56))
+    assert not (tmp_path / "s").exists()
 
 
 def test_subcommands_are_the_registered_studies_in_order() -> None:
@@ -68,18 +111,9 @@ def test_default_command_builds_the_documented_config(monkeypatch: pytest.Monkey
     assert config.to_json() == expected.to_json()
     gradients = _captured(monkeypatch, ["gradients", "--shortcut", "b", "--probe-steps", "5,0"])
     assert (gradients.shortcut, gradients.probe_steps, gradients.seeds) == ("B", (0, 5), (0,))
-    shortcuts = _captured(monkeypatch, ["shortcuts", "--variants", "plain, a", "--depths", "20"])
+    shortcuts = _captured(monkeypatch, ["shortcuts", "--variants", "plain, a", "--depth", "20"])
     assert shortcuts.variants == ("plain", "A")
     assert {s.depth for s in get_study("shortcuts").plan(shortcuts)} == {20}
-
-
-def test_shortcuts_refuses_several_depths_instead_of_cutting_them(
-    tmp_path: Path, cli_error: Callable[[list[str]], str]
-) -> None:
-    # It used to train depth 56 only and say nothing about 20.
-    line = cli_error(["shortcuts", "--depths", "20,56", "--out", str(tmp_path / "s")])
-    assert "compares variants at one depth" in line and "--depths 20,56" in line
-    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("name", ["gradients", "responses"])

@@ -12,7 +12,7 @@ import pytest
 from reslab import cpu
 from reslab.cli import main
 from reslab.errors import ConfigError
-from reslab.experiments import StudyConfig, get_study, run_study, runner
+from reslab.experiments import StudyConfig, get_study, pool, run_study
 from reslab.experiments.runner import train_config
 from reslab.train import TrainConfig
 
@@ -150,4 +150,5 @@ def test_a_ray_study_leaves_the_load_unsampled(
     config = StudyConfig(
         depths=(8, 14), seeds=(0,), jobs=1, device="cpu", cluster="ray", out=str(tmp_path / "s")
     )
-    assert runner._jobs(config, 4, print) == (1, "cpu", [], 1)
+    workers = pool.workers_for(config.device, config.jobs, 4, print, config.cluster)
+    assert workers == pool.Workers(1, "cpu", threads=1)

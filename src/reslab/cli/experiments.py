@@ -1,61 +1,60 @@
 """``reslab <study>`` for every registered study, and ``reslab report``.
 
-The subcommands come from :mod:`reslab.experiments`' registry: the common flags below, then
-each study's own (:attr:`reslab.experiments.Study.flags`) after ``--seeds``, with the study's
-defaults. A new study gets its subcommand by being registered.
+The subcommands come from :mod:`reslab.experiments`' registry: the common settings' flags
+(:data:`reslab.experiments.config.SETTINGS`, declared once) that the study takes, then its own
+flags. A flag left out is left out of the config too, so :class:`StudyConfig` fills it with the
+study's default exactly as it does for a config made in Python: ``reslab lesion --out DIR`` and
+``StudyConfig(experiment="lesion", out=DIR)`` are the same study.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from typing import Any
 
-# (flag, type, default, help): common to every study, before and after the study's own flags.
-_BEFORE: list[tuple[str, Any, Any, str]] = [
-    ("--dataset", str, "digits", "dataset (default: embedded digits)"),
-    ("--data-dir", str, None, "where datasets live"),
-]
-_AFTER: list[tuple[str, Any, Any, str]] = [
-    ("--recipe", str, None, "trainer recipe (default: the dataset's)"),
-    ("--epochs", int, None, "override the recipe's epochs"),
-    ("--steps", int, None, "override with iterations"),
-    ("--batch-size", int, None, "override the batch size"),
-    ("--lr", float, None, "override the learning rate"),
-    ("--width", float, 1.0, "channel multiplier"),
-    ("--device", str, "auto", "auto | cpu | cuda"),
-    ("--jobs", int, None, "parallel runs (default: one per CPU core, or one per GPU)"),
-    ("--cluster", str, "local", "local (a worker pool here) | ray (one Ray task a run)"),
-    ("--ray-address", str, None, "Ray cluster address (default: RAY_ADDRESS, else local Ray)"),
-]
+_NOT_FLAGS = ("func", "experiment", "print_config")
 
 
 def register(sub: Any) -> None:
-    from reslab.experiments import get_study, list_studies
-    from reslab.experiments.registry import comma
+    from reslab.experiments import StudyConfig, get_study, list_studies
+    from reslab.experiments.config import ALWAYS, SETTINGS
 
     for name in list_studies():
         study = get_study(name)
+        defaults = StudyConfig(experiment=name).to_json()
         p = sub.add_parser(name, help=study.help, description=study.help)
-        _add(p, _BEFORE)
-        depths, seeds = comma(study.depths), comma(study.seeds)
+        taken = [key for key in SETTINGS if key in ALWAYS or key in study.takes]
+        for key in taken:
+            flag = SETTINGS[key]
+            if key == "recipe":  # the study's own flags come before the trainer's settings
+                for own in study.flags:
+                    p.add_argument(own.flag, dest=own.name, help=own.help, default=SUPPRESS)
+            shown = _shown(defaults.get(key))
+            help_text = flag.help + (f" (default {shown})" if shown else "")
+            if key == "depths" and study.one_depth:
+                help_text = f"the one CIFAR-family depth 6n+2 it compares (default {shown})"
+                p.add_argument("--depth", dest="depths", help=help_text, default=SUPPRESS)
+            else:
+                p.add_argument(flag.flag, dest=key, help=help_text, default=SUPPRESS)
+        if "recipe" not in taken:
+            for own in study.flags:
+                p.add_argument(own.flag, dest=own.name, help=own.help, default=SUPPRESS)
+        if "pack" in study.takes:
+            p.add_argument(
+                "--pack",
+                action=argparse.BooleanOptionalAction,
+                default=SUPPRESS,
+                help="train runs of one shape and recipe as one packed net, each computing its "
+                "own run (default: on CUDA only); --no-pack trains every run on its own",
+            )
         p.add_argument(
-            "--depths",
-            default=depths,
-            help=f"CIFAR-family depths 6n+2, comma-separated (default {depths})",
+            "--print-config",
+            action="store_true",
+            help="print the study's resolved config as JSON (as results.json records it) and "
+            "write nothing",
         )
-        p.add_argument("--seeds", default=seeds, help=f"seeds, comma-separated (default {seeds})")
-        for flag in study.flags:
-            p.add_argument(flag.flag, default=flag.default, dest=flag.name, help=flag.help)
-        _add(p, _AFTER)
-        p.add_argument(
-            "--pack",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="train runs of one shape and recipe as one packed net, each computing its "
-            "own run (default: on CUDA only); --no-pack trains every run on its own",
-        )
-        p.add_argument("--out", default=f"runs/{name}", help=f"study folder (default runs/{name})")
         p.set_defaults(func=_cmd_study, experiment=name)
 
     p = sub.add_parser(
@@ -66,35 +65,58 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_report)
 
 
-def _add(p: argparse.ArgumentParser, flags: list[tuple[str, Any, Any, str]]) -> None:
-    for flag, kind, default, help_text in flags:
-        p.add_argument(flag, type=kind, default=default, help=help_text)
+SUPPRESS = argparse.SUPPRESS
+
+
+def _shown(value: Any) -> str:
+    """A default as the user would type it: ``(20, 56)`` -> ``20,56``; None -> ``""``."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def study_config(args: argparse.Namespace) -> Any:
+    """The :class:`StudyConfig` of a parsed ``reslab <study>`` command line: the flags given,
+    read and checked; everything else the study's defaults."""
+    from reslab.experiments import StudyConfig, get_study
+    from reslab.experiments.config import SETTINGS
+
+    study = get_study(args.experiment)
+    own = {flag.name: flag for flag in study.flags}
+    fields = {f.name for f in dataclasses.fields(StudyConfig)}
+    settings: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key in _NOT_FLAGS:
+            continue
+        if key == "depths" and study.one_depth:
+            value = SETTINGS[key].read(value)
+            flag = "--depth"
+            if len(value) != 1:
+                raise _one_depth(flag, value)
+        elif key in own:
+            value = own[key].read(value) if isinstance(value, str) else value
+        elif key in SETTINGS:
+            value = SETTINGS[key].read(value)
+        (settings if key in fields else options)[key] = value
+    return StudyConfig(experiment=study.name, **settings, options=options)
+
+
+def _one_depth(flag: str, value: Any) -> Exception:
+    from reslab.errors import ConfigError
+
+    return ConfigError(f"{flag} takes one depth, got {','.join(map(str, value))}")
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from reslab.experiments import StudyConfig, get_study, run_study
-    from reslab.experiments.registry import parse_ints
+    from reslab.experiments import run_study
 
-    study = get_study(args.experiment)
-    fields = {f.name for f in dataclasses.fields(StudyConfig)}
-    settings: dict[str, Any] = {
-        "depths": parse_ints(args.depths, "--depths"),
-        "seeds": parse_ints(args.seeds, "--seeds"),
-    }
-    options: dict[str, Any] = {}
-    for flag in study.flags:
-        value = getattr(args, flag.name)
-        value = flag.read(value) if isinstance(value, str) else value
-        (settings if flag.name in fields else options)[flag.name] = value
-    common = [f.lstrip("-").replace("-", "_") for f, *_ in (*_BEFORE, *_AFTER)]
-    config = StudyConfig(
-        experiment=study.name,
-        **{key: getattr(args, key) for key in common},
-        **settings,
-        pack=args.pack,
-        out=args.out,
-        options=options,
-    )
+    config = study_config(args)
+    if args.print_config:
+        print(json.dumps(config.to_json(), indent=2))
+        return 0
     run_study(config)
     return 0
 

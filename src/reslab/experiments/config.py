@@ -14,12 +14,16 @@ from typing import Any
 from reslab import limits
 from reslab.errors import ConfigError
 from reslab.experiments.cluster import CLUSTERS
-from reslab.experiments.registry import Study, get_study
+from reslab.experiments.registry import Flag, Study, get_study, names
 from reslab.limits import Bounds, shown
 from reslab.models import cifar_model_name
 from reslab.train.config import TrainConfig
 
-__all__ = ["VARIANTS", "RunSpec", "StudyConfig"]
+__all__ = ["ALWAYS", "SETTINGS", "VARIANTS", "RunSpec", "StudyConfig"]
+
+# The default of a setting whose default is the study's own (Study.depths, Study.defaults):
+# filled in by StudyConfig.__post_init__, so the field's type holds after construction.
+_STUDYS: Any = None
 
 #: The shortcuts study's variants: the plain twin and He et al. 2015's options A, B, C (§4.1).
 VARIANTS = ("plain", "A", "B", "C")
@@ -31,11 +35,11 @@ class StudyConfig:
 
     experiment: str = "degradation"  # a registered study: reslab.experiments.list_studies()
     dataset: str = "digits"  # a reslab.data dataset; digits is embedded and offline
-    depths: tuple[int, ...] = (20, 32, 56)  # CIFAR-family depths, 6n+2
+    depths: tuple[int, ...] = _STUDYS  # CIFAR-family depths, 6n+2
     families: tuple[str, ...] = ("plain", "residual")  # which twins to train
     shortcut: str = "A"  # shortcut option of the residual nets (He et al. 2015 §4.2: A)
     variants: tuple[str, ...] = VARIANTS  # shortcuts study: plain and options to compare
-    seeds: tuple[int, ...] = (0, 1)  # one run per seed; tables give mean ± std
+    seeds: tuple[int, ...] = _STUDYS  # one run per seed; tables give mean ± std
     recipe: str | None = None  # trainer recipe; None picks the dataset's default
     epochs: int | None = None  # override the recipe's epochs
     steps: int | None = None  # override with a number of iterations (paper: 64k)
@@ -52,14 +56,15 @@ class StudyConfig:
     # steps: docs/PERFORMANCE.md, "Packed twins").
     pack: bool | None = None
     probe_batch: int = 256  # images the probes look at
-    probe_steps: tuple[int, ...] = (0,)  # gradient flow also at these steps (0 = at init)
+    probe_steps: tuple[int, ...] = _STUDYS  # gradient flow also at these steps (0 = at init)
     tolerance: float = 1.0  # points of training error within which two nets "train as well"
-    out: str = "runs/degradation"  # the study folder
+    out: str = _STUDYS  # the study folder; None: runs/<experiment>
     options: dict[str, Any] = field(default_factory=dict)  # a study's own flags' values
 
     def __post_init__(self) -> None:
         self.experiment = limits.conform("experiment", self.experiment, str)
         study = get_study(self.experiment)  # an unknown name is a one-line ConfigError
+        _apply_defaults(self, study)
         _check_types_and_bounds(self, study)
         # Repeated depths or seeds would plan the same run twice.
         self.depths = tuple(dict.fromkeys(self.depths))
@@ -67,8 +72,14 @@ class StudyConfig:
         self.families = tuple(self.families)
         self.probe_steps = tuple(sorted(set(self.probe_steps)))
         self.variants = tuple(v if v == "plain" else v.upper() for v in self.variants)
+        self.shortcut = self.shortcut.upper()
         if not self.depths:
             raise ConfigError("--depths needs at least one depth, e.g. --depths 20,56")
+        if study.one_depth and len(self.depths) > 1:
+            raise ConfigError(
+                f"a {study.name} study takes nets of one depth, got depths "
+                f"{','.join(map(str, self.depths))}: give one, e.g. --depth {max(self.depths)}"
+            )
         study.check(self)
         if not self.seeds:
             raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1")
@@ -92,6 +103,27 @@ class StudyConfig:
         return {**settings, **options}
 
 
+def _apply_defaults(config: StudyConfig, study: Study) -> None:
+    """Fill what the user left out with the study's defaults, however the config was made
+    (flags or Python): its depths, seeds, folder and other settings (:attr:`Study.defaults`),
+    and every one of its own flags' values (:attr:`Study.flags`, parsed from their defaults)."""
+    given = {f.name: getattr(config, f.name) for f in dataclasses.fields(StudyConfig)}
+    defaults = {
+        "depths": study.depths,
+        "seeds": study.seeds,
+        "probe_steps": (0,),
+        "out": f"runs/{study.name}",
+        **study.defaults,
+    }
+    for name, value in defaults.items():
+        if given.get(name) is None:
+            setattr(config, name, value)
+    if isinstance(config.options, dict):
+        for flag in study.flags:
+            if flag.name not in config.options and flag.name not in given:
+                config.options[flag.name] = flag.parsed_default()
+
+
 def _train_bounds(name: str) -> Bounds:
     bounds = next(f for f in dataclasses.fields(TrainConfig) if f.name == name).metadata["bounds"]
     assert isinstance(bounds, Bounds)
@@ -109,6 +141,41 @@ BOUNDS: dict[str, Bounds] = {
     "probe_steps": Bounds(int, 0, limits.MAX_STEPS, many=True),
     "tolerance": Bounds(float, 0, 100),  # percentage points
 }
+_OVERRIDES = (
+    ("epochs", "override the recipe's epochs"),
+    ("steps", "override with a number of iterations"),
+    ("batch_size", "override the recipe's batch size"),
+    ("lr", "override the recipe's peak learning rate"),
+)
+
+
+#: The common settings' flags, declared once: every study takes those of ALWAYS and those its
+#: :attr:`Study.takes` names, with its own defaults (:attr:`Study.defaults`).
+SETTINGS: dict[str, Flag] = {
+    flag.name: flag
+    for flag in (
+        Flag("--dataset", None, "dataset (digits is embedded and offline)"),
+        Flag("--data-dir", None, "where datasets live (default ~/.cache/reslab)"),
+        Flag("--depths", None, "CIFAR-family depths 6n+2, comma-separated", BOUNDS["depths"]),
+        Flag("--seeds", None, "seeds, comma-separated", BOUNDS["seeds"]),
+        Flag("--shortcut", None, "shortcut option of the residual nets: A|B|C"),
+        Flag("--variants", None, "variants to compare, from plain,A,B,C", names),
+        Flag("--probe-steps", None, "gradient flow also at these training steps, 0 = at init",
+             BOUNDS["probe_steps"]),
+        Flag("--probe-batch", None, "images the probes look at", BOUNDS["probe_batch"]),
+        Flag("--recipe", None, "trainer recipe (default: the dataset's)"),
+        *(Flag(f"--{n.replace('_', '-')}", None, h, BOUNDS[n]) for n, h in _OVERRIDES),
+        Flag("--width", None, "channel multiplier", BOUNDS["width"]),
+        Flag("--device", None, "auto | cpu | cuda"),
+        Flag("--jobs", None, "parallel runs (default: one per CPU core, or one per GPU)",
+             BOUNDS["jobs"]),
+        Flag("--cluster", None, "local (a worker pool here) | ray (one Ray task a run)"),
+        Flag("--ray-address", None, "Ray cluster address (default: RAY_ADDRESS, else local Ray)"),
+        Flag("--out", None, "study folder"),
+    )
+}  # fmt: skip
+#: The settings every study takes.
+ALWAYS = ("dataset", "data_dir", "depths", "seeds", "device", "jobs", "out")
 
 
 def _check_types_and_bounds(config: StudyConfig, study: Study) -> None:

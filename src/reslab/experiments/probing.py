@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 from reslab.data import load_dataset, normalize_batch
 from reslab.experiments.config import StudyConfig
+from reslab.experiments.pool import measuring
 from reslab.measure import probes
 from reslab.report import stats
-from reslab.train import RunFolder, one_cpu_thread
+from reslab.train import RunFolder
 from reslab.weights import load_model
 
 __all__ = ["KINDS", "label", "probe_runs"]
@@ -43,12 +44,10 @@ def probe_runs(
     than one seed is probed. A run that diverged before its first checkpoint is skipped.
     """
     kinds = tuple(dict.fromkeys(kinds))  # results.json lists them in the study's order
-    # Trained plain nets carry denormal activations and gradients, which are ~50x slower on
-    # x86 CPUs; flushing them to zero changes nothing measurable.
-    torch.set_flush_denormal(True)
     x, y = _probe_batch(study)
-    # One thread below CIFAR's 32×32 (height × width: channel 0 of the first image).
-    with one_cpu_thread(torch.device("cpu"), small=x[0, 0].numel() < 32 * 32):
+    # One thread below CIFAR's 32×32 (height × width: channel 0 of the first image): too
+    # small to split (reslab.train.one_cpu_thread).
+    with measuring(1 if x[0, 0].numel() < 32 * 32 else None):
         return _probe_all(study, records, kinds, every_seed, x, y)
 
 

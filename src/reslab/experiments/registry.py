@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from reslab.report.schema import Check
 
 __all__ = [
+    "TRAINING",
     "Bounds",
     "Flag",
     "Study",
@@ -77,6 +78,14 @@ class Flag:
         """Where the value goes: ``--probe-steps`` -> ``probe_steps``."""
         return self.dest or self.flag.lstrip("-").replace("-", "_")
 
+    def parsed_default(self) -> Any:
+        """The default as a value (None stays None): what a config made in Python gets."""
+        return None if self.default is None else self.read(self.default)
+
+
+#: The common settings a study that trains nets takes (StudyConfig fields, and their flags).
+TRAINING = ("recipe", "epochs", "steps", "batch_size", "lr", "width", "cluster", "ray_address")
+
 
 def _no_check(config: StudyConfig) -> None:
     return None
@@ -100,9 +109,12 @@ class Study:
     figures: tuple[FigureSpec, ...] = ()  # in report order; each draws or returns None
     tables: Callable[[Mapping[str, Any]], list[Section]] = _no_tables  # the report's tables
     verdict_formats: Mapping[str, ItemFormat] = field(default_factory=dict)  # verdict keys
-    depths: tuple[int, ...] = (20, 56)  # --depths default
-    seeds: tuple[int, ...] = (0,)  # --seeds default
-    flags: tuple[Flag, ...] = ()  # the study's own flags, after --seeds in --help
+    depths: tuple[int, ...] = (20, 56)  # its default depths
+    seeds: tuple[int, ...] = (0,)  # its default seeds
+    one_depth: bool = False  # compares nets of one depth: takes --depth, not --depths
+    takes: tuple[str, ...] = (*TRAINING, "pack")  # the common settings it takes as flags
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # its defaults for others
+    flags: tuple[Flag, ...] = ()  # the study's own flags, after the common ones in --help
     check: Callable[[StudyConfig], None] = _no_check  # refuse configs the study cannot run
     check_results: Check | None = None  # validate the study's own results.json section
     snapshots: bool = False  # runs keep weights at config.probe_steps (for gradient flow)

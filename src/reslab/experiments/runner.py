@@ -9,27 +9,18 @@ per GPU, or whole runs in parallel on the CPU cores, which beats threads per run
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import multiprocessing as mp
-import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from reslab.cpu import available_cores, core_queue, pin_worker, worker_threads
 from reslab.data import DATASETS
 from reslab.errors import ConfigError
 from reslab.experiments.cluster import check_cluster, connect, run_on_ray
 from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.pool import run_tasks, workers_for
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
 from reslab.report.schema import new_results, write_results
@@ -133,80 +124,7 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.1f} ± {std or 0:.1f}"
 
 
-# --- the worker pool -----------------------------------------------------------------------------
-
-
-def _jobs(
-    study: StudyConfig, n_runs: int, log: Callable[[str], None]
-) -> tuple[int, str, list[int], int | None]:
-    """(workers, device name for every run, GPU index per worker, threads per run)."""
-    device = study.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        # One run per GPU: small CIFAR nets already saturate a GPU's launch queue.
-        gpus = max(1, torch.cuda.device_count())
-        jobs = min(study.jobs or gpus, n_runs)
-        return jobs, "cuda", [i % gpus for i in range(jobs)], None
-    if device.startswith("cuda:"):
-        return 1, device, [], None
-    cores = available_cores()
-    jobs = min(study.jobs or len(cores), n_runs)
-    if study.cluster == "ray":
-        return jobs, "cpu", [], 1  # every Ray task trains on one thread (_execute_on_ray)
-    # Small nets scale poorly across threads, so whole runs in parallel beat threads per run;
-    # each worker gets its own cores (reslab.cpu.split_cores), none shared while one idles,
-    # and with fewer jobs than cores no more threads than the cores others leave free.
-    threads, share = worker_threads(jobs, cores), len(cores) // jobs
-    if threads < share:
-        log(f"{threads} thread(s) per run, not {share}: other processes keep cores busy")
-    return jobs, "cpu", [], threads
-
-
-def _init_worker(gpus: Any, cores: Any, parent: int | None = None) -> None:
-    """Give a worker process its own GPU (its runs' device "cuda" then means that one), or on
-    the CPU its own set of cores; and tie it to the study's process ``parent``."""
-    if parent is not None:
-        die_with_parent(parent)
-    if gpus is not None:
-        torch.cuda.set_device(gpus.get())
-    if cores is not None:
-        pin_worker(cores)
-
-
-# --- orphans: a worker dies with the study that started it ------------------------------------
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-WATCHDOG_S = 0.5  # how often a worker checks that its parent is still the study
-
-
-def die_with_parent(parent: int) -> None:
-    """Make this worker die as soon as the study process ``parent`` dies, even by kill -9.
-
-    A killed parent runs no cleanup, so the worker must notice by itself; otherwise it is
-    re-parented to init, trains the queued runs, keeps their run folders locked and keeps the
-    resource tracker alive (it exits once the last worker holding its pipe is gone). On Linux
-    the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``; it fires when
-    the *thread* that spawned the worker exits, and the pool spawns from the study's main
-    thread); everywhere a daemon thread also polls the parent's pid, as the fallback.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - no usable libc
-            pass
-    if os.getppid() != parent:  # the study died before the signal was armed
-        os._exit(1)
-    threading.Thread(
-        target=_watch_parent, args=(parent,), name="reslab-watchdog", daemon=True
-    ).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(WATCHDOG_S)
-    os._exit(1)  # no cleanup: the run's last committed checkpoint is what a rerun resumes
+# --- the runs ------------------------------------------------------------------------------------
 
 
 def _run_one(config: TrainConfig) -> dict[str, Any]:
@@ -285,8 +203,11 @@ def execute(
     """
     if not specs:
         return []  # a study that trains nothing (e.g. it probes nets at initialisation only)
-    jobs, device, gpus, threads = _jobs(study, len(specs), log)
-    configs = [dataclasses.replace(train_config(study, s, threads), device=device) for s in specs]
+    workers = workers_for(study.device, study.jobs, len(specs), log, study.cluster)
+    configs = [
+        dataclasses.replace(train_config(study, s, workers.threads), device=workers.device)
+        for s in specs
+    ]
     records: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
 
@@ -307,37 +228,15 @@ def execute(
     if study.cluster == "ray":  # one Ray task a run: no packs
         _execute_on_ray(study, specs, configs, done)
         return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
-    packs = plan_packs(study, configs, jobs, log)
+    packs = plan_packs(study, configs, workers.jobs, log)
     if len(packs) < len(specs):
         log(f"{len(specs)} runs train as {len(packs)} packs of twins (--no-pack: one by one)")
-    if jobs == 1:
-        for pack in packs:
-            done_pack(pack, _run_pack([configs[i] for i in pack]))
-    else:
-        # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
-        context = mp.get_context("spawn")
-        queue = cores = None
-        if gpus:
-            queue = context.Queue()
-            for gpu in gpus:
-                queue.put(gpu)
-        elif device == "cpu":
-            cores = core_queue(context, jobs)
-        with ProcessPoolExecutor(
-            jobs,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(queue, cores, os.getpid()),
-        ) as pool:
-            futures = {pool.submit(_run_pack, [configs[i] for i in p]): p for p in packs}
-            try:
-                for future in as_completed(futures):
-                    done_pack(futures[future], future.result())
-            except BaseException:
-                # Fail now rather than after every queued run; finished runs stay on disk and
-                # a rerun of the study skips them.
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+    run_tasks(
+        _run_pack,
+        [([configs[i] for i in pack],) for pack in packs],
+        workers,
+        done=lambda i, results: done_pack(packs[i], results),
+    )
     return [records[s.name] for s in sorted(specs, key=lambda s: (s.depth, s.family, s.seed))]
 
 
