@@ -25,8 +25,8 @@ from reslab.experiments.ablation import (
     VARIANTS,
     ablation_verdict,
     check_results,
-    console_table,
 )
+from reslab.experiments.ablation_views import console_table
 from reslab.experiments.runner import train_config
 from reslab.report.schema import Validator
 from reslab.train.session import build_model

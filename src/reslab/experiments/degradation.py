@@ -138,13 +138,6 @@ def check(config: StudyConfig) -> None:
         raise ConfigError("a degradation study needs two or more --depths, e.g. 20,56")
 
 
-def _yes_no(question: str) -> html.ItemFormat:
-    def item(value: Any) -> str | None:
-        return f"{question}: <b>{'yes' if value else 'no'}</b>" if isinstance(value, bool) else None
-
-    return item
-
-
 def tables(results: Mapping[str, Any]) -> list[html.Section]:
     return [run_views.results_section(results), probe_views.probes_section(results)]
 
@@ -170,8 +163,8 @@ STUDY = Study(
     ),
     tables=tables,
     verdict_formats={
-        "degradation": _yes_no("degradation in plain nets"),
-        "residual_ok": _yes_no("residual nets train as well when deeper"),
+        "degradation": run_views.yes_no_format("degradation in plain nets"),
+        "residual_ok": run_views.yes_no_format("residual nets train as well when deeper"),
         "plain_gap": run_views.gap_format("plain", "deepest minus shallowest"),
         "residual_gap": run_views.gap_format("residual", "deepest minus shallowest"),
         "tolerance": run_views.tolerance_format,

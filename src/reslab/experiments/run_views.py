@@ -472,3 +472,21 @@ def gap_format(family: str, how: str) -> html.ItemFormat:
 
 def tolerance_format(value: Any) -> str | None:
     return f"tolerance: {value:.2f} percentage points" if is_number(value) else None
+
+
+def yes_no_format(question: str) -> html.ItemFormat:
+    """A verdict item for a true/false key: ``question: yes`` (or no); None for a non-bool."""
+
+    def item(value: Any) -> str | None:
+        return f"{question}: <b>{'yes' if value else 'no'}</b>" if isinstance(value, bool) else None
+
+    return item
+
+
+def number_format(what: str, spec: str = "+.2f", unit: str = " points") -> html.ItemFormat:
+    """A verdict item for a number: ``what: value`` in ``spec``, then ``unit``."""
+
+    def item(value: Any) -> str | None:
+        return f"{what}: <b>{value:{spec}}</b>{unit}" if is_number(value) else None
+
+    return item
