@@ -14,7 +14,7 @@ from conftest import write_cifar
 from reslab.cli import main
 from reslab.errors import ConfigError
 from reslab.experiments import StudyConfig, get_study, run_study
-from reslab.experiments.shattering import DEFAULTS, shattering_verdict, summarize
+from reslab.experiments.shattering import shattering_verdict, summarize
 from reslab.measure.shattering import line_inputs, line_shattering, mlp_stack
 
 SMALL = {"mlp_depths": (1, 12), "mlp_width": 64, "line_points": 64, "path_points": 24}
@@ -196,7 +196,12 @@ def test_the_command_parses_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.options["mlp_depths"] == (3, 30) and config.options["mlp_norm"] == "layer"
     assert config.depths == (8, 20, 32, 56, 110) and config.seeds == (0, 1, 2)
     assert main(["shattering"]) == 0
-    assert {k: seen[1].options[k] for k in DEFAULTS} == DEFAULTS
+    defaults = {
+        "mlp_depths": (1, 2, 5, 10, 20, 50), "mlp_width": 200, "mlp_norm": "batch",
+        "line_points": 256, "path_points": 128, "max_lag": 32, "corr_tolerance": 0.05,
+    }  # fmt: skip
+    assert {k: seen[1].options[k] for k in defaults} == defaults
+    assert StudyConfig(experiment="shattering").options == seen[1].options
 
 
 def test_works_on_cifar10_files(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import reslab.report
 
-ALLOWED = {"reslab", "reslab.errors", "reslab.fileio"}  # `reslab` only for __version__
+ALLOWED = {"reslab.errors", "reslab.fileio", "reslab.version"}
 
 
 def _imports(path: Path) -> set[str]:

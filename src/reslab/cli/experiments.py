@@ -14,7 +14,7 @@ import dataclasses
 import json
 from typing import Any
 
-_NOT_FLAGS = ("func", "experiment", "print_config")
+_NOT_FLAGS = ("func", "command", "experiment", "print_config")
 
 
 def register(sub: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from reslab.errors import ConfigError
 from reslab.experiments import ablation_views
 from reslab.experiments.config import RunSpec, StudyConfig
-from reslab.experiments.registry import Flag, Study, names
+from reslab.experiments.registry import TRAINING, Flag, Study, names
 from reslab.experiments.verdicts import gap_of_rows
 from reslab.models import cifar_model_name
 from reslab.report.schema import Validator, is_number
@@ -80,7 +80,7 @@ DIGITS_EPOCHS = 4
 
 
 def _variants(config: StudyConfig) -> tuple[Variant, ...]:
-    keys = config.options.get("ablation_variants") or DEFAULT_VARIANTS
+    keys = config.options["ablation_variants"]
     return tuple(VARIANTS[k] for k in dict.fromkeys(keys))
 
 
@@ -220,13 +220,7 @@ def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
 
 
 def check(config: StudyConfig) -> None:
-    if len(config.depths) != 1:
-        depths = ",".join(str(d) for d in config.depths)
-        raise ConfigError(
-            f"an ablation study compares variants at one depth, got --depths {depths}: give "
-            f"one, e.g. --depths {max(config.depths)} (the paper: 110)"
-        )
-    keys = config.options.get("ablation_variants") or DEFAULT_VARIANTS
+    keys = config.options["ablation_variants"]
     bad = [k for k in keys if k not in VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant {bad[0]!r}: choose from {', '.join(VARIANTS)}")
@@ -269,8 +263,9 @@ STUDY = Study(
     verdict_formats=ablation_views.VERDICT_FORMATS,
     depths=(56,),
     seeds=(0,),
+    one_depth=True,
+    takes=(*TRAINING, "pack", "shortcut"),
     flags=(
-        Flag("--shortcut", "A", "option where the shape changes: A|B|C (paper: A)", str.upper),
         Flag(
             "--variants",
             ",".join(DEFAULT_VARIANTS),

@@ -120,7 +120,7 @@ def _apply_defaults(config: StudyConfig, study: Study) -> None:
             setattr(config, name, value)
     if isinstance(config.options, dict):
         for flag in study.flags:
-            if flag.name not in config.options and flag.name not in given:
+            if config.options.get(flag.name) is None and flag.name not in given:
                 config.options[flag.name] = flag.parsed_default()
 
 

@@ -16,9 +16,8 @@ from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import probe_views, run_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import KINDS, probe_runs
-from reslab.experiments.registry import Flag, Study
+from reslab.experiments.registry import TRAINING, Study
 from reslab.experiments.verdicts import gap_of_rows
-from reslab.limits import MAX_STEPS, integers
 from reslab.models import cifar_model_name
 from reslab.report import html
 from reslab.report.schema import FAMILIES
@@ -171,15 +170,7 @@ STUDY = Study(
     },
     depths=(20, 32, 56),
     seeds=(0, 1),
-    flags=(
-        Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),
-        Flag(
-            "--probe-steps",
-            "0",
-            "gradient flow at these training steps too, 0 = at initialisation (default 0)",
-            integers(0, MAX_STEPS),
-        ),
-    ),
+    takes=(*TRAINING, "pack", "shortcut", "probe_steps"),
     check=check,
     snapshots=True,
 )

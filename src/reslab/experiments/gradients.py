@@ -15,8 +15,7 @@ from typing import Any
 from reslab.experiments import degradation, probe_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import probe_runs
-from reslab.experiments.registry import Flag, Study
-from reslab.limits import MAX_STEPS, integers
+from reslab.experiments.registry import TRAINING, Study
 from reslab.report import html
 
 __all__ = ["STUDY", "plan"]
@@ -53,14 +52,7 @@ STUDY = Study(
     tables=tables,
     depths=(20, 56),
     seeds=(0,),
-    flags=(
-        Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),
-        Flag(
-            "--probe-steps",
-            "0,10,30",
-            "gradient flow at these training steps too, 0 = at initialisation (default 0,10,30)",
-            integers(0, MAX_STEPS),
-        ),
-    ),
+    takes=(*TRAINING, "pack", "shortcut", "probe_steps"),
+    defaults={"probe_steps": (0, 10, 30)},
     snapshots=True,
 )

@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing as mp
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments import degradation, landscape_views
 from reslab.experiments.config import RunSpec, StudyConfig
-from reslab.experiments.registry import Flag, Study
+from reslab.experiments.pool import measure_all
+from reslab.experiments.registry import TRAINING, Flag, Study
 from reslab.experiments.trained import (
     SOURCE_FLAGS,
     TrainedNet,
@@ -60,17 +58,11 @@ def plan(config: StudyConfig) -> list[RunSpec]:
     return own_runs(degradation.plan)(config)
 
 
-def _option(config: StudyConfig, key: str, default: Any) -> Any:
-    """A study flag's value, ``default`` when not given (from Python, or an older file)."""
-    value = config.options.get(key)
-    return default if value is None else value
-
-
 def settings_of(config: StudyConfig) -> ls.ScanSettings:
     """The scan the flags ask for (``--grid``, ``--radius``, ...), checked by ScanSettings."""
     keys = ("radius", "grid", "curve", "ring_radius", "hessian_iterations")
-    given = {k: config.options[k] for k in keys if config.options.get(k) is not None}
-    return ls.ScanSettings(seed=int(_option(config, "direction_seed", 0)), **given)
+    given = {k: config.options[k] for k in keys}
+    return ls.ScanSettings(seed=config.options["direction_seed"], **given)
 
 
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -99,7 +91,7 @@ def scan_images(config: StudyConfig, model: Any = None) -> tuple[Tensor, Tensor]
     was trained (else as the dataset): the same fixed images for every net (the paper uses the
     whole training set; a subset keeps a scan to seconds, still one fixed loss function)."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
-    n = int(_option(config, "images", IMAGES))
+    n = config.options["images"]
     idx = torch.randperm(len(ds.train_labels), generator=torch.Generator().manual_seed(0))[:n]
     norm = getattr(model, "reslab_normalization", None) or ds  # both have mean and std
     x = normalize_batch(ds.train_images[idx], norm.mean, norm.std, channels_last=True)
@@ -113,43 +105,18 @@ def scan_models(
     settings: ls.ScanSettings,
     config: StudyConfig,
 ) -> list[dict[str, Any]]:
-    """Scan every net: on a GPU one after the other; on the CPU in ``--jobs`` worker processes
-    (default one per core), the cores split between them, as the runner splits them for
-    training. Small nets scale poorly across threads, and two threads of one process can run
-    100x slower than one when other processes load a 2-core machine."""
+    """Scan every net, in parallel on the CPU (:func:`reslab.experiments.pool.measure_all`):
+    small nets scale poorly across threads, and two threads of one process can run 100x
+    slower than one when other processes load a 2-core machine."""
     device = pick_device(config.device, 0)
-    cores = len(available_cores())
-    workers = min(len(models), config.jobs or cores)
-    threads = max(1, cores // max(1, workers))
-    if device.type != "cpu" or workers < 2:
-        saved = torch.get_num_threads()
-        try:
-            return [_scan(m, x, y, settings, device, threads) for m in models]
-        finally:
-            torch.set_num_threads(saved)
-    context = mp.get_context("spawn")  # not fork: the parent's thread pools would come along
-    queue = core_queue(context, workers)
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=pin_worker, initargs=(queue,)
-    ) as pool:
-        futures = [pool.submit(_scan, m, x, y, settings, device, threads) for m in models]
-        return [f.result() for f in futures]
+    tasks = [(m, x, y, settings, device) for m in models]
+    return measure_all(_scan, tasks, config.device, config.jobs)
 
 
 def _scan(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    settings: ls.ScanSettings,
-    device: torch.device,
-    threads: int,
+    model: nn.Module, x: Tensor, y: Tensor, settings: ls.ScanSettings, device: torch.device
 ) -> dict[str, Any]:
-    """One net's :func:`reslab.measure.landscape.scan` and its wall time (in a worker)."""
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-        # Trained plain nets carry denormal activations, ~50x slower on x86; flushing them
-        # changes nothing measurable (the probes do the same).
-        torch.set_flush_denormal(True)
+    """One net's :func:`reslab.measure.landscape.scan` and its wall time."""
     model = model.to(device).eval()
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # ~1.2x on CPU
     start = time.perf_counter()
@@ -214,7 +181,7 @@ def _pct(share: float | None) -> str:
 
 
 def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
-    return landscape_verdict(results, float(_option(config, "rise_tolerance", 0.1)))
+    return landscape_verdict(results, config.options["rise_tolerance"])
 
 
 def _nets(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -272,8 +239,6 @@ def check(config: StudyConfig) -> None:
         settings_of(config)
     except ValueError as exc:
         raise ConfigError(f"landscape: {exc}") from None
-    if int(_option(config, "images", IMAGES)) < 1:
-        raise ConfigError("--images must be at least 1")
 
 
 STUDY = Study(
@@ -291,8 +256,8 @@ STUDY = Study(
     tables=landscape_views.tables,
     depths=(20, 56),
     seeds=(0,),
+    takes=(*TRAINING, "pack", "shortcut"),
     flags=(
-        Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),
         *SOURCE_FLAGS,
         *(Flag(f, d, f"{h} (default {d})", b) for f, d, h, b in _SCAN_FLAGS),
     ),

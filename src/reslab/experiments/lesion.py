@@ -15,20 +15,18 @@ depend only on k and the draw number), so plain and residual nets are compared p
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from reslab.cpu import available_cores, core_queue, pin_worker
 from reslab.data import load_dataset, normalize_batch
-from reslab.errors import ConfigError, ReslabError
+from reslab.errors import ReslabError
 from reslab.experiments import degradation, lesion_views
 from reslab.experiments.config import RunSpec, StudyConfig
-from reslab.experiments.registry import Flag, Study
+from reslab.experiments.pool import measure_all
+from reslab.experiments.registry import TRAINING, Flag, Study
 from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
 from reslab.experiments.verdicts import Gap, gap_of_values
 from reslab.limits import MAX_DEPTH, MAX_IMAGES, integer, integers
@@ -66,7 +64,7 @@ def _test_data(
     """The test images (the first ``--eval-images`` of them), normalised as ``model`` was
     trained (its ``reslab_normalization``; without one the dataset's), labels, classes."""
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
-    n = int(config.options.get("eval_images") or 0) or len(ds.test_labels)
+    n = config.options["eval_images"] or len(ds.test_labels)
     images = ds.test_images[:n].to(device)
     norm = getattr(model, "reslab_normalization", None) or ds  # both have mean and std
     x = normalize_batch(images, norm.mean, norm.std, channels_last=False)
@@ -171,33 +169,21 @@ def _check_blocks(net: Mapping[str, Any], v: Validator, where: str) -> int:
 
 
 def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Lesion every trained net (own runs, ``--from`` or ``--weights``) on the test set.
-
-    On the CPU the nets are lesioned in parallel worker processes, one thread each where the
-    cores allow no more: a small net's forward pass gains little from a second thread, and
-    loses 15x when the cores are shared (measured on this project's 2-core machines).
-    """
+    """Lesion every trained net (own runs, ``--from`` or ``--weights``) on the test set, the
+    nets in parallel (:func:`reslab.experiments.pool.measure_all`: on two cores one thread a
+    worker; a small net's forward pass gains little from a second thread and loses 15x when
+    the cores are shared, measured on this project's 2-core machines)."""
     nets = trained_nets(config, records)
-    cpu = pick_device(config.device, 0).type == "cpu"
-    jobs = min(config.jobs or len(available_cores()), len(nets)) if cpu else 1
-    models = [n.model for n in nets]
-    if jobs == 1:
-        measured = [_lesion_one(config, m, jobs) for m in models]
-    else:
-        # spawn, not fork: forked workers would inherit the parent's thread pools and locks.
-        context = mp.get_context("spawn")
-        queue = core_queue(context, jobs)
-        with ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=pin_worker, initargs=(queue,)
-        ) as pool:
-            measured = list(pool.map(_lesion_one, [config] * len(nets), models, [jobs] * len(nets)))
+    measured = measure_all(
+        _lesion_one, [(config, n.model) for n in nets], config.device, config.jobs
+    )
     entries = []
     for net, (measures, _, _) in zip(nets, measured, strict=True):
         shortcut = getattr(net.model, "shortcut_option", None) if net.family == "residual" else None
         meta = {"label": net.label, "family": net.family, "depth": net.depth}
         meta.update(shortcut=shortcut, seed=net.seed, source=net.source)
         entries.append({**meta, **measures})
-    (_, images, classes), draws = measured[0], int(config.options.get("draws", DRAWS))
+    (_, images, classes), draws = measured[0], config.options["draws"]
     section = {"chance_error": 100.0 * (1 - 1 / classes), "draws": draws, "images": images}
     out: dict[str, Any] = {SECTION: {**section, "nets": entries}}
     if records:
@@ -205,27 +191,14 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
     return out
 
 
-def _lesion_one(
-    config: StudyConfig, model: nn.Module, jobs: int
-) -> tuple[dict[str, Any], int, int]:
-    """One net's lesions, its test images and classes; runs in a worker process or in place."""
-    threads = torch.get_num_threads()
+def _lesion_one(config: StudyConfig, model: nn.Module) -> tuple[dict[str, Any], int, int]:
+    """One net's lesions, its test images and classes."""
     device = pick_device(config.device, 0)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, len(available_cores()) // jobs))
-    # Trained plain nets carry denormal activations, ~50x slower on x86 CPUs; flushing them
-    # to zero changes no prediction measurably (the probes do the same).
-    flush = torch.set_flush_denormal(True)
-    try:
-        x, y, classes = _test_data(config, device, model)
-        draws, ks = int(config.options.get("draws", DRAWS)), tuple(config.options.get("ks") or ())
-        error = lesion.top1_error(x, y)
-        measured = lesion.lesion_net(model.to(device), error, x[:1], draws=draws, ks=ks)
-        return measured, len(y), classes
-    finally:
-        torch.set_num_threads(threads)
-        if flush:
-            torch.set_flush_denormal(False)
+    x, y, classes = _test_data(config, device, model)
+    draws, ks = config.options["draws"], tuple(config.options["ks"])
+    error = lesion.top1_error(x, y)
+    measured = lesion.lesion_net(model.to(device), error, x[:1], draws=draws, ks=ks)
+    return measured, len(y), classes
 
 
 def lesion_verdict(results: Mapping[str, Any], tolerance: float) -> dict[str, Any]:
@@ -296,19 +269,6 @@ def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
         return {"text": f"no verdict: {exc}"}
 
 
-def check(config: StudyConfig) -> None:
-    check_sources(config)
-    if len(config.depths) > 1:
-        raise ConfigError(
-            f"a lesion study lesions nets of one depth, got --depths "
-            f"{','.join(map(str, config.depths))}: give one, e.g. --depths {max(config.depths)}"
-        )
-    if int(config.options.get("draws", DRAWS)) < 1:
-        raise ConfigError(f"--draws must be at least 1, got {config.options.get('draws')}")
-    if any(k < 1 for k in config.options.get("ks") or ()):
-        raise ConfigError(f"--ks must be 1 or more, got {config.options.get('ks')}")
-
-
 STUDY = Study(
     name="lesion",
     help="delete or swap blocks of trained plain and residual nets at test time (Veit et al.)",
@@ -326,13 +286,14 @@ STUDY = Study(
     verdict_formats=lesion_views.VERDICT_FORMATS,
     depths=(DEPTH,),
     seeds=(0, 1),
+    one_depth=True,
+    takes=(*TRAINING, "pack", "shortcut"),
     flags=(
-        Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),
+        *SOURCE_FLAGS,
         Flag("--draws", str(DRAWS), f"random draws per k (default {DRAWS})", integer(1, 10**5)),
         Flag("--ks", "", "k to measure, e.g. 1,2,4,8 (default: up to 12 from 1 to all)", _KS),
         Flag("--eval-images", "0", "test images to evaluate on, 0 = all (default 0)", _IMAGES),
-        *SOURCE_FLAGS,
     ),
-    check=check,
+    check=check_sources,
     check_results=check_results,
 )

@@ -14,7 +14,7 @@ from typing import Any
 from reslab.experiments import degradation, probe_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import probe_runs
-from reslab.experiments.registry import Flag, Study
+from reslab.experiments.registry import TRAINING, Study
 from reslab.report import html
 
 __all__ = ["STUDY", "plan"]
@@ -54,5 +54,5 @@ STUDY = Study(
     tables=tables,
     depths=(20, 56),
     seeds=(0,),
-    flags=(Flag("--shortcut", "A", "option of the residual nets: A|B|C", str.upper),),
+    takes=(*TRAINING, "pack", "shortcut"),
 )

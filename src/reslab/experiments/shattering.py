@@ -34,9 +34,9 @@ from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments import shattering_views
 from reslab.experiments.config import RunSpec, StudyConfig
-from reslab.experiments.registry import Flag, Study, comma
+from reslab.experiments.registry import Flag, Study
 from reslab.experiments.verdicts import Gap, gap_of_rows
-from reslab.limits import MAX_BATCH, integer, integers, number
+from reslab.limits import integer, integers, number
 from reslab.measure.shattering import (
     MLP_NORMS,
     Shattering,
@@ -59,23 +59,7 @@ __all__ = ["STUDY", "analyse", "plan", "shattering_verdict"]
 
 KINDS = ("mlp", "cnn")
 _KIND_NAMES = {"mlp": "fully connected nets (1-D input)", "cnn": "CIFAR-family nets (image path)"}
-#: The study's own settings, by their config.options key: the values `reslab shattering` and
-#: a bare StudyConfig(experiment="shattering") both get.
-DEFAULTS: dict[str, Any] = {
-    "mlp_depths": (1, 2, 5, 10, 20, 50),
-    "mlp_width": 200,
-    "mlp_norm": "batch",
-    "line_points": 256,
-    "path_points": 128,
-    "max_lag": 32,
-    "corr_tolerance": 0.05,
-}
 _LINE = (-2.0, 2.0)  # the paper's 1-D input range
-
-
-def option(config: StudyConfig, key: str) -> Any:
-    """A study setting: the user's value, or :data:`DEFAULTS`."""
-    return config.options.get(key, DEFAULTS[key])
 
 
 def plan(config: StudyConfig) -> list[RunSpec]:
@@ -94,7 +78,7 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
     images = _path_images(config)
     with one_cpu_thread(device, small=images["a"][0].numel() < 32 * 32):  # smaller than CIFAR's
         cnn = _measure_cnns(config, device, images)
-    section = {"max_lag": option(config, "max_lag"), "mlp": mlp, "cnn": cnn}
+    section = {"max_lag": config.options["max_lag"], "mlp": mlp, "cnn": cnn}
     section["summary"] = summarize(section)
     return {"shattering": section}
 
@@ -118,18 +102,18 @@ def _entry(
 
 
 def _measure_mlps(config: StudyConfig, device: torch.device) -> dict[str, Any]:
-    width, norm = option(config, "mlp_width"), option(config, "mlp_norm")
+    width, norm = config.options["mlp_width"], config.options["mlp_norm"]
     # float64: a deep plain net is chaotic in its input, and float32 rounding (which differs
     # with the thread count) moves its kinks enough to change its correlations at large lags.
-    x = line_inputs(option(config, "line_points"), *_LINE).to(device, torch.float64)
+    x = line_inputs(config.options["line_points"], *_LINE).to(device, torch.float64)
     first = min(config.seeds)
     nets = []
-    for depth in option(config, "mlp_depths"):
+    for depth in config.options["mlp_depths"]:
         for family in config.families:
             for seed in config.seeds:
                 net = mlp_stack(depth, width=width, plain=family == "plain", norm=norm, seed=seed)
                 net = net.to(device, torch.float64)
-                result = line_shattering(net, x, max_lag=option(config, "max_lag"))
+                result = line_shattering(net, x, max_lag=config.options["max_lag"])
                 nets.append(_entry(family, family, depth, seed, result, first))
     return {
         "width": width,
@@ -167,8 +151,8 @@ def _measure_cnns(
     config: StudyConfig, device: torch.device, images: Mapping[str, Any]
 ) -> dict[str, Any]:
     calibration, a, b = (images[k].to(device) for k in ("calibration", "a", "b"))
-    points = option(config, "path_points")
-    along = {"output": images["logit"], "n_points": points, "max_lag": option(config, "max_lag")}
+    points = config.options["path_points"]
+    along = {"output": images["logit"], "n_points": points, "max_lag": config.options["max_lag"]}
     first = min(config.seeds)
     nets = []
     positions: list[float] = []
@@ -292,7 +276,7 @@ def shattering_verdict(summary: Sequence[Mapping[str, Any]], tolerance: float) -
 
 
 def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
-    return shattering_verdict(results["shattering"]["summary"], option(config, "corr_tolerance"))
+    return shattering_verdict(results["shattering"]["summary"], config.options["corr_tolerance"])
 
 
 # --- checks and the study ------------------------------------------------------------------------
@@ -300,24 +284,17 @@ def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
 
 def check(config: StudyConfig) -> None:
     """Refuse settings the measurement cannot use, in one line each."""
-    depths = option(config, "mlp_depths")
-    if not depths or any(not isinstance(d, int) or d < 1 for d in depths):
-        raise ConfigError(f"--mlp-depths must be integers of at least 1, got {comma(depths)!r}")
-    if option(config, "mlp_norm") not in MLP_NORMS:
+    if not config.options["mlp_depths"]:
+        raise ConfigError("--mlp-depths needs at least one depth, e.g. 1,2,5,10,20,50")
+    if config.options["mlp_norm"] not in MLP_NORMS:
         raise ConfigError(f"--mlp-norm must be one of {', '.join(MLP_NORMS)}")
-    if option(config, "mlp_width") < 1:
-        raise ConfigError("--mlp-width must be at least 1")
-    max_lag = option(config, "max_lag")
-    if max_lag < 1:
-        raise ConfigError(f"--max-lag must be at least 1, got {max_lag}")
+    max_lag = config.options["max_lag"]
     for key in ("line_points", "path_points"):
-        if option(config, key) < max_lag + 2:
+        if config.options[key] < max_lag + 2:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(f"{flag} must be at least --max-lag + 2 = {max_lag + 2}")
     if config.probe_batch < 2:
         raise ConfigError("--probe-batch must be at least 2: BN takes its statistics from it")
-    if option(config, "corr_tolerance") < 0:
-        raise ConfigError("--corr-tolerance must be 0 or more")
 
 
 def check_results(results: Mapping[str, Any], v: Validator) -> None:
@@ -377,9 +354,8 @@ STUDY = Study(
         Flag("--path-points", "128", "points on the image path (default 128)", integer(1, 10**5)),
         Flag("--max-lag", "32", "largest lag of the correlations (default 32)", integer(1, 10**4)),
         Flag("--corr-tolerance", "0.05", "smallest lag-1 drop gap that counts", number(0, 1)),
-        Flag("--shortcut", "A", "option of the CIFAR ResNets: A|B|C", str.upper),
-        Flag("--probe-batch", "256", "images for the BN statistics (256)", integer(2, MAX_BATCH)),
     ),
+    takes=("shortcut", "probe_batch", "width"),
     check=check,
     check_results=check_results,
 )

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reslab.errors import ConfigError, ReslabError
+from reslab.errors import ReslabError
 from reslab.experiments import run_views
-from reslab.experiments.config import VARIANTS, RunSpec, StudyConfig
-from reslab.experiments.registry import Flag, Study, names
+from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.registry import TRAINING, Study
 from reslab.experiments.verdicts import gap_of_rows
 from reslab.models import cifar_model_name
 from reslab.report import html
@@ -94,17 +94,6 @@ def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
     return shortcut_verdict(results["summary"], config.tolerance)
 
 
-def check(config: StudyConfig) -> None:
-    # One depth: the verdict and the bar chart compare the variants with each other, which only
-    # means something at equal depth. Several depths are several studies (one --out each).
-    if len(config.depths) > 1:
-        depths = ",".join(str(d) for d in config.depths)
-        raise ConfigError(
-            f"a shortcuts study compares variants at one depth, got --depths {depths}: give "
-            f"one, e.g. --depths {max(config.depths)}, and run one study per depth"
-        )
-
-
 def tables(results: Mapping[str, Any]) -> list[html.Section]:
     return [run_views.results_section(results)]
 
@@ -131,6 +120,6 @@ STUDY = Study(
     },
     depths=(56,),
     seeds=(0, 1),
-    flags=(Flag("--variants", ",".join(VARIANTS), "variants to compare (plain,A,B,C)", names),),
-    check=check,
+    one_depth=True,
+    takes=(*TRAINING, "pack", "variants"),
 )
