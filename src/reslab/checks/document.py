@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reslab.checks.values import Bounds, is_int, is_number, shown
+from reslab.checks.values import MAX_ECHO, Bounds, is_int, is_number, shown
 
 __all__ = [
     "MISSING",
@@ -170,7 +170,8 @@ class MapOf(Spec):
         if not isinstance(value, dict):
             raise at(where, self.problem)
         for key, item in value.items():
-            self.spec.check(item, f"{where}.{shown(key)}" if where else shown(key), value)
+            name = key if isinstance(key, str) and len(key) <= MAX_ECHO else shown(key)
+            self.spec.check(item, f"{where}.{name}" if where else name, value)
 
 
 def maybe(spec: Spec, null: bool = True) -> Maybe:
