@@ -29,10 +29,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from reslab import limits
+from reslab import checks
+from reslab.checks import shown
 from reslab.errors import CheckpointError, ConfigError, UnsafePickleError
 from reslab.fileio import atomic_write_bytes
-from reslab.limits import shown
 
 if TYPE_CHECKING:
     from reslab.models.resnet import ResNetLayout
@@ -62,7 +62,7 @@ def is_safetensors(path: Path) -> bool:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a safetensors file or a PyTorch checkpoint, unwrapped to ``name -> tensor``."""
-    path = limits.input_path(path, "weights file", error=CheckpointError)
+    path = checks.input_path(path, "weights file", error=CheckpointError)
     if is_safetensors(path):
         try:
             return dict(st_load(path.read_bytes()))
@@ -260,7 +260,7 @@ def read_model_config(path: str | Path) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:  # bounded: at most 1 MiB, nested at most 32 deep, integers of at most 4,300 digits
-        config = limits.parse_config_text(raw, "json", f"{path}'s {CONFIG_KEY} header entry")
+        config = checks.parse_config_text(raw, "json", f"{path}'s {CONFIG_KEY} header entry")
     except ConfigError:
         config = None
     if not (isinstance(config, dict) and isinstance(config.get("name"), str)):
@@ -285,7 +285,7 @@ def read_normalization(path: str | Path) -> Normalization | None:
     if raw is None:
         return None
     try:  # bounded like the model entry: size, nesting, digits
-        entry = limits.parse_config_text(raw, "json", f"{NORMALIZATION_KEY} entry")
+        entry = checks.parse_config_text(raw, "json", f"{NORMALIZATION_KEY} entry")
         norm = Normalization.of(entry["name"], entry["mean"], entry["std"])
     except (ConfigError, TypeError, KeyError, ValueError) as exc:
         raise CheckpointError(

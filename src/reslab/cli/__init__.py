@@ -13,8 +13,8 @@ import re
 import sys
 from collections.abc import Sequence
 
+from reslab.checks import MAX_ECHO, one_line, shown
 from reslab.errors import ReslabError
-from reslab.limits import MAX_ECHO, one_line, shown
 from reslab.version import __version__
 
 # Modules that add commands, in the order `reslab --help` lists them.
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ReslabError as exc:
         # One line even when a message quotes a multi-line library error (tarfile, TOML...),
-        # and a bounded one (reslab.limits.MAX_LINE) whatever text it quotes.
+        # and a bounded one (reslab.checks.MAX_LINE) whatever text it quotes.
         print(f"reslab: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

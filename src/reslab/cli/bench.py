@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from reslab.limits import Bounds, conform, max_threads
+from reslab.checks import Bounds, conform, max_threads
 
 
 def register(sub: Any) -> None:
@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-# Every number `reslab bench` takes, bounded (reslab.limits) before anything is built.
+# Every number `reslab bench` takes, bounded (reslab.checks) before anything is built.
 _BOUNDS = {
     "batch_size": Bounds(int, 1, 4096),
     "image_size": Bounds(int, 1, 512),

@@ -122,8 +122,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from reslab.checks import input_path
     from reslab.experiments import aggregate, build_report
-    from reslab.limits import input_path
 
     folder = input_path(args.dir, "report folder", folder=True)
     if not (folder / "results.json").is_file():

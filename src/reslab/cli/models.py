@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from reslab.checks import Bounds, shown
 from reslab.errors import ConfigError
-from reslab.limits import Bounds, shown
 
 
 def register(sub: Any) -> None:

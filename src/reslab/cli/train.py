@@ -19,9 +19,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from reslab.checks import MAX_BATCH, Bounds, shown
 from reslab.errors import ConfigError
 from reslab.fileio import atomic_write_json, output_kind
-from reslab.limits import MAX_BATCH, Bounds, shown
 from reslab.train.config import TrainConfig, check_threads, flag_name
 from reslab.train.evaluate import NORMALIZE_CHOICES
 

@@ -37,9 +37,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NoReturn, overload
 
-from reslab import limits
+from reslab import checks
+from reslab.checks import Bounds, shown
 from reslab.errors import ModelError
-from reslab.limits import Bounds, shown
 from reslab.models.counting import layout_params
 from reslab.models.features import ResNetFeatures
 from reslab.models.resnet import (
@@ -185,10 +185,10 @@ def _resolve(name: str) -> tuple[LayoutFactory, dict[str, Any]]:
     match = _DYNAMIC.match(name)
     if match:
         family, digits = match.group(1), match.group(2)
-        depth = int(digits) if len(digits) <= 6 else limits.MAX_DEPTH + 1
-        if depth > limits.MAX_DEPTH:
+        depth = int(digits) if len(digits) <= 6 else checks.MAX_DEPTH + 1
+        if depth > checks.MAX_DEPTH:
             raise ModelError(
-                f"{shown(name)} has more than the {limits.MAX_DEPTH:,} layers reslab builds "
+                f"{shown(name)} has more than the {checks.MAX_DEPTH:,} layers reslab builds "
                 f"(He et al. train 1202 at most); choose a shallower depth"
             )
         preset: dict[str, Any] = {"depth": depth}
@@ -234,11 +234,11 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 _BOOLEAN_OPTIONS = ("plain", "zero_init_residual", "preact")
 _TEXT_OPTIONS = ("shortcut", "block", "activation", "shortcut_mode")
-# Every number an option can ask for, bounded (reslab.limits) before any layout is computed.
+# Every number an option can ask for, bounded (reslab.checks) before any layout is computed.
 NUMBER_OPTIONS = {
-    "num_classes": Bounds(int, 1, limits.MAX_CLASSES),
-    "in_channels": Bounds(int, 1, limits.MAX_IN_CHANNELS),
-    "width": Bounds(float, 0, limits.MAX_WIDTH, lo_open=True),
+    "num_classes": Bounds(int, 1, checks.MAX_CLASSES),
+    "in_channels": Bounds(int, 1, checks.MAX_IN_CHANNELS),
+    "width": Bounds(float, 0, checks.MAX_WIDTH, lo_open=True),
     "shortcut_scale": Bounds(float, 0, 1e3),  # λ; the paper tries 0.5
     "branch_scale": Bounds(float, 0, 1e3, lo_open=True),  # μ
     "gate_bias": Bounds(float, -1e3, 1e3),  # b_g; the paper starts at -6
@@ -396,16 +396,16 @@ def model_layout(name: str, **options: Any) -> ResNetLayout:
     options = {k: v for k, v in options.items() if v is not None}  # None: the name's default
     _check_options(options)
     layout = factory(**{**preset, **options})
-    if layout.depth > limits.MAX_DEPTH:
+    if layout.depth > checks.MAX_DEPTH:
         raise ModelError(
-            f"{shown(name)} has {layout.depth:,} layers, more than the {limits.MAX_DEPTH:,} "
+            f"{shown(name)} has {layout.depth:,} layers, more than the {checks.MAX_DEPTH:,} "
             "reslab builds; choose a shallower depth"
         )
     params = layout_params(layout)  # arithmetic on the shapes: nothing is allocated
-    if params > limits.MAX_PARAMS:
+    if params > checks.MAX_PARAMS:
         raise ModelError(
             f"{shown(name)} with these options has {params:,} parameters, more than the "
-            f"{limits.MAX_PARAMS:,} reslab builds; lower width or num_classes"
+            f"{checks.MAX_PARAMS:,} reslab builds; lower width or num_classes"
         )
     return layout
 

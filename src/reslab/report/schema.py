@@ -99,8 +99,9 @@ written before the studies probed every seed::
     }
 
 A new study adds its own top-level section (e.g. ``"lesion": {...}``); :func:`validate_results`
-checks the common parts above, and a study checks its own section with a ``check`` callable that
-gets the same :class:`Validator`.
+checks the common parts above (:data:`RESULTS`, a declaration), and a study checks its own
+section with a ``check``: a declaration too (:mod:`reslab.checks.document`), or a function that
+gets a :class:`Validator`.
 """
 
 from __future__ import annotations
@@ -114,13 +115,32 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn, TypedDict
 
+from reslab.checks import (
+    NUMBER,
+    NUMBERS,
+    TEXT,
+    Invalid,
+    Is,
+    MapOf,
+    Object,
+    Spec,
+    at_least,
+    is_int,
+    is_number,
+    maybe,
+    objects,
+    shown,
+)
 from reslab.errors import ReslabError
 from reslab.fileio import atomic_write_json
 
 __all__ = [
     "FAMILIES",
+    "FAMILY_DEPTH",
+    "RESULTS",
     "RESULTS_NAME",
     "SCHEMA_VERSION",
+    "Check",
     "Curves",
     "ProbeEntry",
     "Results",
@@ -222,31 +242,42 @@ class Results(TypedDict, total=False):
     probes: dict[str, list[ProbeEntry]]
 
 
-# Each probe kind's required list, and every key of a probe entry that holds numbers.
-_PROBE_ARRAYS = {
+#: A study's check of its own section: a declaration (:mod:`reslab.checks.document`), or a
+#: function that gets the results and the validator to fail with.
+Check = Spec | Callable[[Mapping[str, Any], "Validator"], None]
+
+FAMILY_DEPTH: dict[str, Spec] = {
+    "family": Is(lambda v: v in FAMILIES, "must be 'plain' or 'residual', not {value}"),
+    "depth": at_least(1, "must be a positive integer, not {value}"),
+    "shortcut": maybe(Is(lambda v: isinstance(v, str), "must be 'A', 'B', 'C' or null")),
+}
+# Each probe's required list; its other lists (of these) may be null.
+_PROBES = {
     "gradient_flow": "input_grad_norm",
     "residual_magnitude": "ratio",
     "layer_responses": "std",
 }
-_PROBE_NUMBER_LISTS = {
-    "input_grad_norm",
-    "weight_grad_norm",
-    "ratio",
-    "f_norm",
-    "shortcut_norm",
-    "std",
-    "std_sorted",
-}
-_SUMMARY_NUMBERS = (
-    "n_seeds",
-    "clean_train_error_mean",
-    "clean_train_error_std",
-    "test_error_mean",
-    "test_error_std",
-)
-
-#: A study's check of its own section: gets the results and the validator to fail with.
-Check = Callable[[Mapping[str, Any], "Validator"], None]
+_PROBE_LISTS = "input_grad_norm weight_grad_norm ratio f_norm shortcut_norm std std_sorted"
+_SUMMARY = "n_seeds clean_train_error_mean clean_train_error_std test_error_mean test_error_std"
+_TEXTS = "title reslab_version torch_version python_version created machine"
+#: The common parts of results.json that the report reads (after ``schema`` and ``experiment``).
+RESULTS = Object({
+    **{key: maybe(TEXT) for key in _TEXTS.split()},
+    "config": maybe(Object({})),
+    "verdict": maybe(Object({"text": maybe(TEXT)}, 'must be an object like {"text": "..."}')),
+    "runs": objects({
+        **FAMILY_DEPTH,
+        **{key: maybe(NUMBER) for key in ("final_clean_train_error", "final_test_error")},
+        **{key: maybe(NUMBER) for key in ("wall_time", "params")},
+        "curves": maybe(MapOf(NUMBERS, "must be an object of lists")),
+    }),
+    "summary": objects({**FAMILY_DEPTH, **{key: maybe(NUMBER) for key in _SUMMARY.split()}}),
+    "probes": maybe(Object({
+        kind: objects({**FAMILY_DEPTH, **{k: maybe(NUMBERS) for k in _PROBE_LISTS.split()},
+                       key: NUMBERS})
+        for kind, key in _PROBES.items()
+    })),
+})  # fmt: skip
 
 
 # --- provenance and the skeleton -----------------------------------------------------------------
@@ -360,24 +391,10 @@ def validate_results(
     if not isinstance(results, dict):
         v.fail("", f"must be a JSON object, not {type(results).__name__}")
     _check_top_level(results, v, experiments)
-    for i, run in enumerate(v.list_of_objects(results, "runs")):
-        where = f"runs[{i}]."
-        v.family_depth(run, where)
-        for key in ("final_clean_train_error", "final_test_error", "wall_time", "params"):
-            v.optional_number(run, key, where)
-        curves = run.get("curves")
-        if curves is not None:
-            if not isinstance(curves, dict):
-                v.fail(f"{where}curves", "must be an object of lists")
-            for key, values in curves.items():
-                v.numbers(values, f"{where}curves.{key}")
-    for i, row in enumerate(v.list_of_objects(results, "summary")):
-        where = f"summary[{i}]."
-        v.family_depth(row, where)
-        for key in _SUMMARY_NUMBERS:
-            v.optional_number(row, key, where)
-    _check_probes(results, v)
-    if check is not None:
+    v.run(RESULTS, results, "")
+    if isinstance(check, Spec):
+        v.run(check, results, "")
+    elif check is not None:
         check(results, v)
     return results
 
@@ -389,7 +406,7 @@ def _check_top_level(
     if schema is None:
         v.fail("schema", f"is missing (expected {SCHEMA_VERSION})")
     if not is_int(schema) or schema < 1:
-        v.fail("schema", f"must be a positive integer, not {schema!r}")
+        v.fail("schema", f"must be a positive integer, not {shown(schema)}")
     if schema > SCHEMA_VERSION:
         raise ReslabError(
             f"{v.source}: schema {schema} was written by a newer reslab (this one reads up to "
@@ -400,36 +417,11 @@ def _check_top_level(
         v.fail("experiment", f"must be one of {', '.join(experiments)}")
     if not isinstance(experiment, str) or not experiment:
         v.fail("experiment", "must be the name of a study, e.g. degradation")
-    for key in ("title", "reslab_version", "torch_version", "python_version", "created"):
-        v.optional_str(results, key)
-    v.optional_str(results, "machine")
-    if results.get("config") is not None and not isinstance(results["config"], dict):
-        v.fail("config", "must be an object")
-    verdict = results.get("verdict")
-    if verdict is not None:
-        if not isinstance(verdict, dict):
-            v.fail("verdict", 'must be an object like {"text": "..."}')
-        v.optional_str(verdict, "text", "verdict.")
-
-
-def _check_probes(results: dict[str, Any], v: Validator) -> None:
-    probes = results.get("probes")
-    if probes is None:
-        return
-    if not isinstance(probes, dict):
-        v.fail("probes", "must be an object")
-    for kind, required in _PROBE_ARRAYS.items():
-        for i, entry in enumerate(v.list_of_objects(probes, kind, "probes.")):
-            where = f"probes.{kind}[{i}]."
-            v.family_depth(entry, where)
-            v.numbers(entry.get(required), where + required)
-            for key, values in entry.items():
-                if key != required and key in _PROBE_NUMBER_LISTS and values is not None:
-                    v.numbers(values, where + key)
 
 
 class Validator:
-    """Small checks that raise one-line :class:`ReslabError` messages with a JSON path."""
+    """One-line :class:`ReslabError` messages with a JSON path, for a study's ``check`` function
+    (a declaration is the simpler way: :data:`Check`)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -438,47 +430,30 @@ class Validator:
         what = f"{where} " if where else ""
         raise ReslabError(f"{self.source}: {what}{problem}; rerun the experiment or fix the file")
 
+    def run(self, spec: Spec, value: Any, where: str) -> None:
+        """``value`` checked against the declaration ``spec``; its first problem is one line."""
+        try:
+            spec.check(value, where)
+        except Invalid as exc:
+            self.fail("", str(exc))
+
     def optional_str(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> None:
-        if obj.get(key) is not None and not isinstance(obj[key], str):
-            self.fail(prefix + key, "must be a string")
+        self.run(maybe(TEXT), obj.get(key), prefix + key)
 
     def optional_number(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> None:
-        if obj.get(key) is not None and not is_number(obj[key]):
-            self.fail(prefix + key, f"must be a number, not {obj[key]!r}")
+        self.run(maybe(NUMBER), obj.get(key), prefix + key)
 
     def numbers(self, values: Any, where: str) -> None:
-        if not isinstance(values, list) or not all(x is None or is_number(x) for x in values):
-            self.fail(where, "must be a list of numbers")
+        self.run(NUMBERS, values, where)
 
     def list_of_objects(
         self, obj: Mapping[str, Any], key: str, prefix: str = ""
     ) -> list[dict[str, Any]]:
-        value = obj.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
-            self.fail(prefix + key, "must be a list of objects")
-        return value
+        self.run(objects({}), obj.get(key), prefix + key)
+        return obj.get(key) or []
 
     def family_depth(self, obj: Mapping[str, Any], prefix: str) -> None:
-        if obj.get("family") not in FAMILIES:
-            self.fail(
-                prefix + "family", f"must be 'plain' or 'residual', not {obj.get('family')!r}"
-            )
-        if not is_int(obj.get("depth")) or obj["depth"] < 1:
-            self.fail(prefix + "depth", f"must be a positive integer, not {obj.get('depth')!r}")
-        shortcut = obj.get("shortcut")
-        if shortcut is not None and not isinstance(shortcut, str):
-            self.fail(prefix + "shortcut", "must be 'A', 'B', 'C' or null")
-
-
-def is_number(x: Any) -> bool:
-    """A JSON number: int or float, not bool."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+        self.run(Object(FAMILY_DEPTH), obj, prefix.rstrip("."))
 
 
 def _jsonable(obj: Any, where: str) -> Any:

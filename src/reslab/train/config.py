@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reslab import limits
+from reslab import checks
+from reslab.checks import Bounds, shown
 from reslab.data import AUGMENTS
 from reslab.errors import ConfigError
-from reslab.limits import Bounds, shown
 from reslab.models import model_layout
 from reslab.models.registry import NUMBER_OPTIONS as MODEL_NUMBERS
 from reslab.train.recipes import RECIPES, default_recipe, recipe_values
@@ -63,7 +63,7 @@ def knob(
 
     ``aliases`` are extra spellings of the flag kept for old command lines (``--wd``);
     ``bounds`` is the type and range every value of a numeric field is checked against
-    (:mod:`reslab.limits`), however it is given: flag, config file, Python or a study.
+    (:mod:`reslab.checks`), however it is given: flag, config file, Python or a study.
     """
     meta = {"help": help, "aliases": aliases, "metavar": metavar, "bounds": bounds}
     if isinstance(default, list):
@@ -128,7 +128,7 @@ class TrainConfig:
         0,
         "hold out N train images for validation (0: evaluate on the test split)",
         metavar="N",
-        bounds=Bounds(int, 0, limits.MAX_IMAGES),
+        bounds=Bounds(int, 0, checks.MAX_IMAGES),
     )
     augment: str | None = knob(None, "cifar, flip or none (default: the dataset's own)")
     # optimisation
@@ -139,22 +139,22 @@ class TrainConfig:
         30,
         "passes over the train split (ignored when --steps is set)",
         metavar="N",
-        bounds=Bounds(int, 1, limits.MAX_EPOCHS),
+        bounds=Bounds(int, 1, checks.MAX_EPOCHS),
     )
     steps: int | None = knob(
         None,
         "total iterations; overrides --epochs (the paper: 64000)",
         metavar="N",
-        bounds=Bounds(int, 1, limits.MAX_STEPS),
+        bounds=Bounds(int, 1, checks.MAX_STEPS),
     )
     batch_size: int = knob(
         128,
         "GLOBAL batch size, split evenly over torchrun ranks",
         metavar="N",
-        bounds=Bounds(int, 1, limits.MAX_BATCH),
+        bounds=Bounds(int, 1, checks.MAX_BATCH),
     )
     lr: float = knob(
-        0.1, "peak learning rate", bounds=Bounds(float, 0, limits.FLOAT_MAX, lo_open=True)
+        0.1, "peak learning rate", bounds=Bounds(float, 0, checks.FLOAT_MAX, lo_open=True)
     )
     momentum: float = knob(0.9, "SGD momentum", bounds=Bounds(float, 0, 1, hi_open=True))
     nesterov: bool = knob(False, "Nesterov momentum")
@@ -162,7 +162,7 @@ class TrainConfig:
         5e-4,
         "weight decay, on every parameter (BN and biases too) as in the paper",
         aliases=("--wd",),
-        bounds=Bounds(float, 0, limits.FLOAT_MAX),
+        bounds=Bounds(float, 0, checks.FLOAT_MAX),
     )
     schedule: str = knob("cosine", "multistep, cosine, onecycle or constant")
     milestones: list[float] = knob(
@@ -177,7 +177,7 @@ class TrainConfig:
         0,
         "linear warm-up steps (onecycle: the rising part; 0 = 25 %)",
         metavar="N",
-        bounds=Bounds(int, 0, limits.MAX_STEPS),
+        bounds=Bounds(int, 0, checks.MAX_STEPS),
     )
     warmup_until_error: float | None = knob(
         None,
@@ -188,7 +188,7 @@ class TrainConfig:
     warmup_lr: float = knob(
         0.01,
         "learning rate while --warmup-until-error is active",
-        bounds=Bounds(float, 0, limits.FLOAT_MAX, lo_open=True),
+        bounds=Bounds(float, 0, checks.FLOAT_MAX, lo_open=True),
     )
     label_smoothing: float = knob(
         0.0, "cross-entropy label smoothing", bounds=Bounds(float, 0, 1, hi_open=True)
@@ -203,7 +203,7 @@ class TrainConfig:
         None,
         "clip the global gradient norm to this",
         metavar="NORM",
-        bounds=Bounds(float, 0, limits.FLOAT_MAX, lo_open=True),
+        bounds=Bounds(float, 0, checks.FLOAT_MAX, lo_open=True),
     )
     # --- timm-style trainer options (issue 10): EMA warm-up, mixup/cutmix, accumulation ---
     ema_warmup: bool = knob(
@@ -213,13 +213,13 @@ class TrainConfig:
         0.0,
         "mixup α: mix image pairs, λ ~ Beta(α, α) (Zhang et al. 2017); 0 = off",
         metavar="ALPHA",
-        bounds=Bounds(float, 0, limits.FLOAT_MAX, example=", e.g. 0.8"),
+        bounds=Bounds(float, 0, checks.FLOAT_MAX, example=", e.g. 0.8"),
     )
     cutmix: float = knob(
         0.0,
         "cutmix α: paste a box of area 1-λ from the pair (Yun et al. 2019); 0 = off",
         metavar="ALPHA",
-        bounds=Bounds(float, 0, limits.FLOAT_MAX, example=", e.g. 1.0"),
+        bounds=Bounds(float, 0, checks.FLOAT_MAX, example=", e.g. 1.0"),
     )
     mix_prob: float = knob(
         1.0,
@@ -237,7 +237,7 @@ class TrainConfig:
         1,
         "gradient accumulation: each step's --batch-size as K micro-batches (BN sees each)",
         metavar="K",
-        bounds=Bounds(int, 1, limits.MAX_BATCH),
+        bounds=Bounds(int, 1, checks.MAX_BATCH),
     )
     # system
     device: str = knob("auto", "auto (default: cuda if available), cpu, cuda or cuda:N")
@@ -252,14 +252,14 @@ class TrainConfig:
         0,
         "seed of weights, data order and augmentation",
         metavar="N",
-        bounds=Bounds(int, 0, limits.MAX_SEED, hi_open=True),
+        bounds=Bounds(int, 0, checks.MAX_SEED, hi_open=True),
     )
     deterministic: bool = knob(False, "deterministic kernels: bit-identical resume on CPU")
     threads: int | None = knob(
         None,
         "CPU threads (default: the usable cores others leave free, saved in config.json)",
         metavar="N",
-        bounds=Bounds(int, 1, limits.MAX_THREADS),
+        bounds=Bounds(int, 1, checks.MAX_THREADS),
     )
     detect_anomaly: bool = knob(False, "autograd anomaly detection (slow; debugging)")
     # output
@@ -270,24 +270,24 @@ class TrainConfig:
         1,
         "epochs between evaluations (the last epoch is always evaluated)",
         metavar="N",
-        bounds=Bounds(int, 1, limits.MAX_EPOCHS),
+        bounds=Bounds(int, 1, checks.MAX_EPOCHS),
     )
     eval_batch_size: int = knob(
         1024,
         "batch size of evaluation passes",
         metavar="N",
-        bounds=Bounds(int, 1, limits.MAX_BATCH),
+        bounds=Bounds(int, 1, checks.MAX_BATCH),
     )
     checkpoint_every_steps: int | None = knob(
         None,
         "also checkpoint mid-epoch every N steps",
         metavar="N",
-        bounds=Bounds(int, 1, limits.MAX_STEPS),
+        bounds=Bounds(int, 1, checks.MAX_STEPS),
     )
     snapshot_steps: list[int] = knob(
         [],
         "keep the weights at these steps, e.g. 0,50,100 (checkpoints/snapshot-N.safetensors)",
-        bounds=Bounds(int, 0, limits.MAX_STEPS, many=True),
+        bounds=Bounds(int, 0, checks.MAX_STEPS, many=True),
     )
     quiet: bool = knob(False, "one plain line per epoch, no progress bar")
     tensorboard: bool = knob(False, "also log to TensorBoard (if installed) under <out>/tb")
@@ -329,7 +329,7 @@ def _field_types() -> dict[str, Any]:
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """``value`` checked against the annotation ``hint`` (ints accepted for floats)."""
-    return limits.conform(name, value, hint)
+    return checks.conform(name, value, hint)
 
 
 def _check_types(config: TrainConfig) -> None:
@@ -340,12 +340,12 @@ def _check_types(config: TrainConfig) -> None:
 def _check_values(c: TrainConfig) -> None:
     """Range checks; each error names the field and the fix in one line.
 
-    Every numeric field is checked against its ``bounds`` (:mod:`reslab.limits`: finite, in
+    Every numeric field is checked against its ``bounds`` (:mod:`reslab.checks`: finite, in
     range), then the rules that relate fields, then the model the fields name, from its
     layout alone: nothing is built, so a net too deep or too wide is refused in milliseconds.
     """
     fix = " (set {flag} or {name} = ... in the config file)"
-    limits.check_names(dataclasses.asdict(c), PATH_FIELDS)
+    checks.check_names(dataclasses.asdict(c), PATH_FIELDS)
     for f in dataclasses.fields(TrainConfig):
         bounds, value = f.metadata["bounds"], getattr(c, f.name)
         if bounds is not None and value is not None:
@@ -413,7 +413,7 @@ def _check_model(c: TrainConfig) -> None:
     model_layout(c.model, **options)
 
 
-# The text fields that are paths (at most limits.MAX_TEXT); every other one is a name.
+# The text fields that are paths (at most checks.MAX_TEXT); every other one is a name.
 PATH_FIELDS = ("data_dir", "out")
 # He et al. 2016's ablation options: TrainConfig fields passed to create_model when set.
 MODEL_OPTIONS = (
@@ -427,7 +427,7 @@ MODEL_OPTIONS = (
 
 
 def check_threads(threads: int | None) -> None:
-    """A new run's (or a resume's) ``threads``: at most :func:`reslab.limits.max_threads`.
+    """A new run's (or a resume's) ``threads``: at most :func:`reslab.checks.max_threads`.
 
     The field's own bound is machine-independent, so a run saved on a bigger machine still
     loads here; what this machine runs is bounded by its own cores.
@@ -439,7 +439,7 @@ def check_threads(threads: int | None) -> None:
             raise ConfigError(f"{exc} (this machine's; set --threads N or leave it out)") from None
 
 
-NEW_THREADS = Bounds(int, 1, limits.max_threads)
+NEW_THREADS = Bounds(int, 1, checks.max_threads)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -449,9 +449,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     values of the wrong type raise :class:`ConfigError` naming them.
     """
     path = Path(path)
-    where = f"config file {limits.shown_path(path)}"
-    text = limits.read_config_text(path)  # bounded size, UTF-8, no BOM, a file
-    raw = limits.parse_config_text(text, "json" if path.suffix == ".json" else "toml", where)
+    where = f"config file {checks.shown_path(path)}"
+    text = checks.read_config_text(path)  # bounded size, UTF-8, no BOM, a file
+    raw = checks.parse_config_text(text, "json" if path.suffix == ".json" else "toml", where)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must hold a table of settings")
     return check_settings(raw, f"config file {path}", where=f" (in {path})")
@@ -462,16 +462,16 @@ def drop_unfit_threads(values: dict[str, Any], path: str | Path) -> str | None:
 
     A run's config.json records the count reslab chose for it (``threads`` absent from
     ``_meta.explicit``: the default, read from the machine and its load). Rerun on a smaller
-    machine, that count may exceed :func:`reslab.limits.max_threads`; it is then dropped, so
+    machine, that count may exceed :func:`reslab.checks.max_threads`; it is then dropped, so
     the rerun picks its own, and the returned line says so. A count the user set is kept
     (and refused by :func:`resolve` if it is too large, as any ``--threads`` is).
     """
     threads = values.get("threads")
     path = Path(path)
-    if threads is None or threads <= limits.max_threads() or path.suffix != ".json":
+    if threads is None or threads <= checks.max_threads() or path.suffix != ".json":
         return None  # a TOML file is the user's own: its threads are theirs
     try:
-        raw = limits.parse_config_text(limits.read_config_text(path), "json", str(path))
+        raw = checks.parse_config_text(checks.read_config_text(path), "json", str(path))
         explicit = raw["_meta"]["explicit"]
     except (ConfigError, KeyError, TypeError):
         return None
@@ -479,8 +479,8 @@ def drop_unfit_threads(values: dict[str, Any], path: str | Path) -> str | None:
         return None
     del values["threads"]
     return (
-        f"{limits.shown_path(path)} records {threads} threads, which reslab chose on the "
-        f"machine that ran it; this one allows {limits.max_threads()}, so this run picks its "
+        f"{checks.shown_path(path)} records {threads} threads, which reslab chose on the "
+        f"machine that ran it; this one allows {checks.max_threads()}, so this run picks its "
         "own (--threads N sets it)"
     )
 
@@ -492,7 +492,7 @@ def check_settings(raw: Mapping[Any, Any], source: str, where: str = "") -> dict
     if unknown:
         names = ", ".join(shown(k) if len(k) > 40 or not k.isidentifier() else k for k in unknown)
         raise ConfigError(
-            f"{source}: unknown key {limits.one_line(names, 200)}; valid keys are the "
+            f"{source}: unknown key {checks.one_line(names, 200)}; valid keys are the "
             "`reslab train` flags without dashes, e.g. batch_size, lr, epochs"
         )
     hints = _field_types()
@@ -511,10 +511,10 @@ def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
     unknown = sorted(str(k) for k in explicit if k not in FIELDS)
     if unknown:
         names = ", ".join(shown(k) for k in unknown)
-        raise ConfigError(f"unknown setting {limits.one_line(names, 200)}")
+        raise ConfigError(f"unknown setting {checks.one_line(names, 200)}")
     hints = _field_types()  # types first: the recipe lookup below uses dataset, model, recipe
     explicit = {k: _coerce(k, v, hints[k]) for k, v in explicit.items()}
-    limits.check_names(explicit, PATH_FIELDS)  # before the recipe lookup reads model, dataset
+    checks.check_names(explicit, PATH_FIELDS)  # before the recipe lookup reads model, dataset
     check_threads(explicit.get("threads"))
     defaults = TrainConfig()
     dataset = str(explicit.get("dataset", defaults.dataset))

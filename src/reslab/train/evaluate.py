@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reslab.checks import input_path
 from reslab.data import Dataset, eval_batches, load_dataset
 from reslab.errors import CheckpointError, ConfigError
-from reslab.limits import input_path
 from reslab.train.run_folder import run_config_near
 from reslab.train.runtime import autocast_context, pick_device
 from reslab.weights import (

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from reslab.checks import shown
 from reslab.errors import CheckpointError, ReslabError
 from reslab.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from reslab.train.config import TrainConfig, check_settings
@@ -62,7 +63,6 @@ from reslab.train.run_schema import (
     parse_json,
     read_bounded,
     read_json,
-    shown,
     step_metadata,
     step_of,
     weights_name,

@@ -3,8 +3,8 @@
 A run folder is input like any other: a user may edit it, a disk may damage it, someone may
 hand over a hostile one. Each reader here takes bytes and returns data of the documented shape,
 or raises one :class:`CheckpointError` line that names the file, the first bad field and what to
-do. Nothing is echoed unbounded (:func:`shown`), nothing is read without a size limit, and
-every number is checked for its type (``True`` is not an int), finiteness and range.
+do. Nothing is echoed unbounded (:func:`~reslab.checks.shown`), nothing is read without a size
+limit, and every number is checked for its type (``True`` is not an int), finiteness and range.
 
 * ``checkpoints/last.json``: :func:`check_checkpoint` (step, step-file names *derived from the
   step*, so no path in it can leave ``checkpoints/``, sizes, SHA-256, loader, RNG, history).
@@ -27,6 +27,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from reslab.checks import shown
 from reslab.errors import CheckpointError
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "optim_name",
     "parse_json",
     "read_json",
-    "shown",
     "step_metadata",
     "step_of",
     "weights_name",
@@ -62,15 +62,6 @@ class BadField(ValueError):
 
 class BadJSON(BadField):
     """The text is not JSON at all (truncated, garbage, NaN, nested too deeply)."""
-
-
-def shown(value: Any, limit: int = 40) -> str:
-    """A bounded repr for messages: a 50 MB string or a deep list is cut, never echoed."""
-    try:
-        text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    except RecursionError:  # pragma: no cover - defensive
-        text = type(value).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def weights_name(step: int) -> str:

@@ -1,0 +1,203 @@
+"""Documents: the schema of a JSON file (or one section of it), declared and checked in one pass.
+
+A declaration is a tree of specs. Each checks a value at a JSON path (``where``, e.g.
+``lesion.nets[0].block``) and raises :class:`Invalid`, one line ``"{where} {problem}"``, at the
+first problem; the reader adds which file and what to do. For example, a section::
+
+    Object({"lesion": maybe(Object({
+        "chance_error": maybe(NUMBER),
+        "nets": objects({"block": ListOf(TEXT, "must be a list of block names"),
+                         "errors": ListOf(NUMBER_OR_NULL, "must be a list of numbers",
+                                          length="block")}),
+    }))})
+
+An :class:`Object` checks only the keys it declares (others are allowed). A key that is absent
+reads as :data:`MISSING`, which every spec refuses but :func:`maybe`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reslab.checks.values import MAX_ECHO, Bounds, is_int, is_number, shown
+
+__all__ = [
+    "MISSING",
+    "NUMBER",
+    "NUMBERS",
+    "NUMBER_OR_NULL",
+    "TEXT",
+    "InRange",
+    "Invalid",
+    "Is",
+    "ListOf",
+    "MapOf",
+    "Maybe",
+    "Object",
+    "Spec",
+    "at_least",
+    "maybe",
+    "objects",
+    "one_of",
+]
+
+
+class Invalid(ValueError):
+    """A value breaks its declaration: one line, ``"{where} {problem}"`` (or the problem alone)."""
+
+
+def at(where: str, problem: str) -> Invalid:
+    return Invalid(f"{where} {problem}" if where else problem)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "nothing"
+
+
+#: What an :class:`Object` passes for a key it lacks (null, which is present, is ``None``).
+MISSING: Any = _Missing()
+
+
+class Spec:
+    """One node of a declaration."""
+
+    def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
+        """Raise :class:`Invalid` unless ``value`` is valid; ``within``: the enclosing object."""
+        raise NotImplementedError
+
+    def accepts(self, value: Any) -> bool:
+        """A list's first, shallow look at an item (see :class:`ListOf`)."""
+        return True
+
+
+@dataclass(frozen=True)
+class Is(Spec):
+    """A value that passes ``test``; ``problem`` may show it as ``{value}``."""
+
+    test: Callable[[Any], bool]
+    problem: str
+
+    def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
+        value = None if value is MISSING else value
+        if not self.test(value):
+            raise at(where, self.problem.replace("{value}", shown(value)))
+
+    def accepts(self, value: Any) -> bool:
+        return self.test(value)
+
+
+@dataclass(frozen=True)
+class InRange(Spec):
+    """A number of :class:`~reslab.checks.values.Bounds`, worded as the flags' are."""
+
+    bounds: Bounds
+
+    def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
+        self.bounds.check(where, None if value is MISSING else value, Invalid)
+
+
+@dataclass(frozen=True)
+class Maybe(Spec):
+    """``spec``, or absent, or (with ``null``) null."""
+
+    spec: Spec
+    null: bool = True
+
+    def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
+        if not (value is MISSING or (self.null and value is None)):
+            self.spec.check(value, where, within)
+
+
+@dataclass(frozen=True)
+class ListOf(Spec):
+    """A list whose items all pass a shallow look (``items.accepts``: an :class:`Is`'s test, an
+    :class:`Object`'s "is an object"), else ``problem`` for the whole list; then each item is
+    checked fully at ``where[i]``. ``length`` names a list of the enclosing object, declared
+    before this one, that this one must be as long as (else ``length_problem``, ``{n}``: its
+    length). ``nonempty``: at least one item."""
+
+    items: Spec
+    problem: str
+    length: str | None = None
+    length_problem: str = ""
+    nonempty: bool = False
+
+    def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(value, list) or (self.nonempty and not value):
+            raise at(where, self.problem)
+        if not all(self.items.accepts(item) for item in value):
+            raise at(where, self.problem)
+        if self.length is not None and within is not None:
+            n = len(within[self.length])
+            if len(value) != n:
+                raise at(where, (self.length_problem or self.problem).replace("{n}", str(n)))
+        if not isinstance(self.items, Is):
+            for i, item in enumerate(value):
+                self.items.check(item, f"{where}[{i}]", within)
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, list)
+
+
+@dataclass(frozen=True)
+class Object(Spec):
+    """A JSON object; each declared key's value is checked by its spec, in declaration order."""
+
+    fields: Mapping[str, Spec]
+    problem: str = "must be an object"
+
+    def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(value, dict):
+            raise at(where, self.problem)
+        for key, spec in self.fields.items():
+            spec.check(value.get(key, MISSING), f"{where}.{key}" if where else key, value)
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, dict)
+
+
+@dataclass(frozen=True)
+class MapOf(Spec):
+    """A JSON object of any keys, each value checked by ``spec``."""
+
+    spec: Spec
+    problem: str = "must be an object"
+
+    def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(value, dict):
+            raise at(where, self.problem)
+        for key, item in value.items():
+            name = key if isinstance(key, str) and len(key) <= MAX_ECHO else shown(key)
+            self.spec.check(item, f"{where}.{name}" if where else name, value)
+
+
+def maybe(spec: Spec, null: bool = True) -> Maybe:
+    """``spec``, or absent, or (with ``null``, the default) null."""
+    return Maybe(spec, null)
+
+
+def objects(fields: Mapping[str, Spec]) -> Maybe:
+    """An optional list of objects with these ``fields``."""
+    return Maybe(ListOf(Object(fields), "must be a list of objects"))
+
+
+def at_least(lo: int, problem: str = "") -> Is:
+    """An integer (not a bool) ≥ ``lo``."""
+    return Is(
+        lambda v: is_int(v) and v >= lo, problem or f"must be an integer ≥ {lo}, not {{value}}"
+    )
+
+
+def one_of(values: Collection[Any], problem: str = "") -> Is:
+    """One of ``values`` (compared with ``==``)."""
+    words = problem or f"must be one of {', '.join(map(str, values))}"
+    return Is(lambda v: any(v == x for x in values), words)
+
+
+NUMBER = Is(is_number, "must be a number, not {value}")
+NUMBER_OR_NULL = Is(lambda v: v is None or is_number(v), "must be a number or null")
+NUMBERS = ListOf(NUMBER_OR_NULL, "must be a list of numbers")
+TEXT = Is(lambda v: isinstance(v, str), "must be a string")
