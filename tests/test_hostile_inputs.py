@@ -38,9 +38,9 @@ from safetensors.torch import save_file
 import reslab.cli
 import reslab.train
 from conftest import ONE_LINE
+from reslab.checks import MAX_ECHO, MAX_LINE, MAX_THREADS, max_threads
 from reslab.errors import ModelError, ReslabError
 from reslab.experiments import StudyConfig, get_study, list_studies
-from reslab.limits import MAX_ECHO, MAX_LINE, MAX_THREADS, max_threads
 from reslab.models import create_model
 from reslab.train import TrainConfig
 from reslab.weights import CONFIG_KEY, load_weights
@@ -119,8 +119,8 @@ def _names(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-# Paths are echoed as they are (up to limits.MAX_TEXT, within the line's bound): they say
-# where; every other value is cut to limits.MAX_ECHO characters, or refused unquoted.
+# Paths are echoed as they are (up to checks.MAX_TEXT, within the line's bound): they say
+# where; every other value is cut to checks.MAX_ECHO characters, or refused unquoted.
 _PATHS = {"out", "data_dir", "--out", "--data-dir", "--from", "--weights"}
 
 

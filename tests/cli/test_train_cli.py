@@ -368,7 +368,7 @@ def _saved_run(tmp_path: Path, threads: int, explicit: list[str]) -> Path:
 def test_a_recorded_thread_count_too_big_for_this_machine_is_left_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from reslab.limits import max_threads
+    from reslab.checks import max_threads
 
     too_many = max_threads() + 1
     saved = _saved_run(tmp_path, too_many, ["dataset", "model", "steps", "width"])

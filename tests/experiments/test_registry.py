@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from reslab.checks import integer
 from reslab.cli import main
 from reslab.errors import ConfigError
 from reslab.experiments import Flag, Study, StudyConfig, get_study, list_studies, register, registry
-from reslab.limits import integer
 from reslab.report.figures import FigureSpec, new_figure, styled
 from reslab.report.html import Section, table
 from reslab.report.schema import Validator

@@ -16,13 +16,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reslab.checks import (
+    NUMBER,
+    TEXT,
+    ListOf,
+    Object,
+    at_least,
+    is_number,
+    maybe,
+    objects,
+    one_of,
+)
 from reslab.errors import ConfigError
 from reslab.experiments import ablation_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import TRAINING, Flag, Study, names
 from reslab.experiments.verdicts import gap_of_rows
 from reslab.models import cifar_model_name
-from reslab.report.schema import Validator, is_number
 from reslab.report.stats import mean_std
 
 __all__ = ["DEFAULT_VARIANTS", "STUDY", "VARIANTS", "Variant", "plan"]
@@ -228,22 +238,17 @@ def check(config: StudyConfig) -> None:
         raise ConfigError(f"--variants needs at least one of {', '.join(VARIANTS)}")
 
 
-def check_results(results: Mapping[str, Any], v: Validator) -> None:
-    """The ablation's parts of results.json: its section and the summary rows' extra keys."""
-    section = results.get("ablation")
-    if not isinstance(section, dict):
-        v.fail("ablation", "must be an object with the study's depth and shortcut option")
-    if not isinstance(section.get("depth"), int) or section["depth"] < 1:
-        v.fail("ablation.depth", "must be a positive integer")
-    for i, row in enumerate(v.list_of_objects(results, "summary")):
-        where = f"summary[{i}]."
-        for key in ("variant", "label", "fig", "on_shortcut", "on_f", "paper_error"):
-            if not isinstance(row.get(key), str):
-                v.fail(where + key, "must be a string")
-        tables_ = row.get("tables")
-        if not isinstance(tables_, list) or not tables_ or not set(tables_) <= {1, 2}:
-            v.fail(where + "tables", "must be a list of table numbers, 1 and/or 2")
-        v.optional_number(row, "params", where)
+#: The ablation's parts of results.json: its section and the summary rows' extra keys.
+RESULTS = Object({
+    "ablation": Object({"depth": at_least(1, "must be a positive integer")},
+                       "must be an object with the study's depth and shortcut option"),
+    "summary": objects({
+        **{key: TEXT for key in ("variant", "label", "fig", "on_shortcut", "on_f", "paper_error")},
+        "tables": ListOf(one_of((1, 2)), "must be a list of table numbers, 1 and/or 2",
+                         nonempty=True),
+        "params": maybe(NUMBER),
+    }),
+})  # fmt: skip
 
 
 STUDY = Study(
@@ -275,6 +280,6 @@ STUDY = Study(
         ),
     ),
     check=check,
-    check_results=check_results,
+    check_results=RESULTS,
     text_table=ablation_views.console_table,
 )

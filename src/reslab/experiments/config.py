@@ -11,11 +11,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from reslab import limits
+from reslab import checks
+from reslab.checks import Bounds, shown
 from reslab.errors import ConfigError
 from reslab.experiments.cluster import CLUSTERS
 from reslab.experiments.registry import Flag, Study, get_study, names
-from reslab.limits import Bounds, shown
 from reslab.models import cifar_model_name
 from reslab.train.config import TrainConfig
 
@@ -62,7 +62,7 @@ class StudyConfig:
     options: dict[str, Any] = field(default_factory=dict)  # a study's own flags' values
 
     def __post_init__(self) -> None:
-        self.experiment = limits.conform("experiment", self.experiment, str)
+        self.experiment = checks.conform("experiment", self.experiment, str)
         study = get_study(self.experiment)  # an unknown name is a one-line ConfigError
         _apply_defaults(self, study)
         _check_types_and_bounds(self, study)
@@ -130,15 +130,15 @@ def _train_bounds(name: str) -> Bounds:
     return bounds
 
 
-#: The bounds of StudyConfig's numbers (reslab.limits); the trainer's settings share the
+#: The bounds of StudyConfig's numbers (reslab.checks); the trainer's settings share the
 #: trainer's own, so a study refuses what ``reslab train`` would, before anything is written.
 BOUNDS: dict[str, Bounds] = {
-    "depths": Bounds(int, 1, limits.MAX_DEPTH, many=True),
-    "seeds": Bounds(int, 0, limits.MAX_SEED, hi_open=True, many=True),
+    "depths": Bounds(int, 1, checks.MAX_DEPTH, many=True),
+    "seeds": Bounds(int, 0, checks.MAX_SEED, hi_open=True, many=True),
     **{name: _train_bounds(name) for name in ("epochs", "steps", "batch_size", "lr", "width")},
-    "jobs": Bounds(int, 1, limits.max_threads),  # worker processes: as many as threads
-    "probe_batch": Bounds(int, 1, limits.MAX_BATCH),
-    "probe_steps": Bounds(int, 0, limits.MAX_STEPS, many=True),
+    "jobs": Bounds(int, 1, checks.max_threads),  # worker processes: as many as threads
+    "probe_batch": Bounds(int, 1, checks.MAX_BATCH),
+    "probe_steps": Bounds(int, 0, checks.MAX_STEPS, many=True),
     "tolerance": Bounds(float, 0, 100),  # percentage points
 }
 _OVERRIDES = (
@@ -179,17 +179,17 @@ ALWAYS = ("dataset", "data_dir", "depths", "seeds", "device", "jobs", "out")
 
 
 def _check_types_and_bounds(config: StudyConfig, study: Study) -> None:
-    """Every field's type (:func:`reslab.limits.conform`), then its bounds, then the study's
+    """Every field's type (:func:`reslab.checks.conform`), then its bounds, then the study's
     own flags' bounds on ``options``: at the edge, whether the values came from flags or
     Python."""
     for name, hint in typing.get_type_hints(StudyConfig).items():
         flag = "--" + name.replace("_", "-")
-        value = limits.conform(flag, getattr(config, name), hint)
+        value = checks.conform(flag, getattr(config, name), hint)
         if name in BOUNDS and value is not None:
             value = BOUNDS[name].check(flag, value)
         setattr(config, name, value)
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "options"}
-    limits.check_names(settings, ("data_dir", "out"), prefix="--")
+    checks.check_names(settings, ("data_dir", "out"), prefix="--")
     fields = {f.name for f in dataclasses.fields(StudyConfig)}
     for option in study.flags:
         value = getattr(config, option.name) if option.name in fields else None
@@ -200,9 +200,9 @@ def _check_types_and_bounds(config: StudyConfig, study: Study) -> None:
         if option.bounds is not None:
             option.bounds.check(option.flag, value)
         elif isinstance(value, str):
-            limits.conform(option.flag, value, str)
+            checks.conform(option.flag, value, str)
         elif isinstance(value, list | tuple):
-            limits.conform(option.flag, value, tuple[str, ...])
+            checks.conform(option.flag, value, tuple[str, ...])
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reslab.checks import (
+    MAX_IMAGES,
+    MAX_SEED,
+    NUMBER,
+    NUMBER_OR_NULL,
+    NUMBERS,
+    ListOf,
+    Object,
+    integer,
+    is_number,
+    maybe,
+    number,
+    objects,
+)
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments import degradation, landscape_views
@@ -35,9 +49,8 @@ from reslab.experiments.trained import (
     trained_nets,
 )
 from reslab.experiments.verdicts import gap_of_values
-from reslab.limits import MAX_IMAGES, MAX_SEED, integer, number
 from reslab.measure import landscape as ls
-from reslab.report.schema import FAMILIES, Validator, is_number
+from reslab.report.schema import FAMILIES, FAMILY_DEPTH
 from reslab.report.stats import mean_std, summarize_runs
 from reslab.train import pick_device
 
@@ -192,31 +205,25 @@ def _nets(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 # --- schema, flags -------------------------------------------------------------------------------
 
 
-def check_results(results: Mapping[str, Any], v: Validator) -> None:
-    """The ``landscape`` section: settings, and per net the grid, surface, curve and numbers."""
-    section = results.get(SECTION)
-    if section is None:
-        return
-    if not isinstance(section, dict):
-        v.fail(SECTION, "must be an object")
-    if not isinstance(section.get("settings", {}), dict):
-        v.fail(f"{SECTION}.settings", "must be an object")
-    for i, net in enumerate(v.list_of_objects(section, "nets", f"{SECTION}.")):
-        where = f"{SECTION}.nets[{i}]."
-        v.family_depth(net, where)
-        for key in ("grid", "curve_alpha", "curve_loss", "curve_error", "ring_loss"):
-            v.numbers(net.get(key), where + key)
-        for key in ("loss", "error"):
-            rows = net.get(key)
-            if not isinstance(rows, list) or len(rows) != len(net["grid"]):
-                v.fail(where + key, "must be a list of rows, one per grid value")
-            for j, row in enumerate(rows):
-                v.numbers(row, f"{where}{key}[{j}]")
-                if len(row) != len(net["grid"]):
-                    v.fail(f"{where}{key}[{j}]", "must have one value per grid value")
-        numbers = "loss_origin error_origin ring_radius rise curvature nonconvex cosine scan_time"
-        for key in [*numbers.split(), "hessian_ratio", "lambda_max", "lambda_min"]:
-            v.optional_number(net, key, where)
+_ROWS = ListOf(
+    ListOf(NUMBER_OR_NULL, "must be a list of numbers", length="grid",
+           length_problem="must have one value per grid value"),
+    "must be a list of rows, one per grid value", length="grid",
+)  # fmt: skip
+_SCALARS = "loss_origin error_origin ring_radius rise curvature nonconvex cosine scan_time"
+#: The ``landscape`` section: settings, and per net the grid, surface, curve and numbers.
+RESULTS = Object({SECTION: maybe(Object({
+    "settings": maybe(Object({}), null=False),
+    "nets": objects({
+        **FAMILY_DEPTH,
+        **{key: NUMBERS for key in ("grid", "curve_alpha", "curve_loss", "curve_error")},
+        "ring_loss": NUMBERS,
+        "loss": _ROWS,
+        "error": _ROWS,
+        **{key: maybe(NUMBER) for key in _SCALARS.split()},
+        **{key: maybe(NUMBER) for key in ("hessian_ratio", "lambda_max", "lambda_min")},
+    }),
+}))})  # fmt: skip
 
 
 # (flag, default, help, bounds): the scan's own flags, after the source flags.
@@ -262,6 +269,6 @@ STUDY = Study(
         *(Flag(f, d, f"{h} (default {d})", b) for f, d, h, b in _SCAN_FLAGS),
     ),
     check=check,
-    check_results=check_results,
+    check_results=RESULTS,
     verdict_formats=landscape_views.VERDICT_FORMATS,
 )

@@ -21,6 +21,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reslab.checks import (
+    MAX_DEPTH,
+    MAX_IMAGES,
+    NUMBER,
+    NUMBER_OR_NULL,
+    NUMBERS,
+    TEXT,
+    Is,
+    ListOf,
+    Object,
+    at_least,
+    integer,
+    integers,
+    is_int,
+    is_number,
+    maybe,
+    objects,
+)
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ReslabError
 from reslab.experiments import degradation, lesion_views
@@ -29,9 +47,8 @@ from reslab.experiments.pool import measure_all
 from reslab.experiments.registry import TRAINING, Flag, Study
 from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
 from reslab.experiments.verdicts import Gap, gap_of_values
-from reslab.limits import MAX_DEPTH, MAX_IMAGES, integer, integers
 from reslab.measure import lesion
-from reslab.report.schema import Validator, is_int, is_number
+from reslab.report.schema import FAMILY_DEPTH
 from reslab.report.stats import (
     group,
     group_key,
@@ -129,40 +146,24 @@ def family_means(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 # --- results.json ---------------------------------------------------------------------------------
 
 
-def check_results(results: Mapping[str, Any], v: Validator) -> None:
-    """Validate the ``lesion`` section that the report reads (documented in the README)."""
-    section = results.get(SECTION)
-    if section is None:
-        return
-    if not isinstance(section, dict):
-        v.fail(SECTION, "must be an object")
-    v.optional_number(section, "chance_error", f"{SECTION}.")
-    for i, net in enumerate(v.list_of_objects(section, "nets", f"{SECTION}.")):
-        where = f"{SECTION}.nets[{i}]."
-        v.family_depth(net, where)
-        v.optional_number(net, "intact_error", where)
-        n = _check_blocks(net, v, where)
-        v.numbers(net.get("deleted_error"), where + "deleted_error")
-        if len(net["deleted_error"]) != n:
-            v.fail(where + "deleted_error", f"must have one entry per block ({n})")
-        for curve in ("deleted", "swapped"):
-            for j, row in enumerate(v.list_of_objects(net, curve, where)):
-                if not is_int(row.get("k")) or row["k"] < 1:
-                    v.fail(f"{where}{curve}[{j}].k", "must be a positive integer")
-                v.numbers(row.get("errors"), f"{where}{curve}[{j}].errors")
-
-
-def _check_blocks(net: Mapping[str, Any], v: Validator, where: str) -> int:
-    names, stages, kept = net.get("block"), net.get("stage"), net.get("shape_preserving")
-    if not isinstance(names, list) or not all(isinstance(b, str) for b in names):
-        v.fail(where + "block", "must be a list of block names")
-    if not isinstance(stages, list) or not all(is_int(s) for s in stages):
-        v.fail(where + "stage", "must be a list of integers")
-    if not isinstance(kept, list) or not all(isinstance(b, bool) for b in kept):
-        v.fail(where + "shape_preserving", "must be a list of true/false")
-    if not len(names) == len(stages) == len(kept):
-        v.fail(where + "block", "block, stage and shape_preserving must have one length")
-    return len(names)
+#: The ``lesion`` section, as the report reads it (documented in the README).
+RESULTS = Object({SECTION: maybe(Object({
+    "chance_error": maybe(NUMBER),
+    "nets": objects({
+        **FAMILY_DEPTH,
+        "intact_error": maybe(NUMBER),
+        "block": ListOf(TEXT, "must be a list of block names"),
+        "stage": ListOf(Is(is_int, ""), "must be a list of integers", length="block",
+                        length_problem="block, stage and shape_preserving must have one length"),
+        "shape_preserving": ListOf(
+            Is(lambda v: isinstance(v, bool), ""), "must be a list of true/false", length="block",
+            length_problem="block, stage and shape_preserving must have one length"),
+        "deleted_error": ListOf(NUMBER_OR_NULL, "must be a list of numbers", length="block",
+                                length_problem="must have one entry per block ({n})"),
+        **{curve: objects({"k": at_least(1, "must be a positive integer"), "errors": NUMBERS})
+           for curve in ("deleted", "swapped")},
+    }),
+}))})  # fmt: skip
 
 
 # --- the study ------------------------------------------------------------------------------------
@@ -295,5 +296,5 @@ STUDY = Study(
         Flag("--eval-images", "0", "test images to evaluate on, 0 = all (default 0)", _IMAGES),
     ),
     check=check_sources,
-    check_results=check_results,
+    check_results=RESULTS,
 )

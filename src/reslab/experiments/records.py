@@ -42,7 +42,7 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
     result = folder.read_result()
     rows = folder.read_records()  # [] if the run diverged in its first epoch
     # The layout alone says what the net is: nothing is built (config.json may name a net of
-    # any size; model_layout refuses one beyond reslab.limits in milliseconds).
+    # any size; model_layout refuses one beyond reslab.checks in milliseconds).
     layout = model_layout(
         config["model"], **{k: config[k] for k in _MODEL_KEYS if config.get(k) is not None}
     )

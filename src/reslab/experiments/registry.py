@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from reslab.checks import MAX_ITEMS, Bounds, shown
 from reslab.errors import ConfigError
-from reslab.limits import MAX_ITEMS, Bounds, shown
 
 if TYPE_CHECKING:
     from reslab.experiments.config import RunSpec, StudyConfig
@@ -41,7 +41,7 @@ __all__ = [
 class Flag:
     """One of a study's own command-line flags (the common ones are in ``reslab.cli``).
 
-    A number (or a list of numbers) is declared by its bounds (:mod:`reslab.limits`:
+    A number (or a list of numbers) is declared by its bounds (:mod:`reslab.checks`:
     ``integer(1, 10**5)``, ``integers(0, MAX_STEPS)``, ``number(0, 1)``) in place of ``parse``,
     never by ``int``: the flag's text is parsed and checked by the bounds, and
     :class:`~reslab.experiments.StudyConfig` checks the value against them again however it was
@@ -58,7 +58,7 @@ class Flag:
     def __post_init__(self) -> None:
         if self.parse in (int, float):
             raise TypeError(
-                f"{self.flag}: declare a number by its bounds (reslab.limits.integer(lo, hi)), "
+                f"{self.flag}: declare a number by its bounds (reslab.checks.integer(lo, hi)), "
                 "not by int or float: every number a study takes is bounded"
             )
 

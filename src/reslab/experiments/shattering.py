@@ -30,13 +30,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from reslab.checks import (
+    NUMBER,
+    NUMBERS,
+    Object,
+    integer,
+    integers,
+    is_number,
+    maybe,
+    number,
+    objects,
+    one_of,
+)
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments import shattering_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import Flag, Study
 from reslab.experiments.verdicts import Gap, gap_of_rows
-from reslab.limits import integer, integers, number
 from reslab.measure.shattering import (
     MLP_NORMS,
     Shattering,
@@ -51,7 +62,7 @@ from reslab.models import cifar_model_name, create_model
 from reslab.report.figures import (
     array,
 )
-from reslab.report.schema import FAMILIES, Validator, is_number
+from reslab.report.schema import FAMILIES, FAMILY_DEPTH
 from reslab.report.stats import mean_std, nan_mean_std
 from reslab.train import one_cpu_thread, pick_device
 
@@ -297,35 +308,20 @@ def check(config: StudyConfig) -> None:
         raise ConfigError("--probe-batch must be at least 2: BN takes its statistics from it")
 
 
-def check_results(results: Mapping[str, Any], v: Validator) -> None:
-    """results.json's ``shattering`` section, as the figures and the table read it."""
-    section = results.get("shattering")
-    if section is None:
-        return
-    if not isinstance(section, dict):
-        v.fail("shattering", "must be an object")
-    for kind in KINDS:
-        part = section.get(kind)
-        if part is None:
-            continue
-        if not isinstance(part, dict):
-            v.fail(f"shattering.{kind}", "must be an object")
-        v.numbers(part.get("positions"), f"shattering.{kind}.positions")
-        for i, net in enumerate(v.list_of_objects(part, "nets", f"shattering.{kind}.")):
-            where = f"shattering.{kind}.nets[{i}]."
-            v.family_depth(net, where)
-            v.optional_number(net, "lag1", where)
-            v.numbers(net.get("correlation"), where + "correlation")
-            if net.get("gradients") is not None:
-                v.numbers(net["gradients"], where + "gradients")
-    for i, row in enumerate(v.list_of_objects(section, "summary", "shattering.")):
-        where = f"shattering.summary[{i}]."
-        if row.get("kind") not in KINDS:
-            v.fail(where + "kind", f"must be one of {', '.join(KINDS)}")
-        v.family_depth(row, where)
-        for key in ("lag1_mean", "lag1_std", "n_seeds"):
-            v.optional_number(row, key, where)
-        v.numbers(row.get("correlation_mean"), where + "correlation_mean")
+#: results.json's ``shattering`` section, as the figures and the table read it.
+RESULTS = Object({"shattering": maybe(Object({
+    **{kind: maybe(Object({
+        "positions": NUMBERS,
+        "nets": objects({**FAMILY_DEPTH, "lag1": maybe(NUMBER), "correlation": NUMBERS,
+                         "gradients": maybe(NUMBERS)}),
+    })) for kind in KINDS},
+    "summary": objects({
+        "kind": one_of(KINDS),
+        **FAMILY_DEPTH,
+        **{key: maybe(NUMBER) for key in ("lag1_mean", "lag1_std", "n_seeds")},
+        "correlation_mean": NUMBERS,
+    }),
+}))})  # fmt: skip
 
 
 STUDY = Study(
@@ -357,5 +353,5 @@ STUDY = Study(
     ),
     takes=("shortcut", "probe_batch", "width"),
     check=check,
-    check_results=check_results,
+    check_results=RESULTS,
 )

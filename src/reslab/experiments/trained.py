@@ -22,12 +22,12 @@ from typing import Any
 
 from torch import nn
 
+from reslab.checks import input_path, shown_path
 from reslab.data import load_dataset
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import label
 from reslab.experiments.registry import Flag
-from reslab.limits import input_path, shown_path
 from reslab.report.schema import load_results
 from reslab.train import RunFolder
 from reslab.train.evaluate import (
