@@ -32,16 +32,17 @@ default): a :class:`~reslab.models.features.ResNetFeatures`.
 from __future__ import annotations
 
 import difflib
-import inspect
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NoReturn, overload
+from typing import Any, Literal, overload
 
 from reslab import checks
-from reslab.checks import Bounds, shown
+from reslab.checks import shown
 from reslab.errors import ModelError
 from reslab.models.counting import layout_params
 from reslab.models.features import ResNetFeatures
+from reslab.models.options import FIELDS as OPTION_FIELDS
+from reslab.models.options import ModelOptions
 from reslab.models.resnet import (
     IMAGENET_DEPTHS,
     ResNet,
@@ -53,15 +54,15 @@ from reslab.models.resnet import (
 from reslab.models.wide import cifar_resnext_layout, imagenet_resnext_layout, wrn_layout
 
 LayoutFactory = Callable[..., ResNetLayout]
-# name -> (the layout factory, whose keyword arguments are the name's options; preset arguments)
+# name -> (the layout factory; preset arguments)
 _REGISTRY: dict[str, tuple[LayoutFactory, dict[str, Any]]] = {}
 
 
 def register_model(name: str, factory: LayoutFactory, **preset: Any) -> Callable[..., ResNet]:
     """Register ``name`` as ``factory(**preset)``; returns its builder, like timm's ``resnet56()``.
 
-    The factory's keyword arguments are the name's options; a preset is the name's default
-    and any option overrides it.
+    The factory takes the shared :class:`~reslab.models.options.ModelOptions` and those that
+    name it, as keywords; a preset is the name's default and any option overrides it.
     """
     _REGISTRY[name] = (factory, preset)
 
@@ -160,8 +161,6 @@ _DYNAMIC = re.compile(r"^(resnet|plain|preact_resnet|preact_plain|cifar_resnet|c
 # Any wide ResNet and ResNeXt: wrn22_8, plain_wrn22_8; resnext29_4x32d, resnext101_32x8d.
 _WRN = re.compile(r"^(plain_)?wrn(\d+)_(\d+)$")
 _RESNEXT = re.compile(r"^(plain_)?resnext(\d+)_(\d+)x(\d+)d$")
-# What a name fixes; the factories take them as arguments, but they are not options.
-_NAME_ARGUMENTS = {"depth", "widen_factor", "cardinality", "bottleneck_width"}
 
 
 def _resolve(name: str) -> tuple[LayoutFactory, dict[str, Any]]:
@@ -232,19 +231,6 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 # --- building -----------------------------------------------------------------------------------
 
-_BOOLEAN_OPTIONS = ("plain", "zero_init_residual", "preact")
-_TEXT_OPTIONS = ("shortcut", "block", "activation", "shortcut_mode")
-# Every number an option can ask for, bounded (reslab.checks) before any layout is computed.
-NUMBER_OPTIONS = {
-    "num_classes": Bounds(int, 1, checks.MAX_CLASSES),
-    "in_channels": Bounds(int, 1, checks.MAX_IN_CHANNELS),
-    "width": Bounds(float, 0, checks.MAX_WIDTH, lo_open=True),
-    "shortcut_scale": Bounds(float, 0, 1e3),  # λ; the paper tries 0.5
-    "branch_scale": Bounds(float, 0, 1e3, lo_open=True),  # μ
-    "gate_bias": Bounds(float, -1e3, 1e3),  # b_g; the paper starts at -6
-    "shortcut_dropout": Bounds(float, 0, 1, hi_open=True),
-    "drop_rate": Bounds(float, 0, 1, hi_open=True),
-}
 _MAX_NAME = 64  # the longest registered name is 17 characters
 
 
@@ -261,105 +247,30 @@ def create_model(
 
 @overload
 def create_model(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    width: float | None = None,
-    shortcut: str | None = None,
-    plain: bool | None = None,
-    zero_init_residual: bool | None = None,
-    preact: bool | None = None,
-    block: str | None = None,
-    activation: str | None = None,
-    shortcut_mode: str | None = None,
-    shortcut_scale: float | None = None,
-    branch_scale: float | None = None,
-    gate_bias: float | None = None,
-    shortcut_dropout: float | None = None,
-    drop_rate: float | None = None,
-    features_only: Literal[False] = False,
-    out_indices: None = None,
-    **unknown: NoReturn,
+    name: str, *, features_only: Literal[False] = False, out_indices: None = None, **options: Any
 ) -> ResNet: ...
 
 
 def create_model(
     name: str,
     *,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    width: float | None = None,
-    shortcut: str | None = None,
-    plain: bool | None = None,
-    zero_init_residual: bool | None = None,
-    preact: bool | None = None,
-    block: str | None = None,
-    activation: str | None = None,
-    shortcut_mode: str | None = None,
-    shortcut_scale: float | None = None,
-    branch_scale: float | None = None,
-    gate_bias: float | None = None,
-    shortcut_dropout: float | None = None,
-    drop_rate: float | None = None,
     features_only: bool = False,
     out_indices: int | Sequence[int] | None = None,
-    **unknown: Any,
+    **options: Any,
 ) -> ResNet | ResNetFeatures:
     """Build a registered model by name, e.g. ``create_model("resnet56", shortcut="B")``.
 
-    Every option left at ``None`` keeps the name's default:
-
-    * ``num_classes`` (10 for CIFAR nets, 1000 for ImageNet), ``in_channels`` (3), ``width``
-      (a multiplier on every stage's channels, 1.0);
-    * ``shortcut``: ``"A"`` pads the identity with zeros, ``"B"`` projects where the shape
-      changes, ``"C"`` projects on every block (He et al. 2015 §3.3);
-    * ``plain``: drop every shortcut, giving the name's plain twin;
-    * ``zero_init_residual``: each block starts as its shortcut (arXiv:1706.02677 §5.1);
-    * ``preact``: pre-activation blocks (He et al. 2016), with that paper's defaults;
-    * ``block``: ``"basic"`` or ``"bottleneck"``, CIFAR nets only.
-
-    He et al. 2016's ablations (arXiv:1603.05027), CIFAR nets only:
-
-    * ``activation`` (Table 2 / Fig. 4): ``"original"`` (a), ``"bn_after_add"`` (b),
-      ``"relu_before_add"`` (c), ``"relu_preact"`` (d) or ``"full_preact"`` (e, the same net as
-      ``preact=True``); each has its plain twin;
-    * ``shortcut_mode`` (Table 1 / Fig. 2): ``"identity"``, ``"scale"`` (``y = λ·shortcut +
-      μ·F`` with ``shortcut_scale`` λ = 0.5 and ``branch_scale`` μ = 1 unless given),
-      ``"exclusive_gate"`` (``(1−g)·shortcut + g·F``) or ``"shortcut_gate"`` (``(1−g)·shortcut +
-      F``) with ``g = σ(1×1 conv(x) + b_g)`` and ``gate_bias`` b_g starting at −6, ``"conv"``
-      (a 1×1 conv on every shortcut: ``shortcut="C"``) or ``"dropout"`` (``shortcut_dropout``
-      0.5 on the shortcut). These change the shortcut, so they have no plain twin.
-
-    ``drop_rate``: dropout inside a wide ResNet's blocks. ``features_only``: see the module.
-
-    Any other keyword, or a value of the wrong type, raises :class:`~reslab.errors.ModelError`
-    (``**unknown`` is typed ``NoReturn`` so that type checkers flag a misspelt option too). The
-    resolved name and the options given are kept on the model as ``model.reslab_config``,
-    which :func:`reslab.save_weights` stores so a weights file alone rebuilds its model.
+    ``options`` are :class:`~reslab.models.options.ModelOptions` (which lists and documents
+    them): each left out or ``None`` keeps the name's default, and one the name's factory
+    does not take, or of the wrong type, raises a one-line :class:`~reslab.errors.ModelError`.
+    ``features_only``: see the module. The resolved name and the options given are kept on
+    the model as ``model.reslab_config``, which :func:`reslab.save_weights` stores so a
+    weights file alone rebuilds its model.
     """
-    # In signature order, which is also the order the trainer passes them, so the config that
-    # a weights file's header records keeps its key order.
-    given: dict[str, Any] = {
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "width": width,
-        "shortcut": shortcut,
-        "plain": plain,
-        "zero_init_residual": zero_init_residual,
-        "preact": preact,
-        "block": block,
-        "activation": activation,
-        "shortcut_mode": shortcut_mode,
-        "shortcut_scale": shortcut_scale,
-        "branch_scale": branch_scale,
-        "gate_bias": gate_bias,
-        "shortcut_dropout": shortcut_dropout,
-        "drop_rate": drop_rate,
-    }
-    options = {**{k: v for k, v in given.items() if v is not None}, **unknown}
     model = ResNet.from_layout(model_layout(name, **options))
-    model.reslab_config = config = {"name": name, **options}  # type: ignore[assignment]
+    # In the record's order, whatever the caller's, so a weights file's header keeps its keys'.
+    given = {k: options[k] for k in OPTION_FIELDS if options.get(k) is not None}
+    model.reslab_config = config = {"name": name, **given}  # type: ignore[assignment]
     return _headless(model, config, features_only, out_indices)
 
 
@@ -387,14 +298,7 @@ def model_layout(name: str, **options: Any) -> ResNetLayout:
     if not isinstance(name, str):
         raise ModelError(f"model name must be a string such as 'resnet20', got {shown(name)}")
     factory, preset = _resolve(name)
-    valid = set(inspect.signature(factory).parameters) - _NAME_ARGUMENTS
-    bad = sorted(set(options) - valid)
-    if bad:
-        raise ModelError(
-            f"{name} has no option {', '.join(bad)}: valid options are {', '.join(sorted(valid))}"
-        )
-    options = {k: v for k, v in options.items() if v is not None}  # None: the name's default
-    _check_options(options)
+    options = ModelOptions.of(options, factory.__name__, name).given()
     layout = factory(**{**preset, **options})
     if layout.depth > checks.MAX_DEPTH:
         raise ModelError(
@@ -408,19 +312,6 @@ def model_layout(name: str, **options: Any) -> ResNetLayout:
             f"{checks.MAX_PARAMS:,} reslab builds; lower width or num_classes"
         )
     return layout
-
-
-def _check_options(options: dict[str, Any]) -> None:
-    """Types first (a bool is a bool, never a truthy string), then the sizes' bounds."""
-    for option in _BOOLEAN_OPTIONS:
-        if option in options and not isinstance(options[option], bool):
-            raise ModelError(f"{option} must be True or False, got {shown(options[option])}")
-    for option in _TEXT_OPTIONS:
-        if option in options and not isinstance(options[option], str):
-            raise ModelError(f"{option} must be a string, got {shown(options[option])}")
-    for option, bounds in NUMBER_OPTIONS.items():
-        if option in options:
-            bounds.check(option, options[option], ModelError)
 
 
 __all__ = [

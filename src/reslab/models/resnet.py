@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor, nn
@@ -38,6 +38,8 @@ from reslab.blocks import (
 )
 from reslab.errors import ModelError
 from reslab.models.features import feature_take_indices
+from reslab.models.options import FIELDS as OPTION_FIELDS
+from reslab.models.options import ModelOptions
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 PREACT_CIFAR_DEPTHS = (110, 164, 1001)
@@ -161,50 +163,22 @@ class ResNet(nn.Module):
     """
 
     def __init__(
-        self,
-        block: type[_Block],
-        layers: Sequence[int],
-        widths: Sequence[int],
-        *,
-        stem: str = "cifar",
-        num_classes: int = 10,
-        in_channels: int = 3,
-        shortcut: str = "A",
-        plain: bool = False,
-        zero_init_residual: bool = False,
-        variant: ShortcutVariant | None = None,
-        stem_width: int | None = None,
-        groups: int = 1,
-        base_width: int = 64,
-        drop_rate: float = 0.0,
+        self, block: type[_Block], layers: Sequence[int], widths: Sequence[int], **options: Any
     ) -> None:
+        """``options``: :class:`ResNetLayout`'s fields after ``widths`` (``stem``, ``num_classes``,
+        ``shortcut``, ``variant``, ...), with its defaults."""
         super().__init__()
-        layout = ResNetLayout(
-            block,
-            tuple(layers),
-            tuple(widths),
-            stem=stem,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            shortcut=shortcut,
-            plain=plain,
-            zero_init_residual=zero_init_residual,
-            variant=variant or ShortcutVariant(),
-            stem_width=stem_width,
-            groups=groups,
-            base_width=base_width,
-            drop_rate=drop_rate,
-        )
+        layout = ResNetLayout(block, tuple(layers), tuple(widths), **options)
         self.shortcut_option = shortcut = layout.shortcut
-        self.plain = plain
+        self.plain = plain = layout.plain
         self.variant = layout.variant
         self.preact = layout.preact
         self.activation = layout.activation
         self.input_size = layout.input_size
         self.block_options = layout.block_options()
 
-        stem_width = layout.stem_planes
-        if stem == "cifar":
+        stem_width, in_channels = layout.stem_planes, layout.in_channels
+        if layout.stem == "cifar":
             self.conv1 = nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False)
             self.maxpool: nn.Module = nn.Identity()
         else:
@@ -229,8 +203,8 @@ class ResNet(nn.Module):
             self.bn_final = nn.Sequential(nn.BatchNorm2d(out_planes), nn.ReLU(inplace=True))
         elif self.activation == "relu_preact":
             self.bn_final = nn.ReLU(inplace=True)  # its last addition, like (e)'s, is activated
-        self.fc = nn.Linear(out_planes, num_classes)
-        self._init_weights(zero_init_residual)
+        self.fc = nn.Linear(out_planes, layout.num_classes)
+        self._init_weights(layout.zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
@@ -273,22 +247,7 @@ class ResNet(nn.Module):
     @classmethod
     def from_layout(cls, layout: ResNetLayout) -> ResNet:
         """Build the modules a layout describes."""
-        return cls(
-            layout.block,
-            layout.layers,
-            layout.widths,
-            stem=layout.stem,
-            num_classes=layout.num_classes,
-            in_channels=layout.in_channels,
-            shortcut=layout.shortcut,
-            plain=layout.plain,
-            zero_init_residual=layout.zero_init_residual,
-            variant=layout.variant,
-            stem_width=layout.stem_width,
-            groups=layout.groups,
-            base_width=layout.base_width,
-            drop_rate=layout.drop_rate,
-        )
+        return cls(**{f.name: getattr(layout, f.name) for f in fields(layout)})
 
     def blocks(self) -> list[_Block]:
         """Every residual (or plain) block, input to output."""
@@ -377,10 +336,25 @@ def _check_positive_int(name: str, value: object) -> None:
         raise ModelError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
-    if not isinstance(width, int | float) or isinstance(width, bool) or width <= 0:
-        raise ModelError(f"width must be a positive number, got {width!r}")
-    return tuple(max(1, round(w * width)) for w in widths)
+def _scaled(widths: Sequence[int], width: float | None) -> tuple[int, ...]:
+    """``widths`` times the ``width`` option (checked by :class:`ModelOptions`; None is 1)."""
+    return tuple(max(1, round(w * (1.0 if width is None else width))) for w in widths)
+
+
+# The options that are layout fields as they are; block is a name there and a class here.
+_LAYOUT_OPTIONS = {f.name for f in fields(ResNetLayout)} & set(OPTION_FIELDS) - {"block"}
+
+
+def _layout(
+    options: ModelOptions,
+    block: type[_Block],
+    layers: Sequence[int],
+    widths: Sequence[int],
+    **defaults: Any,
+) -> ResNetLayout:
+    """A factory's layout: ``widths`` scaled by ``width``, the options given over ``defaults``."""
+    given = {k: v for k, v in options.given().items() if k in _LAYOUT_OPTIONS}
+    return ResNetLayout(block, tuple(layers), _scaled(widths, options.width), **defaults | given)
 
 
 # --- factories ----------------------------------------------------------------------------------
@@ -401,47 +375,22 @@ def cifar_blocks_per_stage(depth: int, block: str = "basic") -> int:
     return (depth - 2) // per_block
 
 
-def cifar_layout(
-    depth: int = 20,
-    *,
-    block: str | None = None,
-    preact: bool | None = None,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    width: float = 1.0,
-    shortcut: str | None = None,
-    plain: bool = False,
-    zero_init_residual: bool = False,
-    activation: str | None = None,
-    shortcut_mode: str | None = None,
-    shortcut_scale: float | None = None,
-    branch_scale: float | None = None,
-    gate_bias: float | None = None,
-    shortcut_dropout: float | None = None,
-) -> ResNetLayout:
+def cifar_layout(depth: int = 20, **options: Any) -> ResNetLayout:
     """The CIFAR ResNet of He et al. 2015 §4.2 (or its pre-activation form, 2016) of any depth.
 
-    Basic blocks need ``depth = 6n + 2``, bottlenecks ``depth = 9n + 2``. The defaults follow
-    the paper of each form, so ``preact=True`` alone gives He et al. 2016's net: option-B
-    shortcuts (their Table 3 nets project where shapes change) and, at depth 164 and deeper
-    where ``9n+2`` fits, bottleneck blocks (their ResNet-164 and ResNet-1001). Otherwise basic
-    blocks with option A (He et al. 2015 §4.2).
-
-    He et al. 2016's ablations (arXiv:1603.05027): ``activation`` places the activations
-    (Table 2 / Fig. 4; ``"full_preact"`` is ``preact=True``, defaults and all), and
-    ``shortcut_mode`` with its ``shortcut_scale``, ``branch_scale``, ``gate_bias`` or
-    ``shortcut_dropout`` changes how each shortcut meets F (Table 1 / Fig. 2; ``"conv"`` is
-    ``shortcut="C"``).
+    ``options`` are :class:`~reslab.models.options.ModelOptions`, all of them. Basic blocks
+    need ``depth = 6n + 2``, bottlenecks ``depth = 9n + 2``. The defaults follow the paper of
+    each form, so ``preact=True`` alone gives He et al. 2016's net: option-B shortcuts (their
+    Table 3 nets project where shapes change) and, at depth 164 and deeper where ``9n+2`` fits,
+    bottleneck blocks (their ResNet-164 and ResNet-1001). Otherwise basic blocks with option A
+    (He et al. 2015 §4.2). ``activation`` ``"full_preact"`` is ``preact=True``, defaults and
+    all, and ``shortcut_mode`` ``"conv"`` is ``shortcut="C"``.
     """
-    activation = _activation(activation, preact)
+    o = ModelOptions.of(options, "cifar_layout")
+    activation = _activation(o.activation, o.preact)
     preact = activation == "full_preact"
-    variant = ShortcutVariant.of(
-        shortcut_mode,
-        shortcut_scale=shortcut_scale,
-        branch_scale=branch_scale,
-        gate_bias=gate_bias,
-        shortcut_dropout=shortcut_dropout,
-    )
+    variant = ShortcutVariant.of(**{f.name: getattr(o, f.name) for f in fields(ShortcutVariant)})
+    shortcut, block = o.shortcut, o.block
     if variant.shortcut_mode == "conv":
         if shortcut is not None and shortcut != "C":
             raise ModelError(
@@ -453,19 +402,13 @@ def cifar_layout(
         # He et al. 2016 build their deep CIFAR nets (164 and 1001 layers) from bottlenecks.
         deep = isinstance(depth, int) and depth >= 164 and (depth - 2) % 9 == 0
         block = "bottleneck" if preact and deep else "basic"
-    if shortcut is None:
-        shortcut = "B" if preact else "A"
     n = cifar_blocks_per_stage(depth, block)
-    return ResNetLayout(
+    return _layout(
+        o,
         block_class(block, activation),
         (n, n, n),
-        _scaled((16, 32, 64), width),
-        stem="cifar",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        plain=plain,
-        zero_init_residual=zero_init_residual,
+        (16, 32, 64),
+        shortcut=("B" if preact else "A") if shortcut is None else shortcut,
         variant=variant,
     )
 
@@ -483,33 +426,25 @@ def _activation(activation: str | None, preact: bool | None) -> str:
     return activation
 
 
-def imagenet_layout(
-    depth: int = 50,
-    *,
-    preact: bool = False,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    width: float = 1.0,
-    shortcut: str = "B",
-    plain: bool = False,
-    zero_init_residual: bool = False,
-) -> ResNetLayout:
-    """The ImageNet ResNet of He et al. 2015 Table 1; depth 18, 34, 50, 101 or 152."""
+def imagenet_layout(depth: int = 50, **options: Any) -> ResNetLayout:
+    """The ImageNet ResNet of He et al. 2015 Table 1; depth 18, 34, 50, 101 or 152.
+
+    ``options``: :class:`~reslab.models.options.ModelOptions`, the CIFAR ablations excepted.
+    """
+    o = ModelOptions.of(options, "imagenet_layout")
     if depth not in IMAGENET_DEPTHS:
         raise ModelError(
             f"ImageNet ResNet depth {depth} is not one of {', '.join(map(str, IMAGENET_DEPTHS))}"
         )
     block, layers = IMAGENET_DEPTHS[depth]
-    return ResNetLayout(
-        BLOCKS[("preact_" if preact else "") + block],
+    return _layout(
+        o,
+        BLOCKS[("preact_" if o.preact else "") + block],
         layers,
-        _scaled((64, 128, 256, 512), width),
+        (64, 128, 256, 512),
         stem="imagenet",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        plain=plain,
-        zero_init_residual=zero_init_residual,
+        num_classes=1000,
+        shortcut="B",
     )
 
 

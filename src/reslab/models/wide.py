@@ -24,11 +24,13 @@ from typing import Any
 
 from reslab.blocks import Bottleneck, WideBasicBlock
 from reslab.errors import ModelError
+from reslab.models.options import ModelOptions
 from reslab.models.resnet import (
     IMAGENET_DEPTHS,
     ResNet,
     ResNetLayout,
     _check_positive_int,
+    _layout,
     _scaled,
     cifar_blocks_per_stage,
 )
@@ -41,111 +43,66 @@ def wrn_blocks_per_stage(depth: int) -> int:
     return (depth - 4) // 6
 
 
-def wrn_layout(
-    depth: int = 28,
-    widen_factor: int = 10,
-    *,
-    drop_rate: float = 0.0,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    width: float = 1.0,
-    shortcut: str = "B",
-    plain: bool = False,
-    zero_init_residual: bool = False,
-) -> ResNetLayout:
+def wrn_layout(depth: int = 28, widen_factor: int = 10, **options: Any) -> ResNetLayout:
     """WRN-``depth``-``widen_factor`` for 32×32 inputs (Zagoruyko & Komodakis 2016, Table 1).
 
-    ``drop_rate`` is the dropout between each block's convolutions (the paper uses 0.3);
-    ``width`` multiplies every width, the stem's 16 included.
+    ``options``: :class:`~reslab.models.options.ModelOptions`' shared ones and ``drop_rate``,
+    the dropout between each block's convolutions (the paper uses 0.3); ``width`` multiplies
+    every width, the stem's 16 included.
     """
+    o = ModelOptions.of(options, "wrn_layout")
     n = wrn_blocks_per_stage(depth)
     _check_positive_int("widen_factor", widen_factor)
     k = widen_factor
-    stem, *widths = _scaled((16, 16 * k, 32 * k, 64 * k), width)
-    return ResNetLayout(
-        WideBasicBlock,
-        (n, n, n),
-        tuple(widths),
-        stem="cifar",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        plain=plain,
-        zero_init_residual=zero_init_residual,
-        stem_width=stem,
-        drop_rate=drop_rate,
+    (stem,) = _scaled((16,), o.width)
+    return _layout(
+        o, WideBasicBlock, (n, n, n), (16 * k, 32 * k, 64 * k), stem_width=stem, shortcut="B"
     )
 
 
 def cifar_resnext_layout(
-    depth: int = 29,
-    cardinality: int = 8,
-    bottleneck_width: int = 64,
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    width: float = 1.0,
-    shortcut: str = "B",
-    plain: bool = False,
-    zero_init_residual: bool = False,
+    depth: int = 29, cardinality: int = 8, bottleneck_width: int = 64, **options: Any
 ) -> ResNetLayout:
     """ResNeXt-``depth`` (``cardinality``×``bottleneck_width``d) for CIFAR (Xie et al. §5.1).
 
     The official code's CIFAR layout: a 3×3 stem of 64 channels, three stages of ``n`` grouped
     bottlenecks (``depth = 9n + 2``) of 64, 128 and 256 planes (×4 out), option B.
+    ``options``: :class:`~reslab.models.options.ModelOptions`' shared ones.
     """
+    o = ModelOptions.of(options, "cifar_resnext_layout")
     n = cifar_blocks_per_stage(depth, "bottleneck")
     _check_cardinality(cardinality, bottleneck_width)
-    return ResNetLayout(
-        Bottleneck,
-        (n, n, n),
-        _scaled((64, 128, 256), width),
-        stem="cifar",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        plain=plain,
-        zero_init_residual=zero_init_residual,
-        groups=cardinality,
-        base_width=bottleneck_width,
-    )
+    grid = {"groups": cardinality, "base_width": bottleneck_width}
+    return _layout(o, Bottleneck, (n, n, n), (64, 128, 256), shortcut="B", **grid)
 
 
 def imagenet_resnext_layout(
-    depth: int = 50,
-    cardinality: int = 32,
-    bottleneck_width: int = 4,
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    width: float = 1.0,
-    shortcut: str = "B",
-    plain: bool = False,
-    zero_init_residual: bool = False,
+    depth: int = 50, cardinality: int = 32, bottleneck_width: int = 4, **options: Any
 ) -> ResNetLayout:
     """ImageNet ResNeXt-``depth`` in torchvision's layout (``resnext50_32x4d``: the defaults).
 
     The ImageNet ResNet of that depth with ``groups=cardinality`` and
-    ``width_per_group=bottleneck_width``: 50, 101 or 152 layers.
+    ``width_per_group=bottleneck_width``: 50, 101 or 152 layers. ``options``: as
+    :func:`cifar_resnext_layout`'s.
     """
+    o = ModelOptions.of(options, "imagenet_resnext_layout")
     bottlenecks = [d for d, (block, _) in IMAGENET_DEPTHS.items() if block == "bottleneck"]
     if depth not in bottlenecks:
         raise ModelError(
             f"ImageNet ResNeXt depth {depth} is not one of {', '.join(map(str, bottlenecks))}"
         )
     _check_cardinality(cardinality, bottleneck_width)
-    return ResNetLayout(
+    grid = {"groups": cardinality, "base_width": bottleneck_width}
+    widths = (64, 128, 256, 512)
+    return _layout(
+        o,
         Bottleneck,
         IMAGENET_DEPTHS[depth][1],
-        _scaled((64, 128, 256, 512), width),
+        widths,
         stem="imagenet",
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        plain=plain,
-        zero_init_residual=zero_init_residual,
-        groups=cardinality,
-        base_width=bottleneck_width,
+        num_classes=1000,
+        shortcut="B",
+        **grid,
     )
 
 

@@ -24,8 +24,11 @@ from reslab.checks import Bounds, shown
 from reslab.data import AUGMENTS
 from reslab.errors import ConfigError
 from reslab.models import model_layout
-from reslab.models.registry import NUMBER_OPTIONS as MODEL_NUMBERS
+from reslab.models.options import train_options
 from reslab.train.recipes import RECIPES, default_recipe, recipe_values
+
+# `reslab train`'s model options: name -> (default, help, bounds), from the one record.
+MODEL_FLAGS = train_options()
 
 __all__ = [
     "DEVICES",
@@ -71,6 +74,13 @@ def knob(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def model_knob(name: str) -> Any:
+    """The field of model option ``name``: its flag's default, help and bounds are the record's
+    (:class:`~reslab.models.options.ModelOptions`)."""
+    default, help, bounds = MODEL_FLAGS[name]
+    return knob(default, help, bounds=bounds)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; ``config.json`` in the run folder holds one."""
@@ -79,43 +89,17 @@ class TrainConfig:
     model: str = knob(
         "resnet20", "model name, e.g. resnet20, resnet110, plain56 (see `reslab models`)"
     )
-    width: float = knob(
-        1.0,
-        "channel multiplier, e.g. 0.25 for a quarter-width net",
-        bounds=MODEL_NUMBERS["width"],
-    )
-    shortcut: str | None = knob(
-        None, "shortcut option A (zero-pad), B or C (projections); default: the model's"
-    )
-    plain: bool | None = knob(None, "strip the shortcuts: the plain twin of the net")
-    zero_init_residual: bool = knob(
-        False, "zero each block's last BN scale: blocks start as identity"
-    )
-    # He et al. 2016's ablations (CIFAR nets; reslab.create_model documents them)
-    activation: str | None = knob(
-        None, "BN/ReLU placement: original, bn_after_add, relu_before_add, relu_preact, full_preact"
-    )
-    shortcut_mode: str | None = knob(
-        None, "identity, scale, exclusive_gate, shortcut_gate, conv or dropout (on the shortcut)"
-    )
-    shortcut_scale: float | None = knob(
-        None,
-        "λ on the shortcut (--shortcut-mode scale; 0.5)",
-        bounds=MODEL_NUMBERS["shortcut_scale"],
-    )
-    branch_scale: float | None = knob(
-        None,
-        "μ on the residual branch (--shortcut-mode scale; 1)",
-        bounds=MODEL_NUMBERS["branch_scale"],
-    )
-    gate_bias: float | None = knob(
-        None, "initial gate bias b_g (the gating modes; -6)", bounds=MODEL_NUMBERS["gate_bias"]
-    )
-    shortcut_dropout: float | None = knob(
-        None,
-        "drop rate on the shortcut (dropout mode; 0.5)",
-        bounds=MODEL_NUMBERS["shortcut_dropout"],
-    )
+    width: float = model_knob("width")
+    shortcut: str | None = model_knob("shortcut")
+    plain: bool | None = model_knob("plain")
+    zero_init_residual: bool = model_knob("zero_init_residual")
+    # He et al. 2016's ablations (CIFAR nets; reslab.models.options documents them)
+    activation: str | None = model_knob("activation")
+    shortcut_mode: str | None = model_knob("shortcut_mode")
+    shortcut_scale: float | None = model_knob("shortcut_scale")
+    branch_scale: float | None = model_knob("branch_scale")
+    gate_bias: float | None = model_knob("gate_bias")
+    shortcut_dropout: float | None = model_knob("shortcut_dropout")
     # data
     dataset: str = knob(
         "digits",
@@ -406,24 +390,18 @@ def _check_trainer_options(c: TrainConfig, need: Callable[[bool, str, str], None
 
 def _check_model(c: TrainConfig) -> None:
     """The net the config names, checked by the model registry without building it."""
-    options: dict[str, Any] = {"width": c.width, "zero_init_residual": c.zero_init_residual}
-    for name in ("shortcut", "plain", *MODEL_OPTIONS):
-        if getattr(c, name) is not None:
-            options[name] = getattr(c, name)
-    model_layout(c.model, **options)
+    model_layout(c.model, **model_options(c))
+
+
+def model_options(c: TrainConfig) -> dict[str, Any]:
+    """The model options the config sets: those not at their flag's default, in the record's
+    order (a weights file's header records them so)."""
+    values = {name: getattr(c, name) for name in MODEL_FLAGS}
+    return {k: v for k, v in values.items() if v != MODEL_FLAGS[k][0]}
 
 
 # The text fields that are paths (at most checks.MAX_TEXT); every other one is a name.
 PATH_FIELDS = ("data_dir", "out")
-# He et al. 2016's ablation options: TrainConfig fields passed to create_model when set.
-MODEL_OPTIONS = (
-    "activation",
-    "shortcut_mode",
-    "shortcut_scale",
-    "branch_scale",
-    "gate_bias",
-    "shortcut_dropout",
-)
 
 
 def check_threads(threads: int | None) -> None:

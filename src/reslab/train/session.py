@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from reslab.data import Dataset, DeviceLoader, holdout, load_dataset
 from reslab.errors import ConfigError, ReslabError
 from reslab.models import create_model
-from reslab.train.config import MODEL_OPTIONS, TrainConfig
+from reslab.train.config import TrainConfig, model_options
 from reslab.train.distributed import Dist
 from reslab.train.run_folder import RunFolder, RunLock
 from reslab.train.runtime import Runtime, compile_mode
@@ -82,15 +82,7 @@ def load_data(config: TrainConfig, dist: Dist, device: torch.device, fast: Runti
 def model_kwargs(config: TrainConfig, num_classes: int, in_channels: int) -> dict[str, Any]:
     """``create_model``'s keyword arguments for the config's net (options it leaves unset are
     not passed, so each model keeps its own defaults)."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_channels": in_channels}
-    if config.width != 1.0:
-        kwargs["width"] = config.width
-    for name in ("shortcut", "plain", *MODEL_OPTIONS):  # the ablation options, when set
-        if getattr(config, name) is not None:
-            kwargs[name] = getattr(config, name)
-    if config.zero_init_residual:
-        kwargs["zero_init_residual"] = True
-    return kwargs
+    return {"num_classes": num_classes, "in_channels": in_channels, **model_options(config)}
 
 
 def build_model(
