@@ -398,7 +398,7 @@ def _study(*flags: str) -> Build:
 
 CASES["degradation-depth-not-6n2"] = (_study("--depths", "21,56"), ("depth 21 is not 6n+2",))
 CASES["degradation-single-depth"] = (_study("--depths", "20"), ("two or more --depths",))
-CASES["degradation-depth-not-int"] = (_study("--depths", "20,abc"), ("--depths", "'20,abc'"))
+CASES["degradation-depth-not-int"] = (_study("--depths", "20,abc"), ("--depths[1]", "'abc'"))
 CASES["degradation-bad-shortcut"] = (_study("--shortcut", "Q"), ("shortcut must be A, B or C",))
 CASES["degradation-zero-jobs"] = (_study("--jobs", "0"), ("--jobs must be a positive integer",))
 CASES["degradation-unknown-dataset"] = (

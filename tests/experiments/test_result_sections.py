@@ -1,5 +1,5 @@
-"""Each study's hand-written check of its results.json section, as a declaration: the same
-sections pass and the same broken ones are refused (issue: one validation mechanism)."""
+"""Each study declares its results.json section (``RESULTS`` on its registry record): a valid
+section passes and every breakage of it is refused in one line, before a report is drawn."""
 
 from __future__ import annotations
 
@@ -10,88 +10,9 @@ from typing import Any
 
 import pytest
 
-from reslab.checks import (
-    NUMBER,
-    NUMBER_OR_NULL,
-    NUMBERS,
-    TEXT,
-    Is,
-    ListOf,
-    Object,
-    Spec,
-    at_least,
-    is_int,
-    maybe,
-    objects,
-    one_of,
-)
 from reslab.errors import ReslabError
-from reslab.experiments import ablation, landscape, lesion, shattering
-from reslab.report.schema import FAMILY_DEPTH, Validator, load_results, write_results
-
-# --- the declarations (as each study would hold them) ---------------------------------------
-
-LESION = Object({"lesion": maybe(Object({
-    "chance_error": maybe(NUMBER),
-    "nets": objects({
-        **FAMILY_DEPTH,
-        "intact_error": maybe(NUMBER),
-        "block": ListOf(TEXT, "must be a list of block names"),
-        "stage": ListOf(Is(is_int, ""), "must be a list of integers", length="block",
-                        length_problem="block, stage and shape_preserving must have one length"),
-        "shape_preserving": ListOf(
-            Is(lambda v: isinstance(v, bool), ""), "must be a list of true/false", length="block",
-            length_problem="block, stage and shape_preserving must have one length"),
-        "deleted_error": ListOf(NUMBER_OR_NULL, "must be a list of numbers", length="block",
-                                length_problem="must have one entry per block ({n})"),
-        **{curve: objects({"k": at_least(1, "must be a positive integer"), "errors": NUMBERS})
-           for curve in ("deleted", "swapped")},
-    }),
-}))})  # fmt: skip
-
-_ROWS = ListOf(
-    ListOf(NUMBER_OR_NULL, "must be a list of numbers", length="grid",
-           length_problem="must have one value per grid value"),
-    "must be a list of rows, one per grid value", length="grid",
-)  # fmt: skip
-_SCALARS = "loss_origin error_origin ring_radius rise curvature nonconvex cosine scan_time"
-LANDSCAPE = Object({"landscape": maybe(Object({
-    "settings": maybe(Object({}), null=False),
-    "nets": objects({
-        **FAMILY_DEPTH,
-        **{key: NUMBERS for key in ("grid", "curve_alpha", "curve_loss", "curve_error")},
-        "ring_loss": NUMBERS,
-        "loss": _ROWS,
-        "error": _ROWS,
-        **{key: maybe(NUMBER) for key in _SCALARS.split()},
-        **{key: maybe(NUMBER) for key in ("hessian_ratio", "lambda_max", "lambda_min")},
-    }),
-}))})  # fmt: skip
-
-SHATTERING = Object({"shattering": maybe(Object({
-    **{kind: maybe(Object({
-        "positions": NUMBERS,
-        "nets": objects({**FAMILY_DEPTH, "lag1": maybe(NUMBER), "correlation": NUMBERS,
-                         "gradients": maybe(NUMBERS)}),
-    })) for kind in shattering.KINDS},
-    "summary": objects({
-        "kind": one_of(shattering.KINDS),
-        **FAMILY_DEPTH,
-        **{key: maybe(NUMBER) for key in ("lag1_mean", "lag1_std", "n_seeds")},
-        "correlation_mean": NUMBERS,
-    }),
-}))})  # fmt: skip
-
-ABLATION = Object({
-    "ablation": Object({"depth": at_least(1, "must be a positive integer")},
-                       "must be an object with the study's depth and shortcut option"),
-    "summary": objects({
-        **{key: TEXT for key in ("variant", "label", "fig", "on_shortcut", "on_f", "paper_error")},
-        "tables": ListOf(one_of((1, 2)), "must be a list of table numbers, 1 and/or 2",
-                         nonempty=True),
-        "params": maybe(NUMBER),
-    }),
-})  # fmt: skip
+from reslab.experiments import get_study
+from reslab.report.schema import Validator, load_results, write_results
 
 # --- valid sections and their breakages ----------------------------------------------------------
 
@@ -108,7 +29,7 @@ _LANDSCAPE = {"landscape": {"settings": {"grid": 2}, "nets": [{
 }]}}  # fmt: skip
 _SHATTERING = {"shattering": {
     "mlp": {"positions": [0.0, 0.5], "nets": [{**_NET, "lag1": 0.9, "correlation": [1.0]}]},
-    "summary": [{"kind": shattering.KINDS[0], **_NET, "lag1_mean": 0.9, "correlation_mean": []}],
+    "summary": [{"kind": "mlp", **_NET, "lag1_mean": 0.9, "correlation_mean": []}],
 }}  # fmt: skip
 _ABLATION = {"ablation": {"depth": 56, "shortcut": "A"}, "summary": [{
     "variant": "identity", "label": "x", "fig": "a", "on_shortcut": "-", "on_f": "-",
@@ -191,12 +112,7 @@ _EDITS: dict[str, tuple[dict[str, Any], list[Edit]]] = {
         ],
     ),
 }
-_SPECS: dict[str, tuple[Spec, Callable[..., None]]] = {
-    "lesion": (LESION, lesion.check_results),
-    "landscape": (LANDSCAPE, landscape.check_results),
-    "shattering": (SHATTERING, shattering.check_results),
-    "ablation": (ABLATION, ablation.check_results),
-}
+
 _CASES = [(study, i) for study, (_, edits) in _EDITS.items() for i in range(-1, len(edits))]
 
 
@@ -210,37 +126,41 @@ def _verdict(check: Callable[[dict[str, Any]], None], results: dict[str, Any]) -
     return None
 
 
+def _declared(study: str) -> Any:
+    spec = get_study(study).check_results
+    assert spec is not None
+    return spec
+
+
 @pytest.mark.parametrize(("study", "edit"), _CASES)
-def test_the_declaration_judges_as_the_hand_written_check(study: str, edit: int) -> None:
-    """edit -1 is the valid section; every other is one breakage, refused by both."""
-    spec, hand_written = _SPECS[study]
+def test_the_declaration_accepts_the_section_and_refuses_each_breakage(
+    study: str, edit: int
+) -> None:
+    """edit -1 is the valid section; every other is one breakage."""
     results = {"schema": 1, "experiment": study, **copy.deepcopy(_EDITS[study][0])}
     if edit >= 0:
         _EDITS[study][1][edit](results)
-    declared = _verdict(lambda r: Validator("r").run(spec, r, ""), results)
-    by_hand = _verdict(lambda r: hand_written(r, Validator("r")), results)
-    assert (declared is None) == (by_hand is None) == (edit < 0), (declared, by_hand)
+    declared = _verdict(lambda r: Validator("r").run(_declared(study), r, ""), results)
+    assert (declared is None) == (edit < 0), declared
 
 
-def test_an_absent_optional_section_passes_both() -> None:
+def test_an_absent_optional_section_passes() -> None:
     for study in ("lesion", "landscape", "shattering"):
-        spec, hand_written = _SPECS[study]
-        Validator("r").run(spec, {"schema": 1}, "")
-        hand_written({"schema": 1}, Validator("r"))
+        Validator("r").run(_declared(study), {"schema": 1}, "")
 
 
-def test_a_known_difference_the_declaration_refuses_a_boolean_depth() -> None:
-    """ablation.check_results takes ``"depth": true`` (isinstance(True, int)); at_least does not."""
+def test_a_boolean_depth_is_not_a_depth() -> None:
+    """The hand-written check it replaced took ``"depth": true`` (isinstance(True, int))."""
     results = {**copy.deepcopy(_ABLATION), "ablation": {"depth": True}}
-    ablation.check_results(results, Validator("r"))
     with pytest.raises(ReslabError, match=r"ablation\.depth must be a positive integer"):
-        Validator("r").run(ABLATION, results, "")
+        Validator("r").run(_declared("ablation"), results, "")
 
 
 def test_write_and_load_take_a_declaration(tmp_path: Path) -> None:
+    lesion = _declared("lesion")
     good = {"schema": 1, "experiment": "lesion", **copy.deepcopy(_LESION)}
-    write_results(tmp_path, good, check=LESION)
-    assert load_results(tmp_path, checks={"lesion": LESION})["lesion"] == good["lesion"]
+    write_results(tmp_path, good, check=lesion)
+    assert load_results(tmp_path, checks={"lesion": lesion})["lesion"] == good["lesion"]
     good["lesion"]["nets"][0]["deleted_error"] = [1.0]
     with pytest.raises(ReslabError, match=r"lesion\.nets\[0\]\.deleted_error must have one entry"):
-        write_results(tmp_path, good, check=LESION)
+        write_results(tmp_path, good, check=lesion)
