@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-quick lint bench clean
 
 $(BIN)/reslab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(BIN)/reslab
 
 test: $(BIN)/reslab lint
 	$(BIN)/pytest -q
+
+# The tests not marked slow (no fault-injection processes, no long runs), no lint: for while you
+# work. `make test`, which CI runs, runs everything.
+test-quick: $(BIN)/reslab
+	$(BIN)/pytest -q -m "not slow"
 
 lint: $(BIN)/reslab
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -12,6 +12,7 @@ from reslab.bench import BenchConfig, PerSampleCifar, run_bench
 from reslab.cli import main
 
 
+@pytest.mark.slow
 def test_bench_prints_both_pipelines_and_the_ratio(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -26,6 +27,7 @@ def test_bench_prints_both_pipelines_and_the_ratio(
     assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in saved["results"])
 
 
+@pytest.mark.slow
 def test_reslab_pipeline_in_process_honours_switches() -> None:
     cfg = BenchConfig(
         model="resnet8",

@@ -32,12 +32,14 @@ def test_import_sets_passive_waiting_before_torch_loads() -> None:
     assert _python(code) == "PASSIVE"
 
 
+@pytest.mark.slow
 def test_a_users_own_wait_settings_stand() -> None:
     code = "import os, reslab; print(os.environ.get('OMP_WAIT_POLICY'))"
     assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
     assert _python(code, GOMP_SPINCOUNT="1000") == "None"
 
 
+@pytest.mark.slow
 def test_too_late_once_torch_is_loaded() -> None:
     code = "import os, torch, reslab; print(os.environ.get('OMP_WAIT_POLICY'))"
     assert _python(code) == "None"
@@ -332,6 +334,7 @@ def _cores_once_all_workers_run() -> list[int]:
     return _my_cores()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 def test_pool_workers_get_their_own_cores() -> None:
     cores = cpu.available_cores()
@@ -347,6 +350,7 @@ def test_pool_workers_get_their_own_cores() -> None:
     assert sorted(map(tuple, seen)) == sorted(map(tuple, cpu.split_cores(jobs, cores)))
 
 
+@pytest.mark.slow
 def test_wait_policy_does_not_change_weights(tmp_path: Path) -> None:
     """Passive waiting changes when a thread waits, not how work is split: same weights."""
     outs = {}

@@ -56,6 +56,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_resnet20_digits_reaches_low_test_error(digits_run: Path) -> None:
     result = json.loads((digits_run / "result.json").read_text())
     assert result["status"] == "finished"
@@ -72,6 +73,7 @@ def test_train_resnet20_digits_reaches_low_test_error(digits_run: Path) -> None:
     assert {"model", "dataset", "epochs", "out"} <= set(config["_meta"]["explicit"])
 
 
+@pytest.mark.slow
 def test_eval_writes_confusion_matrix(
     digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -103,6 +105,7 @@ def test_eval_of_missing_file_is_one_line(
 # --- torchrun -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_agree(tmp_path: Path) -> None:
     common = [*SMALL, "--epochs", "2", "--batch-size", "64", "--quiet"]
     two = subprocess.run(
@@ -303,6 +306,7 @@ _WITH = {
 }
 
 
+@pytest.mark.slow
 def test_every_field_is_settable_by_its_flag(capsys: pytest.CaptureFixture[str]) -> None:
     """Each generated flag sets its own field: --print-config shows the value given."""
     hints = typing.get_type_hints(TrainConfig)
@@ -341,6 +345,7 @@ def test_print_config_resolves_the_recipe_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_eval_out_is_refused_with_the_json_flag_named(
     cli_error: Callable[[list[str]], str],
     digits_run: Path,
@@ -407,6 +412,7 @@ with open(os.path.join(out, f"threads-{rank}.json"), "w") as f:
 """
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_train_with_rank_0s_thread_count(tmp_path: Path) -> None:
     script = tmp_path / "ranks.py"
     script.write_text(_RANKS_SCRIPT)

@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "check_limits.py"
+_LOOP = ("src/reslab/train/loop.py", "_run_epochs")
 
 
 def _load() -> ModuleType:
@@ -76,8 +77,9 @@ def test_long_functions_fail_nested_and_methods_too(
 
 
 def test_the_exception_applies_only_to_its_own_path_and_name(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(check_limits, "EXCEPTIONS", {_LOOP: 150})
     _write(tmp_path, "src/reslab/train/loop.py", _function("_run_epochs", 150))
     assert _run(tmp_path, capsys)[0] == 0
     _write(tmp_path, "src/reslab/train/other.py", _function("_run_epochs", 81))
@@ -95,6 +97,22 @@ def test_the_exception_applies_only_to_its_own_path_and_name(
         1,
         ["src/reslab/train/loop.py:1: function _run_epochs is 151 lines (limit 150)"],
     )
+
+
+def test_a_stale_exception_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(check_limits, "EXCEPTIONS", {_LOOP: 150})
+    stale = [
+        "src/reslab/train/loop.py: no function _run_epochs over 80 lines; remove its stale "
+        "exception (150 lines) from scripts/check_limits.py"
+    ]
+    _write(tmp_path, "src/m.py", _function("f", 3))
+    assert _run(tmp_path, capsys) == (1, stale)  # the function is gone
+    _write(tmp_path, "src/reslab/train/loop.py", _function("_run_epochs", 80))
+    assert _run(tmp_path, capsys) == (1, stale)  # it is back under the limit
+    _write(tmp_path, "src/reslab/train/loop.py", _function("_run_epochs", 81))
+    assert _run(tmp_path, capsys)[0] == 0
 
 
 def test_other_folders_are_not_walked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -93,6 +93,7 @@ def _plain_torch_checkpoint(root: Path) -> tuple[torch.nn.Module, float]:
     return net, 100.0 * wrong / len(ds.test_labels)
 
 
+@pytest.mark.slow
 def test_eval_with_normalize_imagenet_reproduces_an_imported_checkpoints_own_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,8 +6,8 @@ checks that nothing is lost: the run resumes to weights bit-identical to an unin
 
 ``RESLAB_FAULT_POINTS`` sets how many kill points :func:`test_kill9_then_resume_is_bit_identical`
 tries (default 3, one of them in the middle of a checkpoint write, one that also kills the
-resume); points beyond the third are marked ``slow``. The full loop recorded in
-docs/RELIABILITY.md is::
+resume). The tests that start processes are marked ``slow``: ``make test-quick`` leaves them
+out, ``make test`` runs them. The full loop recorded in docs/RELIABILITY.md is::
 
     RESLAB_FAULT_POINTS=24 RESLAB_FAULT_LOG=/tmp/faults.jsonl \\
         .venv/bin/pytest tests/train/test_faults.py -k kill -p no:cacheprovider
@@ -193,8 +193,7 @@ def _kill_points(n: int) -> list[KillPoint]:
 def _points() -> list[object]:
     n = int(os.environ.get("RESLAB_FAULT_POINTS", DEFAULT_POINTS))
     return [
-        pytest.param(p, id=f"{p.index}-{p.kind}", marks=[pytest.mark.slow] if p.index >= 3 else [])
-        for p in _kill_points(n)
+        pytest.param(p, id=f"{p.index}-{p.kind}", marks=pytest.mark.slow) for p in _kill_points(n)
     ]
 
 
@@ -339,6 +338,7 @@ def _assert_checkpoint_intact(run: Path, step: int) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_full_disk_mid_checkpoint_keeps_previous_and_resumes(
     reference: Reference, tmp_path: Path
 ) -> None:
@@ -394,6 +394,7 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_disk_filling_up_mid_run_stops_cleanly_and_resumes(
     reference: Reference, tmp_path: Path
 ) -> None:
@@ -420,6 +421,7 @@ def test_disk_filling_up_mid_run_stops_cleanly_and_resumes(
         _assert_same_weights(reference.run, run)
 
 
+@pytest.mark.slow
 def test_full_disk_at_the_metrics_append_resumes(
     reference: Reference,
     tmp_path: Path,
@@ -452,6 +454,7 @@ def test_full_disk_at_the_metrics_append_resumes(
 # --- two processes on one run folder ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_process_on_a_run_folder_is_refused(
     reference: Reference, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -496,6 +499,7 @@ MIXED = [
 ]
 
 
+@pytest.mark.slow
 def test_kill9_of_a_mixed_accumulated_ema_run_resumes_bit_identically(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -54,6 +54,7 @@ def test_resume_finished_run_returns_it(small: Callable[..., TrainConfig], tmp_p
         fit(config)
 
 
+@pytest.mark.slow
 def test_resume_from_saved_config(
     small: Callable[..., TrainConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

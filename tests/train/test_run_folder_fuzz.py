@@ -159,6 +159,7 @@ def _one_line_or(call: Any) -> Any:
 # --- last.json ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @given(data=st.data())
 def test_fuzz_last_json(
     folder: RunFolder, runs: Runs, pristine: Files, train_state: TrainState, data: Any

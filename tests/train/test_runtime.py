@@ -94,6 +94,7 @@ def test_default_threads_never_exceed_the_usable_cores(monkeypatch: pytest.Monke
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_the_default_thread_count_is_recorded_and_resumed_with(
     small: Callable[..., TrainConfig], monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:

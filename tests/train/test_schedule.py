@@ -54,6 +54,7 @@ def test_onecycle_and_constant() -> None:
     assert [lr_at(c, s, 50) for s in (0, 1, 2, 3, 49)] == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3])
 
 
+@pytest.mark.slow
 def test_warmup_until_error_switches_back(
     small: Callable[..., TrainConfig], tmp_path: Path
 ) -> None:

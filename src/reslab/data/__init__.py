@@ -4,13 +4,16 @@
 tensors with int64 labels); :class:`DeviceLoader` keeps a split on the device and yields
 shuffled, augmented, normalised batches. The modules, in reading order:
 
-* ``dataset``: :class:`Dataset`, :func:`channel_stats`, :func:`holdout`, :func:`data_root`, the
-  ``synthetic`` dataset and :func:`load_dataset`, which hands each name to its format module;
 * ``loader``: :func:`augment_batch`, :func:`normalize_batch`, :class:`DeviceLoader`,
   :func:`eval_batches`;
-* one module per file format: ``digits`` (the bundled UCI digits), ``cifar`` (CIFAR-10/100,
-  binary and python batches), ``idx`` (MNIST, Fashion-MNIST), ``imagefolder``
-  (``ROOT/train/<class>/*``, and :class:`ImageFolderStream` for folders too big for memory).
+* ``dataset``: :class:`Dataset`, :func:`channel_stats`, :func:`holdout`, :func:`data_root`, and
+  the helpers every format module builds its :class:`Dataset` with;
+* one module per format, each importing ``dataset`` and none importing another: ``digits`` (the
+  bundled UCI digits), ``cifar`` (CIFAR-10/100, binary and python batches), ``idx`` (MNIST,
+  Fashion-MNIST), ``imagefolder`` (``ROOT/train/<class>/*``, and :class:`ImageFolderStream` for
+  folders too big for memory), ``synthetic`` (seeded random images);
+* ``formats``: :data:`DATASETS` and :func:`load_dataset`, which imports the formats and hands
+  each name to its module.
 
 Files on disk are untrusted, and the code that guards against them has rooms of its own:
 
@@ -19,7 +22,8 @@ Files on disk are untrusted, and the code that guards against them has rooms of 
   extraction member by member that refuses links, devices and paths leaving the target.
 """
 
-from reslab.data.dataset import DATASETS, Dataset, channel_stats, data_root, holdout, load_dataset
+from reslab.data.dataset import Dataset, channel_stats, data_root, holdout
+from reslab.data.formats import DATASETS, load_dataset
 from reslab.data.imagefolder import ImageFolderStream
 from reslab.data.loader import (
     AUGMENTS,

@@ -1,23 +1,17 @@
-"""The :class:`Dataset` container, and :func:`load_dataset`, which fills it from a named dataset.
+"""The :class:`Dataset` container and what every format module builds it with.
 
 Every dataset loads into a :class:`Dataset`: the train and test splits as uint8 ``N×C×H×W`` CPU
 tensors with int64 labels, the class names, per-channel mean/std of the train split, and the
-augmentation that suits it. :func:`load_dataset` knows
+augmentation that suits it. :func:`holdout` splits a validation set off the train split,
+stratified by class; :func:`data_root` is the data folder (``data_dir``, else ``$RESLAB_DATA``,
+else ``~/.cache/reslab``).
 
-* ``digits``: the 1,797 8×8 UCI hand-written digits bundled with reslab (:mod:`.digits`), so
-  everything runs offline;
-* ``cifar10`` / ``cifar100`` (Krizhevsky 2009), from an extracted folder, an archive in the data
-  folder or a checked download (:mod:`.cifar`);
-* ``mnist`` / ``fashion-mnist`` (LeCun et al. 1998; Xiao et al. 2017) IDX files (:mod:`.idx`);
-* ``imagefolder``: ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` images read with Pillow
-  (:mod:`.imagefolder`);
-* ``synthetic``: seeded random images, for smoke tests and timing (here).
-
-The data folder is ``data_dir``, else ``$RESLAB_DATA``, else ``~/.cache/reslab``. :func:`holdout`
-splits a validation set off the train split, stratified by class. The format modules build their
-:class:`Dataset` with :func:`_make_dataset` and check labels with :func:`_check_labels`; every
-problem the user can fix raises :class:`~reslab.errors.DataError` with one line naming the file
-and what was expected.
+This module imports no format module: the formats (:mod:`.digits`, :mod:`.cifar`, :mod:`.idx`,
+:mod:`.imagefolder`, :mod:`.synthetic`) build their :class:`Dataset` with :func:`_make_dataset`
+and check labels with :func:`_check_labels`, and :mod:`.formats` maps each name to its format in
+:func:`~reslab.data.formats.load_dataset`, so imports run one way: ``dataset`` ← formats ←
+``formats``. Every problem the user can fix raises :class:`~reslab.errors.DataError` with one
+line naming the file and what was expected.
 """
 
 from __future__ import annotations
@@ -33,9 +27,6 @@ import torch
 
 from reslab.data.loader import AUGMENTS
 from reslab.errors import DataError
-
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder", "synthetic")
-
 
 # ---------------------------------------------------------------------------------------------
 # Dataset container
@@ -151,33 +142,6 @@ def holdout(ds: Dataset, n_val: int, seed: int = 0) -> Dataset:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Synthetic
-
-
-def _load_synthetic(
-    shape: tuple[int, int, int], sizes: tuple[int, int], num_classes: int, seed: int
-) -> Dataset:
-    if len(shape) != 3 or min(shape) < 1:
-        raise DataError(f"synthetic_shape must be three positive ints (C, H, W), got {shape}")
-    if len(sizes) != 2 or min(sizes) < 1:
-        raise DataError(f"synthetic_size must be two positive ints (train, test), got {sizes}")
-    if num_classes < 1:
-        raise DataError(f"num_classes must be at least 1, got {num_classes}")
-    gen = torch.Generator().manual_seed(seed)
-    splits = []
-    for n in sizes:
-        images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=gen)
-        labels = torch.randint(0, num_classes, (n,), dtype=torch.int64, generator=gen)
-        splits.append((images.numpy(), labels.numpy()))
-    classes = [str(i) for i in range(num_classes)]
-    return _make_dataset("synthetic", splits[0], splits[1], classes, augment="none")
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-
-
 def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The data folder: ``data_dir``, else ``$RESLAB_DATA``, else ``~/.cache/reslab``."""
     if data_dir is not None:
@@ -186,57 +150,6 @@ def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "reslab"
-
-
-def load_dataset(
-    name: str,
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    download: bool = True,
-    image_size: int | None = None,
-    synthetic_shape: tuple[int, int, int] = (3, 32, 32),
-    synthetic_size: tuple[int, int] = (512, 128),
-    num_classes: int = 10,
-    seed: int = 0,
-) -> Dataset:
-    """Load one of :data:`DATASETS` into memory.
-
-    ``data_dir`` (else ``$RESLAB_DATA``, else ``~/.cache/reslab``) holds the files; for
-    ``imagefolder`` it is the folder with ``train/`` and ``test/``. ``download`` lets CIFAR and
-    (Fashion-)MNIST fetch their official files when absent. ``image_size`` sets the side of
-    ``imagefolder`` and ``synthetic`` images; other datasets have a fixed size and accept only
-    that. ``synthetic_*``, ``num_classes`` and ``seed`` shape the ``synthetic`` dataset.
-    """
-    key = name.strip().lower().replace("_", "-")
-    if key not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if image_size is not None and image_size < 1:
-        raise DataError(f"image_size must be a positive int, got {image_size}")
-    # The format modules build on this one (Dataset, _make_dataset), so they are imported here,
-    # when a dataset is asked for, rather than at the top of the module.
-    from reslab.data import cifar, digits, idx, imagefolder
-
-    root = data_root(data_dir)
-    ds: Dataset
-    if key == "digits":
-        ds = digits._load_digits()
-    elif key in cifar._CIFAR:
-        ds = cifar._load_cifar(cifar._CIFAR[key], root, download)
-    elif key in idx._IDX:
-        ds = idx._load_idx_dataset(idx._IDX[key], root, download)
-    elif key == "imagefolder":
-        return imagefolder._load_imagefolder(root, image_size or 32)
-    else:
-        shape = synthetic_shape
-        if image_size is not None:
-            shape = (shape[0], image_size, image_size)
-        return _load_synthetic(shape, synthetic_size, num_classes, seed)
-    if image_size is not None and image_size != ds.image_size:
-        raise DataError(
-            f"{key} images are {ds.image_size}×{ds.image_size}; image_size={image_size} is "
-            "only supported for imagefolder and synthetic"
-        )
-    return ds
 
 
 # ---------------------------------------------------------------------------------------------
