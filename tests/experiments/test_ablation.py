@@ -24,9 +24,8 @@ from reslab.experiments.ablation import (
     DEFAULT_VARIANTS,
     VARIANTS,
     ablation_verdict,
-    check_results,
 )
-from reslab.experiments.ablation_views import console_table
+from reslab.experiments.ablation_views import RESULTS, console_table
 from reslab.experiments.runner import train_config
 from reslab.report.schema import Validator
 from reslab.train.session import build_model
@@ -204,12 +203,12 @@ def test_results_check_refuses_a_broken_section(
     study: tuple[StudyConfig, dict[str, Any], str],
 ) -> None:
     _, results, _ = study
-    check_results(results, Validator("results.json"))
+    Validator("results.json").run(RESULTS, results, "")
     broken = {**results, "summary": [{**results["summary"][0], "tables": [3]}]}
     with pytest.raises(ReslabError, match=r"summary\[0\].tables must be a list of table numbers"):
-        check_results(broken, Validator("results.json"))
+        Validator("results.json").run(RESULTS, broken, "")
     with pytest.raises(ReslabError, match="ablation must be an object"):
-        check_results({**results, "ablation": None}, Validator("results.json"))
+        Validator("results.json").run(RESULTS, {**results, "ablation": None}, "")
 
 
 def test_runs_on_cifar10_with_the_recipes_budget(tmp_path: Path) -> None:

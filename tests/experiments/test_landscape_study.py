@@ -17,12 +17,12 @@ from reslab.errors import ReslabError
 from reslab.experiments import StudyConfig, build_report, run_study
 from reslab.experiments.landscape import (
     SECTION,
-    check_results,
     landscape_verdict,
     scan_images,
     scan_models,
     settings_of,
 )
+from reslab.experiments.landscape_views import RESULTS
 from reslab.measure.landscape import ScanSettings
 from reslab.models import create_model
 from reslab.report.schema import validate_results
@@ -83,7 +83,7 @@ def test_the_study_writes_a_valid_section_and_its_figures(
     assert verdict["depth"] == 8 and isinstance(verdict["sharper"], bool)
     assert "one seed, so the seed noise is unknown" in verdict["text"]
     saved = json.loads((out / "results.json").read_text())
-    validate_results(saved, check=check_results)
+    validate_results(saved, check=RESULTS)
     html = (out / "report.html").read_text()
     assert "Landscape numbers" in html and "rise at r" in html
 
@@ -174,10 +174,10 @@ def test_a_ragged_surface_is_refused(study: tuple[Path, dict[str, Any]]) -> None
     bad = copy.deepcopy(results)
     bad[SECTION]["nets"][0]["loss"][1] = bad[SECTION]["nets"][0]["loss"][1][:-1]
     with pytest.raises(ReslabError, match=r"landscape\.nets\[0\]\.loss\[1\]"):
-        validate_results(bad, check=check_results)
+        validate_results(bad, check=RESULTS)
     bad[SECTION]["nets"][0]["family"] = "dense"
     with pytest.raises(ReslabError, match="family"):
-        validate_results(bad, check=check_results)
+        validate_results(bad, check=RESULTS)
 
 
 def test_flags_reach_the_scan_and_bad_ones_are_one_line(cli_error: Any, tmp_path: Path) -> None:

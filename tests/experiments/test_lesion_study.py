@@ -13,7 +13,8 @@ import torch
 from conftest import write_cifar
 from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import StudyConfig, build_report, run_study
-from reslab.experiments.lesion import STUDY, check_results, lesion_verdict
+from reslab.experiments.lesion import STUDY, lesion_verdict
+from reslab.experiments.lesion_views import RESULTS
 from reslab.measure.lesion import lesion_net, top1_error
 from reslab.models import create_model
 from reslab.report.schema import Validator, load_results, new_results, write_results
@@ -133,7 +134,7 @@ def test_one_seed_says_the_noise_is_unknown_and_a_small_gap_does_not_count() -> 
 
 def test_the_section_check_names_the_first_problem() -> None:
     good = _results([_entry("residual", 0, 2.0, [3.0] * 6)])
-    check_results(good, Validator("r"))
+    Validator("r").run(RESULTS, good, "")
     cases = [
         (lambda n: n.update(deleted_error=[1.0]), r"deleted_error must have one entry per block"),
         (lambda n: n.update(stage=["a"] * 6), r"stage must be a list of integers"),
@@ -145,7 +146,7 @@ def test_the_section_check_names_the_first_problem() -> None:
         bad = copy.deepcopy(good)
         spoil(bad["lesion"]["nets"][0])
         with pytest.raises(ReslabError, match=message):
-            check_results(bad, Validator("r"))
+            Validator("r").run(RESULTS, bad, "")
 
 
 def test_the_config_is_checked() -> None:

@@ -12,7 +12,16 @@ import pytest
 from reslab.checks import integer
 from reslab.cli import main
 from reslab.errors import ConfigError
-from reslab.experiments import Flag, Study, StudyConfig, get_study, list_studies, register, registry
+from reslab.experiments import (
+    Flag,
+    Study,
+    StudyConfig,
+    Views,
+    get_study,
+    list_studies,
+    register,
+    registry,
+)
 from reslab.report.figures import FigureSpec, new_figure, styled
 from reslab.report.html import Section, table
 from reslab.report.schema import Validator
@@ -57,11 +66,13 @@ TINY = Study(
     plan=lambda config: [],
     analyse=_analyse,
     verdict=_verdict,
-    figures=(FigureSpec("tiny_values", "The tiny values.", "Read it left to right.", _draw),),
-    tables=_tables,
+    views=Views(
+        figures=(FigureSpec("tiny_values", "The tiny values.", "Read it left to right.", _draw),),
+        tables=_tables,
+        results=_check,
+    ),
     depths=(8,),
     flags=(Flag("--knob", "3", "how many values", integer(0, 100)),),
-    check_results=_check,
 )
 
 

@@ -34,7 +34,7 @@ from reslab.experiments import (
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.page import build_report
 from reslab.experiments.records import aggregate
-from reslab.experiments.registry import Flag, Study, get_study, list_studies, register
+from reslab.experiments.registry import Flag, Study, Views, get_study, list_studies, register
 from reslab.experiments.runner import run_study
 
 # The registry, one line per study; `reslab --help` lists them in this order.
@@ -52,6 +52,7 @@ __all__ = [
     "RunSpec",
     "Study",
     "StudyConfig",
+    "Views",
     "aggregate",
     "build_report",
     "get_study",

@@ -17,18 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reslab.checks import (
-    NUMBER,
-    TEXT,
-    ListOf,
-    Object,
-    at_least,
     is_number,
-    maybe,
-    objects,
-    one_of,
 )
 from reslab.errors import ConfigError
-from reslab.experiments import ablation_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import TRAINING, Flag, Study, names
 from reslab.experiments.verdicts import gap_of_rows
@@ -238,19 +229,6 @@ def check(config: StudyConfig) -> None:
         raise ConfigError(f"--variants needs at least one of {', '.join(VARIANTS)}")
 
 
-#: The ablation's parts of results.json: its section and the summary rows' extra keys.
-RESULTS = Object({
-    "ablation": Object({"depth": at_least(1, "must be a positive integer")},
-                       "must be an object with the study's depth and shortcut option"),
-    "summary": objects({
-        **{key: TEXT for key in ("variant", "label", "fig", "on_shortcut", "on_f", "paper_error")},
-        "tables": ListOf(one_of((1, 2)), "must be a list of table numbers, 1 and/or 2",
-                         nonempty=True),
-        "params": maybe(NUMBER),
-    }),
-})  # fmt: skip
-
-
 STUDY = Study(
     name="ablation",
     help="He et al. 2016's Tables 1-2: shortcut variants and activation placements, one budget",
@@ -263,9 +241,7 @@ STUDY = Study(
     plan=plan,
     analyse=analyse,
     verdict=verdict,
-    figures=ablation_views.FIGURES,
-    tables=ablation_views.tables,
-    verdict_formats=ablation_views.VERDICT_FORMATS,
+    views="reslab.experiments.ablation_views",
     depths=(56,),
     seeds=(0,),
     one_depth=True,
@@ -280,6 +256,4 @@ STUDY = Study(
         ),
     ),
     check=check,
-    check_results=RESULTS,
-    text_table=ablation_views.console_table,
 )

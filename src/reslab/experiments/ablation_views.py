@@ -1,9 +1,8 @@
-"""The ablation study's report views: its figures, its tables (HTML and console) and its
-verdict items.
+"""The ablation study's views: its figures, its tables (HTML and console), its verdict items
+and the part of results.json they read, declared.
 
-They read :mod:`reslab.experiments.ablation`'s summary rows and variants (``REFERENCE``,
-``VARIANTS``, ``_row``, which the verdict uses too); that module imports this one for its
-``STUDY`` record, so the views import it where they draw, not at import time.
+They read :mod:`reslab.experiments.ablation`'s summary rows and variants; that module names
+this one on its ``STUDY`` record (``views=``) instead of importing it, so imports run one way.
 """
 
 from __future__ import annotations
@@ -13,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reslab.checks import NUMBER, TEXT, ListOf, Object, at_least, maybe, objects, one_of
 from reslab.experiments import run_views
+from reslab.experiments.ablation import REFERENCE, VARIANTS, _row
+from reslab.experiments.registry import Views
 from reslab.experiments.run_views import yes_no_format
 from reslab.report import html
 from reslab.report.figures import (
@@ -53,7 +55,6 @@ def _panels(summary: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mappin
 
 
 def _colour(i: int, row: Mapping[str, Any]) -> str:
-    from reslab.experiments.ablation import REFERENCE
 
     if row.get("family") == "plain":
         return FAMILY_COLOURS["plain"]
@@ -65,8 +66,6 @@ def _colour(i: int, row: Mapping[str, Any]) -> str:
 def error_bars(summary: Sequence[Mapping[str, Any]]) -> Figure:
     """Final clean training error (hatched) and test error (solid) per variant, per table."""
     from matplotlib.patches import Patch
-
-    from reslab.experiments.ablation import REFERENCE, _row
 
     panels = _panels(summary)
     height = 1.2 + 0.55 * max(len(rows) for _, rows in panels)
@@ -120,7 +119,6 @@ def training_curves(
     runs: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]]
 ) -> Figure:
     """Clean training error vs iterations per variant (mean over seeds), per table."""
-    from reslab.experiments.ablation import REFERENCE
 
     panels = _panels(summary)
     fig = new_figure(5.4 * len(panels), 4.2)
@@ -299,7 +297,6 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _names(keys: Any) -> str | None:
-    from reslab.experiments.ablation import VARIANTS
 
     if not isinstance(keys, list):
         return None
@@ -326,3 +323,27 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "gaps": _gaps,
     "tolerance": run_views.tolerance_format,
 }
+
+
+# --- what the report reads: the section of results.json, declared -------------------------------
+
+#: The ablation's parts of results.json: its section and the summary rows' extra keys.
+RESULTS = Object({
+    "ablation": Object({"depth": at_least(1, "must be a positive integer")},
+                       "must be an object with the study's depth and shortcut option"),
+    "summary": objects({
+        **{key: TEXT for key in ("variant", "label", "fig", "on_shortcut", "on_f", "paper_error")},
+        "tables": ListOf(one_of((1, 2)), "must be a list of table numbers, 1 and/or 2",
+                         nonempty=True),
+        "params": maybe(NUMBER),
+    }),
+})  # fmt: skip
+
+#: What the registry shows of the study (reslab.experiments.registry.Views).
+VIEWS = Views(
+    figures=FIGURES,
+    tables=tables,
+    verdict_formats=VERDICT_FORMATS,
+    results=RESULTS,
+    text_table=console_table,
+)

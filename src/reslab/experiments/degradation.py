@@ -16,7 +16,7 @@ from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import probe_views, run_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import KINDS, probe_runs
-from reslab.experiments.registry import TRAINING, Study
+from reslab.experiments.registry import TRAINING, Study, Views
 from reslab.experiments.verdicts import gap_of_rows
 from reslab.models import cifar_model_name
 from reslab.report import html
@@ -152,22 +152,24 @@ STUDY = Study(
     plan=plan,
     analyse=analyse,
     verdict=verdict,
-    figures=(
-        run_views.ERROR_CURVES,
-        run_views.ERROR_VS_DEPTH,
-        run_views.shortcut_errors_spec(always=False),
-        probe_views.GRADIENT_NORM,
-        probe_views.RESIDUAL_RATIO,
-        probe_views.LAYER_RESPONSES,
+    views=Views(
+        figures=(
+            run_views.ERROR_CURVES,
+            run_views.ERROR_VS_DEPTH,
+            run_views.shortcut_errors_spec(always=False),
+            probe_views.GRADIENT_NORM,
+            probe_views.RESIDUAL_RATIO,
+            probe_views.LAYER_RESPONSES,
+        ),
+        tables=tables,
+        verdict_formats={
+            "degradation": run_views.yes_no_format("degradation in plain nets"),
+            "residual_ok": run_views.yes_no_format("residual nets train as well when deeper"),
+            "plain_gap": run_views.gap_format("plain", "deepest minus shallowest"),
+            "residual_gap": run_views.gap_format("residual", "deepest minus shallowest"),
+            "tolerance": run_views.tolerance_format,
+        },
     ),
-    tables=tables,
-    verdict_formats={
-        "degradation": run_views.yes_no_format("degradation in plain nets"),
-        "residual_ok": run_views.yes_no_format("residual nets train as well when deeper"),
-        "plain_gap": run_views.gap_format("plain", "deepest minus shallowest"),
-        "residual_gap": run_views.gap_format("residual", "deepest minus shallowest"),
-        "tolerance": run_views.tolerance_format,
-    },
     depths=(20, 32, 56),
     seeds=(0, 1),
     takes=(*TRAINING, "pack", "shortcut", "probe_steps"),

@@ -24,20 +24,13 @@ from torch import Tensor, nn
 from reslab.checks import (
     MAX_IMAGES,
     MAX_SEED,
-    NUMBER,
-    NUMBER_OR_NULL,
-    NUMBERS,
-    ListOf,
-    Object,
     integer,
     is_number,
-    maybe,
     number,
-    objects,
 )
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
-from reslab.experiments import degradation, landscape_views
+from reslab.experiments import degradation
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.pool import measure_all
 from reslab.experiments.registry import TRAINING, Flag, Study
@@ -50,7 +43,7 @@ from reslab.experiments.trained import (
 )
 from reslab.experiments.verdicts import gap_of_values
 from reslab.measure import landscape as ls
-from reslab.report.schema import FAMILIES, FAMILY_DEPTH
+from reslab.report.schema import FAMILIES
 from reslab.report.stats import mean_std, summarize_runs
 from reslab.train import pick_device
 
@@ -205,27 +198,6 @@ def _nets(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 # --- schema, flags -------------------------------------------------------------------------------
 
 
-_ROWS = ListOf(
-    ListOf(NUMBER_OR_NULL, "must be a list of numbers", length="grid",
-           length_problem="must have one value per grid value"),
-    "must be a list of rows, one per grid value", length="grid",
-)  # fmt: skip
-_SCALARS = "loss_origin error_origin ring_radius rise curvature nonconvex cosine scan_time"
-#: The ``landscape`` section: settings, and per net the grid, surface, curve and numbers.
-RESULTS = Object({SECTION: maybe(Object({
-    "settings": maybe(Object({}), null=False),
-    "nets": objects({
-        **FAMILY_DEPTH,
-        **{key: NUMBERS for key in ("grid", "curve_alpha", "curve_loss", "curve_error")},
-        "ring_loss": NUMBERS,
-        "loss": _ROWS,
-        "error": _ROWS,
-        **{key: maybe(NUMBER) for key in _SCALARS.split()},
-        **{key: maybe(NUMBER) for key in ("hessian_ratio", "lambda_max", "lambda_min")},
-    }),
-}))})  # fmt: skip
-
-
 # (flag, default, help, bounds): the scan's own flags, after the source flags.
 _RADIUS, _STEPS = number(0, 100, lo_open=True), integer(0, 1000)
 _SCAN_FLAGS = (
@@ -259,8 +231,7 @@ STUDY = Study(
     plan=plan,
     analyse=analyse,
     verdict=verdict,
-    figures=landscape_views.FIGURES,
-    tables=landscape_views.tables,
+    views="reslab.experiments.landscape_views",
     depths=(20, 56),
     seeds=(0,),
     takes=(*TRAINING, "pack", "shortcut"),
@@ -269,6 +240,4 @@ STUDY = Study(
         *(Flag(f, d, f"{h} (default {d})", b) for f, d, h, b in _SCAN_FLAGS),
     ),
     check=check,
-    check_results=RESULTS,
-    verdict_formats=landscape_views.VERDICT_FORMATS,
 )

@@ -1,8 +1,8 @@
-"""The landscape study's report views: its figures, its table and its verdict items.
+"""The landscape study's views: its figures, its table, its verdict items and the section of
+results.json they read, declared.
 
-They read :mod:`reslab.experiments.landscape`'s section of results.json (``_nets``, which the
-verdict reads too); that module imports this one for its ``STUDY`` record, so the views import
-it where they draw, not at import time.
+They read :mod:`reslab.experiments.landscape`'s section; that module names this one on its
+``STUDY`` record (``views=``) instead of importing it, so imports run one way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reslab.checks import NUMBER, NUMBER_OR_NULL, NUMBERS, ListOf, Object, maybe, objects
 from reslab.experiments import run_views
+from reslab.experiments.landscape import SECTION, _nets
+from reslab.experiments.registry import Views
 from reslab.experiments.run_views import yes_no_format
 from reslab.report import html
 from reslab.report.figures import (
@@ -25,7 +28,7 @@ from reslab.report.figures import (
     style_of,
     styled,
 )
-from reslab.report.schema import FAMILIES, is_number
+from reslab.report.schema import FAMILIES, FAMILY_DEPTH, is_number
 from reslab.report.stats import group, mean_std
 
 if TYPE_CHECKING:
@@ -214,7 +217,6 @@ def sharpness_figure(nets: Sequence[Mapping[str, Any]]) -> Figure:
 
 def _draw(fn: Any, first_only: bool) -> Any:
     def draw(results: Mapping[str, Any]) -> Figure | None:
-        from reslab.experiments.landscape import _nets
 
         nets = [n for n in _nets(results) if n.get("loss")]
         return fn(_first_seed(nets) if first_only else nets) if nets else None
@@ -264,7 +266,6 @@ FIGURES = (
 
 
 def tables(results: Mapping[str, Any]) -> list[html.Section]:
-    from reslab.experiments.landscape import SECTION, _nets
 
     nets = sorted(
         _nets(results), key=lambda n: (FAMILIES.index(n["family"]), n["depth"], n.get("seed", 0))
@@ -318,3 +319,29 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "sharper": yes_no_format("plain net sharper than its twin"),
     "rise_gap_noise": lambda v: None if v is not None else "seed noise: <b>unknown</b>",
 }
+
+
+# --- what the report reads: the section of results.json, declared -------------------------------
+
+_ROWS = ListOf(
+    ListOf(NUMBER_OR_NULL, "must be a list of numbers", length="grid",
+           length_problem="must have one value per grid value"),
+    "must be a list of rows, one per grid value", length="grid",
+)  # fmt: skip
+_SCALARS = "loss_origin error_origin ring_radius rise curvature nonconvex cosine scan_time"
+#: The ``landscape`` section: settings, and per net the grid, surface, curve and numbers.
+RESULTS = Object({"landscape": maybe(Object({
+    "settings": maybe(Object({}), null=False),
+    "nets": objects({
+        **FAMILY_DEPTH,
+        **{key: NUMBERS for key in ("grid", "curve_alpha", "curve_loss", "curve_error")},
+        "ring_loss": NUMBERS,
+        "loss": _ROWS,
+        "error": _ROWS,
+        **{key: maybe(NUMBER) for key in _SCALARS.split()},
+        **{key: maybe(NUMBER) for key in ("hessian_ratio", "lambda_max", "lambda_min")},
+    }),
+}))})  # fmt: skip
+
+#: What the registry shows of the study (reslab.experiments.registry.Views).
+VIEWS = Views(figures=FIGURES, tables=tables, verdict_formats=VERDICT_FORMATS, results=RESULTS)

@@ -24,31 +24,19 @@ from torch import Tensor, nn
 from reslab.checks import (
     MAX_DEPTH,
     MAX_IMAGES,
-    NUMBER,
-    NUMBER_OR_NULL,
-    NUMBERS,
-    TEXT,
-    Is,
-    ListOf,
-    Object,
-    at_least,
     integer,
     integers,
-    is_int,
     is_number,
-    maybe,
-    objects,
 )
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ReslabError
-from reslab.experiments import degradation, lesion_views
+from reslab.experiments import degradation
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.pool import measure_all
 from reslab.experiments.registry import TRAINING, Flag, Study
 from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
 from reslab.experiments.verdicts import Gap, gap_of_values
 from reslab.measure import lesion
-from reslab.report.schema import FAMILY_DEPTH
 from reslab.report.stats import (
     group,
     group_key,
@@ -144,26 +132,6 @@ def family_means(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 # --- results.json ---------------------------------------------------------------------------------
-
-
-#: The ``lesion`` section, as the report reads it (documented in the README).
-RESULTS = Object({SECTION: maybe(Object({
-    "chance_error": maybe(NUMBER),
-    "nets": objects({
-        **FAMILY_DEPTH,
-        "intact_error": maybe(NUMBER),
-        "block": ListOf(TEXT, "must be a list of block names"),
-        "stage": ListOf(Is(is_int, ""), "must be a list of integers", length="block",
-                        length_problem="block, stage and shape_preserving must have one length"),
-        "shape_preserving": ListOf(
-            Is(lambda v: isinstance(v, bool), ""), "must be a list of true/false", length="block",
-            length_problem="block, stage and shape_preserving must have one length"),
-        "deleted_error": ListOf(NUMBER_OR_NULL, "must be a list of numbers", length="block",
-                                length_problem="must have one entry per block ({n})"),
-        **{curve: objects({"k": at_least(1, "must be a positive integer"), "errors": NUMBERS})
-           for curve in ("deleted", "swapped")},
-    }),
-}))})  # fmt: skip
 
 
 # --- the study ------------------------------------------------------------------------------------
@@ -282,9 +250,7 @@ STUDY = Study(
     plan=own_runs(plan),
     analyse=analyse,
     verdict=verdict,
-    figures=lesion_views.FIGURES,
-    tables=lesion_views.tables,
-    verdict_formats=lesion_views.VERDICT_FORMATS,
+    views="reslab.experiments.lesion_views",
     depths=(DEPTH,),
     seeds=(0, 1),
     one_depth=True,
@@ -296,5 +262,4 @@ STUDY = Study(
         Flag("--eval-images", "0", "test images to evaluate on, 0 = all (default 0)", _IMAGES),
     ),
     check=check_sources,
-    check_results=RESULTS,
 )

@@ -1,8 +1,9 @@
-"""The lesion study's report views: its figures, its table and its verdict items.
+"""The lesion study's views: its figures, its table, its verdict items and the section of
+results.json they read, declared.
 
 The numbers they show are :mod:`reslab.experiments.lesion`'s (``family_means`` and the per-net
-summaries the verdict uses too); that module imports this one for its ``STUDY`` record, so the
-views import it where they draw, not at import time.
+summaries the verdict uses too); that module names this one on its ``STUDY`` record
+(``views=``) instead of importing it, so imports run one way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reslab.checks import (
+    NUMBER,
+    NUMBER_OR_NULL,
+    NUMBERS,
+    TEXT,
+    Is,
+    ListOf,
+    Object,
+    at_least,
+    is_int,
+    maybe,
+    objects,
+)
 from reslab.experiments import run_views
+from reslab.experiments.lesion import SECTION, _name, _nets, family_means, mean_deleted_error
+from reslab.experiments.registry import Views
 from reslab.experiments.run_views import number_format, yes_no_format
 from reslab.report import html
 from reslab.report.figures import (
@@ -25,7 +41,7 @@ from reslab.report.figures import (
     style_of,
     styled,
 )
-from reslab.report.schema import is_number
+from reslab.report.schema import FAMILY_DEPTH, is_number
 from reslab.report.stats import group, mean_std, nan_mean_std
 
 if TYPE_CHECKING:
@@ -55,7 +71,6 @@ def _mean_band(ax: Axes, x: np.ndarray, stack: np.ndarray, colour: str, **kw: An
 
 
 def _chance(ax: Axes, results: Mapping[str, Any]) -> None:
-    from reslab.experiments.lesion import SECTION
 
     chance: Any = (results.get(SECTION) or {}).get("chance_error")
     if is_number(chance):
@@ -74,7 +89,6 @@ def _positions(stages: Sequence[int]) -> np.ndarray:
 @styled
 def per_block_figure(results: Mapping[str, Any]) -> Figure:
     """Error with each block deleted alone (Veit et al. Fig. 3); shape-changing blocks shaded."""
-    from reslab.experiments.lesion import _name, _nets
 
     nets = _nets(results)
     groups = group(nets)
@@ -124,7 +138,6 @@ def per_block_figure(results: Mapping[str, Any]) -> Figure:
 @styled
 def vs_k_figure(results: Mapping[str, Any]) -> Figure:
     """Error vs k blocks deleted (left) and k pairs swapped (right), mean ± std (Fig. 4)."""
-    from reslab.experiments.lesion import _name, _nets
 
     nets = _nets(results)
     groups = group(nets)
@@ -177,7 +190,6 @@ def _draw(
     fn: Callable[[Mapping[str, Any]], Figure],
 ) -> Callable[[Mapping[str, Any]], Figure | None]:
     def draw(results: Mapping[str, Any]) -> Figure | None:
-        from reslab.experiments.lesion import _nets
 
         return fn(results) if _nets(results) else None
 
@@ -216,7 +228,6 @@ VS_K = FigureSpec(
 
 def lesion_section(results: Mapping[str, Any]) -> html.Section:
     """Per net: intact error, one block deleted (keeping / changing the shape), k at most."""
-    from reslab.experiments.lesion import SECTION, _nets, family_means, mean_deleted_error
 
     nets = _nets(results)
     if not nets:
@@ -280,3 +291,28 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "chance_gap_noise": number_format("its seed noise (one std)", ".2f"),
     "tolerance": run_views.tolerance_format,
 }
+
+
+# --- what the report reads: the section of results.json, declared -------------------------------
+
+#: The ``lesion`` section, as the report reads it (documented in the README).
+RESULTS = Object({"lesion": maybe(Object({
+    "chance_error": maybe(NUMBER),
+    "nets": objects({
+        **FAMILY_DEPTH,
+        "intact_error": maybe(NUMBER),
+        "block": ListOf(TEXT, "must be a list of block names"),
+        "stage": ListOf(Is(is_int, ""), "must be a list of integers", length="block",
+                        length_problem="block, stage and shape_preserving must have one length"),
+        "shape_preserving": ListOf(
+            Is(lambda v: isinstance(v, bool), ""), "must be a list of true/false", length="block",
+            length_problem="block, stage and shape_preserving must have one length"),
+        "deleted_error": ListOf(NUMBER_OR_NULL, "must be a list of numbers", length="block",
+                                length_problem="must have one entry per block ({n})"),
+        **{curve: objects({"k": at_least(1, "must be a positive integer"), "errors": NUMBERS})
+           for curve in ("deleted", "swapped")},
+    }),
+}))})  # fmt: skip
+
+#: What the registry shows of the study (reslab.experiments.registry.Views).
+VIEWS = Views(figures=FIGURES, tables=tables, verdict_formats=VERDICT_FORMATS, results=RESULTS)

@@ -27,15 +27,16 @@ def build_report(study_dir: str | Path) -> Path:
     invalid.
     """
     studies = {name: get_study(name) for name in list_studies()}
-    checks = {name: s.check_results for name, s in studies.items() if s.check_results}
+    looks = {name: s.look() for name, s in studies.items()}
+    checks = {name: v.results for name, v in looks.items() if v.results}
     folder = Path(study_dir)
     results = load_results(folder, experiments=tuple(studies), checks=checks)
     if folder.is_file():
         folder = folder.parent
-    study = studies[results["experiment"]]
+    study, views = studies[results["experiment"]], looks[results["experiment"]]
     fig_dir = folder / FIGURES_DIR
     rendered = []
-    for spec in study.figures:
+    for spec in views.figures:
         fig = spec.draw(results)
         if fig is None:
             continue
@@ -45,13 +46,13 @@ def build_report(study_dir: str | Path) -> Path:
     # A figure that has no data now (e.g. probes dropped from a rerun) must not linger; files
     # no study draws are the user's and stay.
     drawn = {r.name for r in rendered}
-    for name in {spec.name for s in studies.values() for spec in s.figures} - drawn:
+    for name in {spec.name for v in looks.values() for spec in v.figures} - drawn:
         (fig_dir / f"{name}.png").unlink(missing_ok=True)
     page = render_page(
         results,
         intro=study.intro,
-        verdict=verdict_items(results.get("verdict") or {}, study.verdict_formats),
-        sections=study.tables(results),
+        verdict=verdict_items(results.get("verdict") or {}, views.verdict_formats),
+        sections=views.tables(results),
         figures=rendered,
     )
     return atomic_write_text(folder / REPORT_NAME, page)

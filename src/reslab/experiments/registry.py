@@ -9,6 +9,7 @@ that builds a :class:`Study` and one :func:`register` line in ``experiments/__in
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ __all__ = [
     "Bounds",
     "Flag",
     "Study",
+    "Views",
     "comma",
     "get_study",
     "ints",
@@ -96,8 +98,20 @@ def _no_tables(results: Mapping[str, Any]) -> list[Section]:
 
 
 @dataclass(frozen=True)
+class Views:
+    """How a study's results look: its figures, tables and verdict items, and the part of
+    results.json they read, declared (checked before anything is drawn or written)."""
+
+    figures: tuple[FigureSpec, ...] = ()  # in report order; each draws or returns None
+    tables: Callable[[Mapping[str, Any]], list[Section]] = _no_tables  # the report's tables
+    verdict_formats: Mapping[str, ItemFormat] = field(default_factory=dict)  # verdict keys
+    results: Check | None = None  # the study's own results.json section, declared
+    text_table: Callable[[Mapping[str, Any]], str] | None = None  # console; None: generic
+
+
+@dataclass(frozen=True)
 class Study:
-    """One study: its command, its runs, its analysis, its verdict and its report."""
+    """One study: its command, its runs, its analysis, its verdict and how it looks."""
 
     name: str  # the subcommand and results.json's "experiment"
     help: str  # one line for `reslab --help`
@@ -106,9 +120,9 @@ class Study:
     plan: Callable[[StudyConfig], list[RunSpec]]  # the runs, most expensive first
     analyse: Callable[[StudyConfig, list[dict[str, Any]]], dict[str, Any]]  # results sections
     verdict: Callable[[Mapping[str, Any], StudyConfig], dict[str, Any]]  # {"text": ..., ...}
-    figures: tuple[FigureSpec, ...] = ()  # in report order; each draws or returns None
-    tables: Callable[[Mapping[str, Any]], list[Section]] = _no_tables  # the report's tables
-    verdict_formats: Mapping[str, ItemFormat] = field(default_factory=dict)  # verdict keys
+    # Its Views, or the module that defines them as VIEWS: a views module reads the study's
+    # own module, so the study names it rather than importing it (one way, no cycle).
+    views: Views | str = Views()
     depths: tuple[int, ...] = (20, 56)  # its default depths
     seeds: tuple[int, ...] = (0,)  # its default seeds
     one_depth: bool = False  # compares nets of one depth: takes --depth, not --depths
@@ -116,9 +130,15 @@ class Study:
     defaults: Mapping[str, Any] = field(default_factory=dict)  # its defaults for others
     flags: tuple[Flag, ...] = ()  # the study's own flags, after the common ones in --help
     check: Callable[[StudyConfig], None] = _no_check  # refuse configs the study cannot run
-    check_results: Check | None = None  # validate the study's own results.json section
     snapshots: bool = False  # runs keep weights at config.probe_steps (for gradient flow)
-    text_table: Callable[[Mapping[str, Any]], str] | None = None  # console; None: generic
+
+    def look(self) -> Views:
+        """The study's :class:`Views` (imported from its views module on first use)."""
+        if isinstance(self.views, Views):
+            return self.views
+        views = importlib.import_module(self.views).VIEWS
+        assert isinstance(views, Views), f"{self.views}.VIEWS is not a Views"
+        return views
 
     def format_title(self, config: StudyConfig) -> str:
         return self.title.format_map({**config.to_json(), "depth": max(config.depths)})

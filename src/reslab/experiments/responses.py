@@ -14,7 +14,7 @@ from typing import Any
 from reslab.experiments import degradation, probe_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import probe_runs
-from reslab.experiments.registry import TRAINING, Study
+from reslab.experiments.registry import TRAINING, Study, Views
 from reslab.report import html
 
 __all__ = ["STUDY", "plan"]
@@ -50,8 +50,10 @@ STUDY = Study(
     plan=plan,
     analyse=analyse,
     verdict=verdict,
-    figures=(probe_views.RESIDUAL_RATIO, probe_views.LAYER_RESPONSES),
-    tables=tables,
+    views=Views(
+        figures=(probe_views.RESIDUAL_RATIO, probe_views.LAYER_RESPONSES),
+        tables=tables,
+    ),
     depths=(20, 56),
     seeds=(0,),
     takes=(*TRAINING, "pack", "shortcut"),

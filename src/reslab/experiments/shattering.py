@@ -31,20 +31,13 @@ import numpy as np
 import torch
 
 from reslab.checks import (
-    NUMBER,
-    NUMBERS,
-    Object,
     integer,
     integers,
     is_number,
-    maybe,
     number,
-    objects,
-    one_of,
 )
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
-from reslab.experiments import shattering_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import Flag, Study
 from reslab.experiments.verdicts import Gap, gap_of_rows
@@ -62,14 +55,15 @@ from reslab.models import cifar_model_name, create_model
 from reslab.report.figures import (
     array,
 )
-from reslab.report.schema import FAMILIES, FAMILY_DEPTH
+from reslab.report.schema import FAMILIES
 from reslab.report.stats import mean_std, nan_mean_std
 from reslab.train import one_cpu_thread, pick_device
 
 __all__ = ["STUDY", "analyse", "plan", "shattering_verdict"]
 
+#: The two kinds of net the study measures, and what the verdict and the report call them.
 KINDS = ("mlp", "cnn")
-_KIND_NAMES = {"mlp": "fully connected nets (1-D input)", "cnn": "CIFAR-family nets (image path)"}
+KIND_NAMES = {"mlp": "fully connected nets (1-D input)", "cnn": "CIFAR-family nets (image path)"}
 _LINE = (-2.0, 2.0)  # the paper's 1-D input range
 
 
@@ -253,7 +247,7 @@ def _kind_verdict(kind: str, rows: Sequence[Mapping[str, Any]], tol: float) -> d
 
     how = "falls faster" if faster else "does not fall measurably faster"
     text = (
-        f"{_KIND_NAMES[kind]}: the lag-1 gradient correlation {how} with depth in plain nets "
+        f"{KIND_NAMES[kind]}: the lag-1 gradient correlation {how} with depth in plain nets "
         f"than in residual nets: plain drops {drop(plain)}, residual {drop(residual)}; "
         f"{gap.why()}"
     )
@@ -308,22 +302,6 @@ def check(config: StudyConfig) -> None:
         raise ConfigError("--probe-batch must be at least 2: BN takes its statistics from it")
 
 
-#: results.json's ``shattering`` section, as the figures and the table read it.
-RESULTS = Object({"shattering": maybe(Object({
-    **{kind: maybe(Object({
-        "positions": NUMBERS,
-        "nets": objects({**FAMILY_DEPTH, "lag1": maybe(NUMBER), "correlation": NUMBERS,
-                         "gradients": maybe(NUMBERS)}),
-    })) for kind in KINDS},
-    "summary": objects({
-        "kind": one_of(KINDS),
-        **FAMILY_DEPTH,
-        **{key: maybe(NUMBER) for key in ("lag1_mean", "lag1_std", "n_seeds")},
-        "correlation_mean": NUMBERS,
-    }),
-}))})  # fmt: skip
-
-
 STUDY = Study(
     name="shattering",
     help="shattered gradients: how alike gradients at neighbouring inputs are, plain vs "
@@ -336,8 +314,7 @@ STUDY = Study(
     plan=plan,
     analyse=analyse,
     verdict=verdict,
-    figures=shattering_views.FIGURES,
-    tables=shattering_views.tables,
+    views="reslab.experiments.shattering_views",
     depths=(8, 20, 32, 56, 110),
     seeds=(0, 1, 2),
     flags=(
@@ -353,5 +330,4 @@ STUDY = Study(
     ),
     takes=("shortcut", "probe_batch", "width"),
     check=check,
-    check_results=RESULTS,
 )

@@ -1,8 +1,6 @@
-"""The shattering study's report views: its figures and its table.
-
-They read :mod:`reslab.experiments.shattering`'s section of results.json, by the kinds of net
-its measurement and its verdict name (``KINDS``, ``_KIND_NAMES``); that module imports this one
-for its ``STUDY`` record, so the views import it where they draw, not at import time.
+"""The shattering study's views: its figures, its table and the section of results.json
+they read, by the kinds of net (``KINDS``) :mod:`reslab.experiments.shattering` measures; that
+module names this one on its ``STUDY`` record (``views=``) instead of importing it.
 """
 
 from __future__ import annotations
@@ -13,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from reslab.checks import NUMBER, NUMBERS, Object, maybe, objects, one_of
+from reslab.experiments.registry import Views
+from reslab.experiments.shattering import KIND_NAMES, KINDS
 from reslab.report import html
 from reslab.report.figures import (
     FAMILY_COLOURS,
@@ -25,7 +26,7 @@ from reslab.report.figures import (
     style_of,
     styled,
 )
-from reslab.report.schema import FAMILIES, is_number
+from reslab.report.schema import FAMILIES, FAMILY_DEPTH, is_number
 
 __all__ = ["FIGURES", "tables"]
 
@@ -76,7 +77,6 @@ def _gradients_figure(kind: str) -> Callable[[Mapping[str, Any]], Any]:
 def _correlation_figure(kind: str) -> Callable[[Mapping[str, Any]], Any]:
     @styled
     def draw(results: Mapping[str, Any]) -> Any:
-        from reslab.experiments.shattering import _KIND_NAMES
 
         rows = [r for r in _rows(results, kind) if r.get("correlation_mean")]
         if not rows:
@@ -100,7 +100,7 @@ def _correlation_figure(kind: str) -> Callable[[Mapping[str, Any]], Any]:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xlabel("lag k (steps along the line)")
         ax.set_ylabel("autocorrelation" if kind == "mlp" else "mean correlation at lag k")
-        ax.set_title(_KIND_NAMES[kind])
+        ax.set_title(KIND_NAMES[kind])
         legend(ax, ncols=2, fontsize=7)
         return fig
 
@@ -109,7 +109,6 @@ def _correlation_figure(kind: str) -> Callable[[Mapping[str, Any]], Any]:
 
 @styled
 def _draw_lag1(results: Mapping[str, Any]) -> Any:
-    from reslab.experiments.shattering import _KIND_NAMES, KINDS
 
     kinds = [k for k in KINDS if any(is_number(r.get("lag1_mean")) for r in _rows(results, k))]
     if not kinds:
@@ -136,7 +135,7 @@ def _draw_lag1(results: Mapping[str, Any]) -> Any:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xlabel("depth (rectifier layers)" if kind == "mlp" else "depth (weighted layers)")
         ax.set_ylabel("lag-1 correlation")
-        ax.set_title(_KIND_NAMES[kind])
+        ax.set_title(KIND_NAMES[kind])
         legend(ax)
     return fig
 
@@ -196,7 +195,6 @@ FIGURES = (
 
 def tables(results: Mapping[str, Any]) -> list[html.Section]:
     """Per kind of net: lag-1 correlation mean ± std over seeds, and the mean at lag 4."""
-    from reslab.experiments.shattering import _KIND_NAMES, KINDS
 
     body = []
     for kind in KINDS:
@@ -212,9 +210,30 @@ def tables(results: Mapping[str, Any]) -> list[html.Section]:
         if rows:
             headers = ["net", "seeds", "lag-1 correlation", "lag 4 (mean)"]
             body.append(
-                f"<h3>{html.e(_KIND_NAMES[kind])}</h3>" + html.table(headers, rows, {1, 2, 3})
+                f"<h3>{html.e(KIND_NAMES[kind])}</h3>" + html.table(headers, rows, {1, 2, 3})
             )
     if not body:
         return []
     text = '<section id="shattering"><h2>Gradient correlation</h2>' + "".join(body) + "</section>"
     return [html.Section("shattering", "Gradient correlation", text)]
+
+
+# --- what the report reads: the section of results.json, declared -------------------------------
+
+#: results.json's ``shattering`` section, as the figures and the table read it.
+RESULTS = Object({"shattering": maybe(Object({
+    **{kind: maybe(Object({
+        "positions": NUMBERS,
+        "nets": objects({**FAMILY_DEPTH, "lag1": maybe(NUMBER), "correlation": NUMBERS,
+                         "gradients": maybe(NUMBERS)}),
+    })) for kind in KINDS},
+    "summary": objects({
+        "kind": one_of(KINDS),
+        **FAMILY_DEPTH,
+        **{key: maybe(NUMBER) for key in ("lag1_mean", "lag1_std", "n_seeds")},
+        "correlation_mean": NUMBERS,
+    }),
+}))})  # fmt: skip
+
+#: What the registry shows of the study (reslab.experiments.registry.Views).
+VIEWS = Views(figures=FIGURES, tables=tables, results=RESULTS)

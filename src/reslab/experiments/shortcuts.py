@@ -14,7 +14,7 @@ from typing import Any
 from reslab.errors import ReslabError
 from reslab.experiments import run_views
 from reslab.experiments.config import RunSpec, StudyConfig
-from reslab.experiments.registry import TRAINING, Study
+from reslab.experiments.registry import TRAINING, Study, Views
 from reslab.experiments.verdicts import gap_of_rows
 from reslab.models import cifar_model_name
 from reslab.report import html
@@ -107,17 +107,21 @@ STUDY = Study(
     plan=plan,
     analyse=analyse,
     verdict=verdict,
-    figures=(
-        run_views.ERROR_CURVES,
-        run_views.ERROR_VS_DEPTH,
-        run_views.shortcut_errors_spec(always=True),
+    views=Views(
+        figures=(
+            run_views.ERROR_CURVES,
+            run_views.ERROR_VS_DEPTH,
+            run_views.shortcut_errors_spec(always=True),
+        ),
+        tables=tables,
+        verdict_formats={
+            "plain_gap": run_views.gap_format("plain", "plain minus the best shortcut option"),
+            "residual_gap": run_views.gap_format(
+                "residual", "plain minus the best shortcut option"
+            ),
+            "tolerance": run_views.tolerance_format,
+        },
     ),
-    tables=tables,
-    verdict_formats={
-        "plain_gap": run_views.gap_format("plain", "plain minus the best shortcut option"),
-        "residual_gap": run_views.gap_format("residual", "plain minus the best shortcut option"),
-        "tolerance": run_views.tolerance_format,
-    },
     depths=(56,),
     seeds=(0, 1),
     one_depth=True,
