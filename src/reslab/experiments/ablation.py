@@ -22,7 +22,7 @@ from reslab.checks import (
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import TRAINING, Flag, Study, names
-from reslab.experiments.verdicts import gap_of_rows
+from reslab.experiments.verdicts import gap_of_rows, not_learned
 from reslab.models import cifar_model_name
 from reslab.report.stats import mean_std
 
@@ -154,7 +154,7 @@ def _pct(row: Mapping[str, Any], metric: str = "clean_train_error") -> str:
 
 
 def ablation_verdict(
-    summary: Sequence[Mapping[str, Any]], tolerance: float = 1.0
+    summary: Sequence[Mapping[str, Any]], tolerance: float = 1.0, chance: float | None = None
 ) -> dict[str, Any]:
     """Which variants train worse than the identity shortcut, and which placement is best.
 
@@ -169,6 +169,9 @@ def ablation_verdict(
     ref = _row(rows, REFERENCE)
     if ref is None:
         return {"text": "no verdict: the identity shortcut (the reference) has no finished run"}
+    stuck = not_learned([ref], chance)  # the reference must learn for "worse" to mean anything
+    if stuck is not None:
+        return stuck
     verdict: dict[str, Any] = {"worse": [], "as_well": [], "better": [], "gaps": {}}
     for row in rows:
         if row is ref:
@@ -214,7 +217,9 @@ def ablation_verdict(
 
 
 def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
-    return ablation_verdict(results.get("summary") or [], config.tolerance)
+    return ablation_verdict(
+        results.get("summary") or [], config.tolerance, results.get("chance_error")
+    )
 
 
 # --- checks and the study ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from reslab.experiments import probe_views, run_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import KINDS, probe_runs
 from reslab.experiments.registry import TRAINING, Study, Views
-from reslab.experiments.verdicts import gap_of_rows
+from reslab.experiments.verdicts import gap_of_rows, not_learned
 from reslab.models import cifar_model_name
 from reslab.report import html
 from reslab.report.schema import FAMILIES
@@ -51,7 +51,7 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
 
 
 def degradation_verdict(
-    summary: Sequence[Mapping[str, Any]], tolerance: float = 1.0
+    summary: Sequence[Mapping[str, Any]], tolerance: float = 1.0, chance: float | None = None
 ) -> dict[str, Any]:
     """The degradation study's verdict from its summary rows, on the one rule of
     :mod:`reslab.experiments.verdicts`.
@@ -61,9 +61,13 @@ def degradation_verdict(
     ``plain_gap_noise`` (``residual_gap_noise``) its seed noise: the two ends' seed standard
     deviations added in quadrature (None with one seed). Degradation is a plain gap beyond the
     tolerance and twice its noise; residual nets are fine (``residual_ok``) unless their gap is
-    too. Needs both families at two or more depths (the first shortcut option, if several).
+    too. Needs both families at two or more depths (the first shortcut option, if several), and
+    inconclusive unless both shallowest nets learned (``chance``: the error of guessing).
     """
     ends = {family: _ends(summary, family) for family in FAMILIES}
+    stuck = not_learned([ends["plain"][0], ends["residual"][0]], chance)
+    if stuck is not None:
+        return stuck
     gaps = {
         family: gap_of_rows(deep, shallow, "clean_train_error", tolerance)
         for family, (shallow, deep) in ends.items()
@@ -127,7 +131,9 @@ def _errors(deep: Mapping[str, Any], shallow: Mapping[str, Any]) -> str:
 def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
     """The verdict, or why there is none (e.g. a family with one depth, or diverged runs)."""
     try:
-        return degradation_verdict(results["summary"], config.tolerance)
+        return degradation_verdict(
+            results["summary"], config.tolerance, results.get("chance_error")
+        )
     except ReslabError as exc:
         return {"text": f"no verdict: {exc}"}
 

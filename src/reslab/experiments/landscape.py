@@ -41,7 +41,7 @@ from reslab.experiments.trained import (
     own_runs,
     trained_nets,
 )
-from reslab.experiments.verdicts import gap_of_values
+from reslab.experiments.verdicts import gap_of_values, not_learned
 from reslab.measure import landscape as ls
 from reslab.report.schema import FAMILIES
 from reslab.report.stats import mean_std, summarize_runs
@@ -152,6 +152,11 @@ def landscape_verdict(results: Mapping[str, Any], tolerance: float) -> dict[str,
     if not both:
         return {"text": "no verdict: it needs a plain and a residual net at the same depth"}
     depth = max(both)
+    # A surface around weights that never learned is not a minimum's: the nets must have.
+    trained = [r for r in results.get("summary") or [] if r.get("depth") == depth]
+    stuck = not_learned(trained, results.get("chance_error"))
+    if stuck is not None:
+        return {**stuck, "depth": depth}
     plain, res = rises[("plain", depth)], rises[("residual", depth)]
     if not all(map(math.isfinite, plain + res)):
         sharper = all(map(math.isfinite, res))

@@ -35,7 +35,7 @@ from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.pool import measure_all
 from reslab.experiments.registry import TRAINING, Flag, Study
 from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
-from reslab.experiments.verdicts import Gap, gap_of_values
+from reslab.experiments.verdicts import Gap, gap_of_values, not_learned
 from reslab.measure import lesion
 from reslab.report.stats import (
     group,
@@ -190,6 +190,11 @@ def lesion_verdict(results: Mapping[str, Any], tolerance: float) -> dict[str, An
     at = [r for r in rows if r["depth"] == both[-1]]
     plain = next(r for r in at if r["family"] == "plain")
     residual = min((r for r in at if r["family"] == "residual"), key=lambda r: str(r["shortcut"]))
+    chance = float(results[SECTION]["chance_error"])
+    # Lesioning a net that never learned measures nothing: both intact nets must have.
+    stuck = not_learned([plain, residual], chance, "intact_error", "intact test error")
+    if stuck is not None:
+        return stuck
     nets = [n for n in _nets(results) if n["depth"] == both[-1]]
     increases = {
         row["label"]: [
@@ -200,7 +205,6 @@ def lesion_verdict(results: Mapping[str, Any], tolerance: float) -> dict[str, An
         for row in (plain, residual)
     }
     gap = gap_of_values(increases[plain["label"]], increases[residual["label"]], tolerance)
-    chance = float(results[SECTION]["chance_error"])
     plain_std = plain["deleted_error_std"] if plain["n_seeds"] > 1 else None
     to_chance = Gap(chance, plain["deleted_error_mean"], 0.0, plain_std, tolerance)
     loses_less, at_chance = gap.exceeds(), not to_chance.exceeds()

@@ -16,13 +16,14 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from reslab.data import DATASETS
+from reslab.data import DATASETS, load_dataset
 from reslab.errors import ConfigError
 from reslab.experiments.cluster import check_cluster, connect, run_on_ray
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.pool import run_tasks, workers_for
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
+from reslab.experiments.verdicts import chance_error
 from reslab.report.schema import new_results, write_results
 from reslab.train import (
     NonFiniteLoss,
@@ -68,6 +69,10 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
     records = execute(config, specs, log)
     results = new_results(study.name, study.format_title(config), config.to_json())
     results.update(study.analyse(config, records))
+    # What guessing scores: a verdict whose nets have not beaten it by a margin is
+    # inconclusive (reslab.experiments.verdicts.not_learned).
+    classes = load_dataset(config.dataset, data_dir=config.data_dir).num_classes
+    results["chance_error"] = round(chance_error(classes), 4)
     results["verdict"] = study.verdict(results, config)
     views = study.look()
     write_results(out, results, check=views.results)
@@ -111,18 +116,22 @@ def summary_table(results: dict[str, Any]) -> str:
         return ""
     lines = [f"{'net':<16}{'seeds':>6}  {'train error (%)':>16}  {'test error (%)':>16}"]
     for row in rows:
+        n = row["n_seeds"]
         lines.append(
-            f"{row['label']:<16}{row['n_seeds']:>6}  "
-            f"{_pm(row['clean_train_error_mean'], row['clean_train_error_std']):>16}  "
-            f"{_pm(row['test_error_mean'], row['test_error_std']):>16}"
+            f"{row['label']:<16}{n:>6}  "
+            f"{_pm(row['clean_train_error_mean'], row['clean_train_error_std'], n):>16}  "
+            f"{_pm(row['test_error_mean'], row['test_error_std'], n):>16}"
         )
+    if any(row["n_seeds"] < 2 for row in rows):
+        lines.append("± ?: one seed, so the spread over seeds is unknown (--seeds 0,1 measures it)")
     return "\n".join(lines)
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def _pm(mean: float | None, std: float | None, n: int) -> str:
+    """``mean ± std``; ``± ?`` with one seed, whose spread is unknown (not zero)."""
     if mean is None:
         return "n/a"
-    return f"{mean:.1f} ± {std or 0:.1f}"
+    return f"{mean:.1f} ± ?" if n < 2 or std is None else f"{mean:.1f} ± {std:.1f}"
 
 
 # --- the runs ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from reslab.errors import ReslabError
 from reslab.experiments import run_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import TRAINING, Study, Views
-from reslab.experiments.verdicts import gap_of_rows
+from reslab.experiments.verdicts import gap_of_rows, not_learned
 from reslab.models import cifar_model_name
 from reslab.report import html
 from reslab.report.stats import summarize_runs
@@ -44,17 +44,23 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
     return {"runs": records, "summary": summarize_runs(records)}
 
 
-def shortcut_verdict(summary: Sequence[Mapping[str, Any]], tolerance: float) -> dict[str, Any]:
+def shortcut_verdict(
+    summary: Sequence[Mapping[str, Any]], tolerance: float, chance: float | None = None
+) -> dict[str, Any]:
     """Which variant trains best, and by how much the plain net trails the best shortcut, on
     the one rule of :mod:`reslab.experiments.verdicts`.
 
     Keys: ``best`` (label of the lowest test error), ``plain_gap`` (plain minus the best
     shortcut option's final clean training error, points) with ``plain_gap_noise``, and
-    ``option_spread`` (the options' range of test error, points) with ``option_spread_noise``.
+    ``option_spread`` (the options' range of test error, points) with ``option_spread_noise``;
+    inconclusive when the best-training net has not learned (``chance``: guessing's error).
     """
     rows = [r for r in summary if r.get("clean_train_error_mean") is not None]
     if not rows:
         raise ReslabError("no finished runs to compare")
+    stuck = not_learned([min(rows, key=lambda r: r["clean_train_error_mean"])], chance)
+    if stuck is not None:
+        return stuck
     best = min(rows, key=lambda r: (r["test_error_mean"], r["clean_train_error_mean"]))
     plain = [r for r in rows if r["family"] == "plain"]
     residual = [r for r in rows if r["family"] == "residual"]
@@ -91,7 +97,7 @@ def shortcut_verdict(summary: Sequence[Mapping[str, Any]], tolerance: float) -> 
 
 
 def verdict(results: Mapping[str, Any], config: StudyConfig) -> dict[str, Any]:
-    return shortcut_verdict(results["summary"], config.tolerance)
+    return shortcut_verdict(results["summary"], config.tolerance, results.get("chance_error"))
 
 
 def tables(results: Mapping[str, Any]) -> list[html.Section]:

@@ -6,6 +6,12 @@ correlations. A gap between two means counts only when it is larger than the stu
 quadrature (the spread of the gap if the two are independent), doubled for a band that one
 unlucky seed does not cross. With a single seed the noise is unknown: the gap is judged by the
 tolerance alone, and the verdict says so. Each verdict names what it compared and the numbers.
+
+And a comparison of nets that have not learned says nothing about the nets, only about the
+budget: with ``--lr 1e-7`` every net stays at chance, and the gap between two of them is noise
+(one seed and one epoch once "showed" degradation as 88.8 vs 89.9 % training error). A net has
+learned when its error is below chance by more than :data:`CHANCE_MARGIN`; a verdict whose
+reference nets have not is inconclusive, says why and what to do (:func:`not_learned`).
 """
 
 from __future__ import annotations
@@ -17,10 +23,59 @@ from typing import Any
 
 from reslab.report.stats import mean_std
 
-__all__ = ["NOISE_WIDTHS", "Gap", "gap_of_rows", "gap_of_values"]
+__all__ = [
+    "CHANCE_MARGIN",
+    "NOISE_WIDTHS",
+    "Gap",
+    "chance_error",
+    "gap_of_rows",
+    "gap_of_values",
+    "not_learned",
+]
 
 # How many noise widths a gap must clear: twice the seed noise (a ~95 % band for a normal spread).
 NOISE_WIDTHS = 2.0
+# Points of error below chance a net must reach to count as having learned anything (on ten
+# classes: below 80 %). A net stuck within it is not a result about its architecture.
+CHANCE_MARGIN = 10.0
+
+
+def chance_error(classes: int) -> float:
+    """The error, in percent, of guessing among ``classes`` classes."""
+    return 100.0 * (1.0 - 1.0 / max(1, classes))
+
+
+def not_learned(
+    rows: Sequence[Mapping[str, Any]],
+    chance: float | None,
+    key: str = "clean_train_error",
+    what: str = "training error",
+) -> dict[str, Any] | None:
+    """The inconclusive verdict when a net of ``rows`` (summary rows with ``{key}_mean``) has
+    not learned: its mean error is within :data:`CHANCE_MARGIN` of ``chance``; None when every
+    one has (or ``chance`` is unknown). Pass the nets the verdict must trust: its references
+    (a deep plain net stuck at chance while the shallow one learned *is* degradation)."""
+    if chance is None:
+        return None
+    stuck = [
+        r
+        for r in rows
+        if isinstance(r.get(f"{key}_mean"), int | float)
+        and float(r[f"{key}_mean"]) >= chance - CHANCE_MARGIN
+    ]
+    if not stuck:
+        return None
+    names = ", ".join(f"{r.get('label')} ({float(r[f'{key}_mean']):.1f} %)" for r in stuck)
+    one = len(stuck) == 1
+    has, them = ("has", "it") if one else ("have", "them")
+    return {
+        "text": f"inconclusive: {names} {has} not learned ({what} within {CHANCE_MARGIN:g} "
+        f"points of chance, {chance:.1f} %), so comparing {them} says nothing about the nets; "
+        "train longer (--epochs or --steps), check --lr, and use two or more --seeds",
+        "inconclusive": True,
+        "chance_error": round(chance, 4),
+        "chance_margin": CHANCE_MARGIN,
+    }
 
 
 @dataclass(frozen=True)
