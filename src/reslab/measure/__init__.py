@@ -11,4 +11,6 @@ numpy and the public types of :mod:`reslab.blocks` and :mod:`reslab.models` alon
 * :mod:`~reslab.measure.lesion`: deleting and swapping blocks at test time (Veit et al. 2016).
 * :mod:`~reslab.measure.landscape`: filter-normalised loss surfaces (Li et al. 2018).
 * :mod:`~reslab.measure.shattering`: input-gradient correlations (Balduzzi et al. 2017).
+* :mod:`~reslab.measure.signal`: signal propagation plots, the forward signal's channel means
+  and variances block by block (Brock et al. 2021).
 """
