@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reslab.errors import ConfigError, ReslabError
-from reslab.experiments import probe_views, run_views
+from reslab.experiments import probe_views, run_views, signal_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import KINDS, probe_runs
 from reslab.experiments.registry import TRAINING, Study, Views
@@ -166,6 +166,7 @@ STUDY = Study(
             probe_views.GRADIENT_NORM,
             probe_views.RESIDUAL_RATIO,
             probe_views.LAYER_RESPONSES,
+            signal_views.SIGNAL_PROPAGATION,
         ),
         tables=tables,
         verdict_formats={

@@ -1,4 +1,5 @@
-"""Probing a study's trained nets: gradient flow, residual magnitude and layer responses.
+"""Probing a study's trained nets: gradient flow, residual magnitude, layer responses and the
+forward signal (signal propagation plots).
 
 The probes themselves are in :mod:`reslab.measure.probes`; this module loads each run's weights
 (final, and the snapshots the trainer kept at ``--probe-steps``), feeds every net the same
@@ -17,14 +18,14 @@ from torch import Tensor, nn
 from reslab.data import load_dataset, normalize_batch
 from reslab.experiments.config import StudyConfig
 from reslab.experiments.pool import measuring
-from reslab.measure import probes
+from reslab.measure import probes, signal
 from reslab.report import stats
 from reslab.train import RunFolder
 from reslab.weights import load_model
 
 __all__ = ["KINDS", "label", "probe_runs"]
 
-KINDS = ("gradient_flow", "residual_magnitude", "layer_responses")
+KINDS = ("gradient_flow", "residual_magnitude", "layer_responses", "signal_propagation")
 
 
 def label(record: dict[str, Any]) -> str:
@@ -79,6 +80,11 @@ def _probe_all(
             stages = [(when, load_model(path)) for when, path in snapshots if path.is_file()]
             for when, model in [*stages, ("trained", trained)]:
                 out["gradient_flow"].append({**meta, "when": when, **_flow(model, x, y)})
+        if "signal_propagation" in kinds:  # the forward signal at init (if kept) and trained
+            init = folder.snapshot_path(0)
+            moments = [("init", load_model(init))] if init.is_file() else []
+            for when, model in [*moments, ("trained", trained)]:
+                out["signal_propagation"].append({**meta, "when": when, **_signal(model, x)})
         if "residual_magnitude" in kinds:
             out["residual_magnitude"].append({**meta, **_magnitude(trained, x)})
         if "layer_responses" in kinds:
@@ -112,6 +118,19 @@ def _magnitude(model: nn.Module, x: Tensor) -> dict[str, Any]:
         "ratio": mag.ratios,
         "f_norm": mag.branch_norms,
         "shortcut_norm": mag.shortcut_norms,
+    }
+
+
+def _signal(model: nn.Module, x: Tensor) -> dict[str, Any]:
+    """Brock et al. 2021's signal propagation plot of one net: BN on batch statistics, as
+    in training (at initialisation its running statistics are still 0 and 1)."""
+    sp = signal.signal_propagation(model, x, train_mode=True)
+    return {
+        "block": sp.block_names,
+        "stage": sp.stages,
+        "squared_mean": sp.squared_means,
+        "variance": sp.variances,
+        "residual_variance": sp.residual_variances,
     }
 
 
