@@ -127,7 +127,7 @@ def _verdict(check: Callable[[dict[str, Any]], None], results: dict[str, Any]) -
 
 
 def _declared(study: str) -> Any:
-    spec = get_study(study).check_results
+    spec = get_study(study).look().results
     assert spec is not None
     return spec
 
