@@ -17,8 +17,9 @@ import torch
 
 from conftest import write_cifar
 from reslab.blocks import GatedAdd, ScaledAdd
+from reslab.checks import Invalid
 from reslab.cli import main
-from reslab.errors import ConfigError, ReslabError
+from reslab.errors import ConfigError
 from reslab.experiments import StudyConfig, get_study, run_study
 from reslab.experiments.ablation import (
     DEFAULT_VARIANTS,
@@ -27,7 +28,6 @@ from reslab.experiments.ablation import (
 )
 from reslab.experiments.ablation_views import RESULTS, console_table
 from reslab.experiments.runner import train_config
-from reslab.report.schema import Validator
 from reslab.train.session import build_model
 
 
@@ -203,12 +203,12 @@ def test_results_check_refuses_a_broken_section(
     study: tuple[StudyConfig, dict[str, Any], str],
 ) -> None:
     _, results, _ = study
-    Validator("results.json").run(RESULTS, results, "")
+    RESULTS.check(results, "")
     broken = {**results, "summary": [{**results["summary"][0], "tables": [3]}]}
-    with pytest.raises(ReslabError, match=r"summary\[0\].tables must be a list of table numbers"):
-        Validator("results.json").run(RESULTS, broken, "")
-    with pytest.raises(ReslabError, match="ablation must be an object"):
-        Validator("results.json").run(RESULTS, {**results, "ablation": None}, "")
+    with pytest.raises(Invalid, match=r"summary\[0\].tables must be a list of table numbers"):
+        RESULTS.check(broken, "")
+    with pytest.raises(Invalid, match="ablation must be an object"):
+        RESULTS.check({**results, "ablation": None}, "")
 
 
 def test_runs_on_cifar10_with_the_recipes_budget(tmp_path: Path) -> None:

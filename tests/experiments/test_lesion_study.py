@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from conftest import write_cifar
+from reslab.checks import Invalid
 from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import StudyConfig, build_report, run_study
 from reslab.experiments.lesion import STUDY, lesion_verdict
 from reslab.experiments.lesion_views import RESULTS
 from reslab.measure.lesion import lesion_net, top1_error
 from reslab.models import create_model
-from reslab.report.schema import Validator, load_results, new_results, write_results
+from reslab.report.schema import load_results, new_results, write_results
 from reslab.train import RunFolder
 from reslab.weights import save_weights
 
@@ -134,7 +135,7 @@ def test_one_seed_says_the_noise_is_unknown_and_a_small_gap_does_not_count() -> 
 
 def test_the_section_check_names_the_first_problem() -> None:
     good = _results([_entry("residual", 0, 2.0, [3.0] * 6)])
-    Validator("r").run(RESULTS, good, "")
+    RESULTS.check(good, "")
     cases = [
         (lambda n: n.update(deleted_error=[1.0]), r"deleted_error must have one entry per block"),
         (lambda n: n.update(stage=["a"] * 6), r"stage must be a list of integers"),
@@ -145,8 +146,8 @@ def test_the_section_check_names_the_first_problem() -> None:
     for spoil, message in cases:
         bad = copy.deepcopy(good)
         spoil(bad["lesion"]["nets"][0])
-        with pytest.raises(ReslabError, match=message):
-            Validator("r").run(RESULTS, bad, "")
+        with pytest.raises(Invalid, match=message):
+            RESULTS.check(bad, "")
 
 
 def test_the_config_is_checked() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from reslab.checks import integer
+from reslab.checks import NUMBERS, Object, integer, maybe
 from reslab.cli import main
 from reslab.errors import ConfigError
 from reslab.experiments import (
@@ -24,7 +24,6 @@ from reslab.experiments import (
 )
 from reslab.report.figures import FigureSpec, new_figure, styled
 from reslab.report.html import Section, table
-from reslab.report.schema import Validator
 
 # --- the whole study: what a new module would hold ------------------------------------------
 
@@ -54,10 +53,6 @@ def _tables(results: Mapping[str, Any]) -> list[Section]:
     return [Section("tiny", "Tiny values", body)]
 
 
-def _check(results: Mapping[str, Any], v: Validator) -> None:
-    v.numbers(results.get("tiny", {}).get("values"), "tiny.values")
-
-
 TINY = Study(
     name="tiny",
     help="a throw-away study that trains nothing",
@@ -69,7 +64,7 @@ TINY = Study(
     views=Views(
         figures=(FigureSpec("tiny_values", "The tiny values.", "Read it left to right.", _draw),),
         tables=_tables,
-        results=_check,
+        results=Object({"tiny": maybe(Object({"values": NUMBERS}))}),
     ),
     depths=(8,),
     flags=(Flag("--knob", "3", "how many values", integer(0, 100)),),

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from reslab.checks import Invalid
 from reslab.errors import ReslabError
 from reslab.experiments import get_study
-from reslab.report.schema import Validator, load_results, write_results
+from reslab.report.schema import load_results, write_results
 
 # --- valid sections and their breakages ----------------------------------------------------------
 
@@ -120,14 +121,14 @@ def _verdict(check: Callable[[dict[str, Any]], None], results: dict[str, Any]) -
     """None when ``check`` accepts ``results``, else its message (which must be one line)."""
     try:
         check(results)
-    except ReslabError as exc:
+    except Invalid as exc:
         assert "\n" not in str(exc)
         return str(exc)
     return None
 
 
 def _declared(study: str) -> Any:
-    spec = get_study(study).check_results
+    spec = get_study(study).look().results
     assert spec is not None
     return spec
 
@@ -140,20 +141,20 @@ def test_the_declaration_accepts_the_section_and_refuses_each_breakage(
     results = {"schema": 1, "experiment": study, **copy.deepcopy(_EDITS[study][0])}
     if edit >= 0:
         _EDITS[study][1][edit](results)
-    declared = _verdict(lambda r: Validator("r").run(_declared(study), r, ""), results)
+    declared = _verdict(lambda r: _declared(study).check(r, ""), results)
     assert (declared is None) == (edit < 0), declared
 
 
 def test_an_absent_optional_section_passes() -> None:
     for study in ("lesion", "landscape", "shattering"):
-        Validator("r").run(_declared(study), {"schema": 1}, "")
+        _declared(study).check({"schema": 1}, "")
 
 
 def test_a_boolean_depth_is_not_a_depth() -> None:
     """The hand-written check it replaced took ``"depth": true`` (isinstance(True, int))."""
     results = {**copy.deepcopy(_ABLATION), "ablation": {"depth": True}}
-    with pytest.raises(ReslabError, match=r"ablation\.depth must be a positive integer"):
-        Validator("r").run(_declared("ablation"), results, "")
+    with pytest.raises(Invalid, match=r"ablation\.depth must be a positive integer"):
+        _declared("ablation").check(results, "")
 
 
 def test_write_and_load_take_a_declaration(tmp_path: Path) -> None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from conftest import synthetic_results
+from reslab.checks import NUMBERS, Object, maybe
 from reslab.errors import ReslabError
 from reslab.report.schema import (
     RESULTS_NAME,
     SCHEMA_VERSION,
-    Validator,
     load_results,
     new_results,
     provenance,
@@ -75,9 +74,7 @@ def test_any_study_name_is_allowed_when_the_caller_names_none() -> None:
 
 
 def test_a_study_checks_its_own_section(tmp_path: Path) -> None:
-    def check(results: Any, v: Validator) -> None:
-        v.numbers(results.get("lesion", {}).get("error"), "lesion.error")
-
+    check = Object({"lesion": maybe(Object({"error": NUMBERS}))})
     good = {"schema": 1, "experiment": "lesion", "lesion": {"error": [1.0, None]}}
     write_results(tmp_path, good, check=check)
     assert load_results(tmp_path, checks={"lesion": check})["lesion"]["error"] == [1.0, None]

@@ -41,6 +41,7 @@ __all__ = [
     "maybe",
     "objects",
     "one_of",
+    "text",
 ]
 
 
@@ -96,18 +97,19 @@ class InRange(Spec):
     bounds: Bounds
 
     def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
-        self.bounds.check(where, None if value is MISSING else value, Invalid)
+        self.bounds.check(where, value, Invalid)  # an absent number is shown as "got nothing"
 
 
 @dataclass(frozen=True)
 class Maybe(Spec):
-    """``spec``, or absent, or (with ``null``) null."""
+    """``spec``, or (with ``absent``) absent, or (with ``null``) null."""
 
     spec: Spec
     null: bool = True
+    absent: bool = True
 
     def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
-        if not (value is MISSING or (self.null and value is None)):
+        if not ((self.absent and value is MISSING) or (self.null and value is None)):
             self.spec.check(value, where, within)
 
 
@@ -144,16 +146,21 @@ class ListOf(Spec):
 
 @dataclass(frozen=True)
 class Object(Spec):
-    """A JSON object; each declared key's value is checked by its spec, in declaration order."""
+    """A JSON object; each declared key's value is checked by its spec, in declaration order,
+    then (with ``others``) every other key's value by ``others``."""
 
     fields: Mapping[str, Spec]
     problem: str = "must be an object"
+    others: Spec | None = None
 
     def check(self, value: Any, where: str, within: Mapping[str, Any] | None = None) -> None:
         if not isinstance(value, dict):
             raise at(where, self.problem)
         for key, spec in self.fields.items():
             spec.check(value.get(key, MISSING), f"{where}.{key}" if where else key, value)
+        if self.others is not None:
+            rest = {k: v for k, v in value.items() if k not in self.fields}
+            MapOf(self.others).check(rest, where)
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, dict)
@@ -195,6 +202,14 @@ def one_of(values: Collection[Any], problem: str = "") -> Is:
     """One of ``values`` (compared with ``==``)."""
     words = problem or f"must be one of {', '.join(map(str, values))}"
     return Is(lambda v: any(v == x for x in values), words)
+
+
+def text(limit: int) -> Is:
+    """A string of at most ``limit`` characters."""
+    return Is(
+        lambda v: isinstance(v, str) and len(v) <= limit,
+        f"must be a string of at most {limit:,} characters",
+    )
 
 
 NUMBER = Is(is_number, "must be a number, not {value}")

@@ -14,14 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from reslab.checks import MAX_ITEMS, Bounds, shown
+from reslab.checks import MAX_ITEMS, Bounds, Spec, shown
 from reslab.errors import ConfigError
 
 if TYPE_CHECKING:
     from reslab.experiments.config import RunSpec, StudyConfig
     from reslab.report.figures import FigureSpec
     from reslab.report.html import ItemFormat, Section
-    from reslab.report.schema import Check
 
 __all__ = [
     "TRAINING",
@@ -105,7 +104,7 @@ class Views:
     figures: tuple[FigureSpec, ...] = ()  # in report order; each draws or returns None
     tables: Callable[[Mapping[str, Any]], list[Section]] = _no_tables  # the report's tables
     verdict_formats: Mapping[str, ItemFormat] = field(default_factory=dict)  # verdict keys
-    results: Check | None = None  # the study's own results.json section, declared
+    results: Spec | None = None  # the study's own results.json section, declared
     text_table: Callable[[Mapping[str, Any]], str] | None = None  # console; None: generic
 
 

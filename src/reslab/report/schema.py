@@ -100,8 +100,7 @@ written before the studies probed every seed::
 
 A new study adds its own top-level section (e.g. ``"lesion": {...}``); :func:`validate_results`
 checks the common parts above (:data:`RESULTS`, a declaration), and a study checks its own
-section with a ``check``: a declaration too (:mod:`reslab.checks.document`), or a function that
-gets a :class:`Validator`.
+section with a ``check``: a declaration too (:mod:`reslab.checks.document`).
 """
 
 from __future__ import annotations
@@ -110,7 +109,7 @@ import json
 import math
 import os
 import platform
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn, TypedDict
@@ -140,13 +139,11 @@ __all__ = [
     "RESULTS",
     "RESULTS_NAME",
     "SCHEMA_VERSION",
-    "Check",
     "Curves",
     "ProbeEntry",
     "Results",
     "RunRecord",
     "SummaryRow",
-    "Validator",
     "is_int",
     "is_number",
     "load_results",
@@ -242,10 +239,6 @@ class Results(TypedDict, total=False):
     probes: dict[str, list[ProbeEntry]]
 
 
-#: A study's check of its own section: a declaration (:mod:`reslab.checks.document`), or a
-#: function that gets the results and the validator to fail with.
-Check = Spec | Callable[[Mapping[str, Any], "Validator"], None]
-
 FAMILY_DEPTH: dict[str, Spec] = {
     "family": Is(lambda v: v in FAMILIES, "must be 'plain' or 'residual', not {value}"),
     "depth": at_least(1, "must be a positive integer, not {value}"),
@@ -327,7 +320,7 @@ def new_results(experiment: str, title: str, config: Mapping[str, Any]) -> dict[
 
 
 def write_results(
-    study_dir: str | Path, results: Mapping[str, Any], check: Check | None = None
+    study_dir: str | Path, results: Mapping[str, Any], check: Spec | None = None
 ) -> Path:
     """Validate ``results`` and write it atomically to ``study_dir/results.json``.
 
@@ -344,7 +337,7 @@ def write_results(
 def load_results(
     study_dir: str | Path,
     experiments: Collection[str] | None = None,
-    checks: Mapping[str, Check] | None = None,
+    checks: Mapping[str, Spec] | None = None,
 ) -> dict[str, Any]:
     """Read and validate ``study_dir/results.json`` (or a results file given directly).
 
@@ -379,7 +372,7 @@ def validate_results(
     results: Any,
     source: str = "results",
     experiments: Collection[str] | None = None,
-    check: Check | None = None,
+    check: Spec | None = None,
 ) -> dict[str, Any]:
     """Check the parts of ``results`` that the report reads; return it unchanged.
 
@@ -387,73 +380,40 @@ def validate_results(
     section. Raises :class:`ReslabError` naming the first problem, e.g. ``runs[2].curves.step
     must be a list of numbers``. Unknown keys are allowed.
     """
-    v = Validator(source)
     if not isinstance(results, dict):
-        v.fail("", f"must be a JSON object, not {type(results).__name__}")
-    _check_top_level(results, v, experiments)
-    v.run(RESULTS, results, "")
-    if isinstance(check, Spec):
-        v.run(check, results, "")
-    elif check is not None:
-        check(results, v)
+        _fail(source, f"must be a JSON object, not {type(results).__name__}")
+    _check_top_level(results, source, experiments)
+    try:
+        RESULTS.check(results, "")
+        if check is not None:
+            check.check(results, "")
+    except Invalid as exc:
+        _fail(source, str(exc))
     return results
 
 
+def _fail(source: str, problem: str) -> NoReturn:
+    raise ReslabError(f"{source}: {problem}; rerun the experiment or fix the file")
+
+
 def _check_top_level(
-    results: dict[str, Any], v: Validator, experiments: Collection[str] | None
+    results: dict[str, Any], source: str, experiments: Collection[str] | None
 ) -> None:
     schema = results.get("schema")
     if schema is None:
-        v.fail("schema", f"is missing (expected {SCHEMA_VERSION})")
+        _fail(source, f"schema is missing (expected {SCHEMA_VERSION})")
     if not is_int(schema) or schema < 1:
-        v.fail("schema", f"must be a positive integer, not {shown(schema)}")
+        _fail(source, f"schema must be a positive integer, not {shown(schema)}")
     if schema > SCHEMA_VERSION:
         raise ReslabError(
-            f"{v.source}: schema {schema} was written by a newer reslab (this one reads up to "
+            f"{source}: schema {schema} was written by a newer reslab (this one reads up to "
             f"{SCHEMA_VERSION}); upgrade reslab"
         )
     experiment = results.get("experiment")
     if experiments is not None and experiment not in experiments:
-        v.fail("experiment", f"must be one of {', '.join(experiments)}")
+        _fail(source, f"experiment must be one of {', '.join(experiments)}")
     if not isinstance(experiment, str) or not experiment:
-        v.fail("experiment", "must be the name of a study, e.g. degradation")
-
-
-class Validator:
-    """One-line :class:`ReslabError` messages with a JSON path, for a study's ``check`` function
-    (a declaration is the simpler way: :data:`Check`)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, where: str, problem: str) -> NoReturn:
-        what = f"{where} " if where else ""
-        raise ReslabError(f"{self.source}: {what}{problem}; rerun the experiment or fix the file")
-
-    def run(self, spec: Spec, value: Any, where: str) -> None:
-        """``value`` checked against the declaration ``spec``; its first problem is one line."""
-        try:
-            spec.check(value, where)
-        except Invalid as exc:
-            self.fail("", str(exc))
-
-    def optional_str(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> None:
-        self.run(maybe(TEXT), obj.get(key), prefix + key)
-
-    def optional_number(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> None:
-        self.run(maybe(NUMBER), obj.get(key), prefix + key)
-
-    def numbers(self, values: Any, where: str) -> None:
-        self.run(NUMBERS, values, where)
-
-    def list_of_objects(
-        self, obj: Mapping[str, Any], key: str, prefix: str = ""
-    ) -> list[dict[str, Any]]:
-        self.run(objects({}), obj.get(key), prefix + key)
-        return obj.get(key) or []
-
-    def family_depth(self, obj: Mapping[str, Any], prefix: str) -> None:
-        self.run(Object(FAMILY_DEPTH), obj, prefix.rstrip("."))
+        _fail(source, "experiment must be the name of a study, e.g. degradation")
 
 
 def _jsonable(obj: Any, where: str) -> Any:

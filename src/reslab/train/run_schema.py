@@ -4,7 +4,8 @@ A run folder is input like any other: a user may edit it, a disk may damage it, 
 hand over a hostile one. Each reader here takes bytes and returns data of the documented shape,
 or raises one :class:`CheckpointError` line that names the file, the first bad field and what to
 do. Nothing is echoed unbounded (:func:`~reslab.checks.shown`), nothing is read without a size
-limit, and every number is checked for its type (``True`` is not an int), finiteness and range.
+limit, and every number is checked for its type (``True`` is not an int), finiteness and range,
+by the declarations below (:mod:`reslab.checks.document`).
 
 * ``checkpoints/last.json``: :func:`check_checkpoint` (step, step-file names *derived from the
   step*, so no path in it can leave ``checkpoints/``, sizes, SHA-256, loader, RNG, history).
@@ -20,14 +21,31 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 import stat
 import struct
 from pathlib import Path
 from typing import Any
 
-from reslab.checks import shown
+from reslab.checks import (
+    FLOAT_MAX,
+    InRange,
+    Invalid,
+    Is,
+    ListOf,
+    MapOf,
+    Maybe,
+    Object,
+    Spec,
+    integer,
+    is_int,
+    is_number,
+    maybe,
+    number,
+    one_of,
+    shown,
+    text,
+)
 from reslab.errors import CheckpointError
 
 __all__ = [
@@ -169,58 +187,115 @@ def _all_ints(values: list[Any]) -> bool:
     return all(type(v) is int and 0 <= v < 1 << 50 for v in values)
 
 
-# --- field checks -----------------------------------------------------------------------------
+# --- the declarations -----------------------------------------------------------------------
+
+MAX_SHORT = 256  # a short text value: a name, a date, a checksum, a loader setting
+STEP = InRange(integer(0, MAX_STEP))
+AT_LEAST_0 = InRange(number(0, FLOAT_MAX))  # finite bounds: no inf, and no 10**400
 
 
-def _get(obj: dict[str, Any], key: str, where: str) -> Any:
-    if key not in obj:
-        raise BadField(f"has no {where}{key}")
-    return obj[key]
+def _finite(v: Any) -> bool:
+    """A finite float (nan, inf fail), or an int that fits in 64 bits (10**400 overflows float)."""
+    return is_number(v) and abs(v) <= (1 << 63 if isinstance(v, int) else FLOAT_MAX)
 
 
-def _int(value: Any, name: str, lo: int = 0, hi: int = MAX_STEP) -> int:
-    if type(value) is not int or not lo <= value <= hi:
-        raise BadField(f"has {name} = {shown(value)}, expected an integer in [{lo}, {hi}]")
-    return value
+# A loss is loaded with Tensor.fill_, which overflows on an int of more than 64 bits.
+FINITE = Is(_finite, "must be a finite number, not {value}")
 
 
-def _num(value: Any, name: str, lo: float = 0.0, hi: float = math.inf, none: bool = True) -> None:
-    if value is None and none:
-        return
-    # Python ints are unbounded: 10**400 is "finite" but no float holds it (float() overflows).
-    ok = (type(value) is float and math.isfinite(value)) or (
-        type(value) is int and abs(value) <= 1 << 63
-    )
-    ok = ok and lo <= value <= hi
-    if not ok:
-        raise BadField(f"has {name} = {shown(value)}, expected a finite number in [{lo}, {hi}]")
+def _scalar(v: Any) -> bool:
+    """A JSON scalar of bounded size (loader settings, unknown record fields, settings)."""
+    if isinstance(v, str):
+        return len(v) <= MAX_SHORT
+    return v is None or isinstance(v, bool) or _finite(v)
 
 
-def _type(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise BadField(f"has {name} = {shown(value)}, expected {names}")
-    return value
+def _words(v: Any, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(is_int(w) and 0 <= w < 1 << 32 for w in v)
 
 
-def _str(value: Any, name: str, limit: int = 256) -> str:
-    _type(value, str, name)
-    if len(value) > limit:
-        raise BadField(f"has {name} of {len(value):,} characters (at most {limit})")
-    return str(value)
+def _numpy_state(v: Any) -> bool:
+    """("MT19937", 624 key words, position, has_gauss, gauss), as numpy's get_state gives it."""
+    return (
+        isinstance(v, list) and len(v) == 5 and v[0] == "MT19937" and _words(v[1], _NP_KEYS)
+        and is_int(v[2]) and 0 <= v[2] <= _NP_KEYS and is_int(v[3]) and v[3] in (0, 1)
+        and _finite(v[4])
+    )  # fmt: skip
 
 
-def _scalar(value: Any, name: str) -> None:
-    """A JSON scalar of bounded size (loader settings, unknown record fields)."""
-    if value is None or isinstance(value, bool):
-        return
-    if isinstance(value, (int, float)):
-        _num(value, name, -math.inf)
-        return
-    if isinstance(value, str):
-        _str(value, name)
-        return
-    raise BadField(f"has {name} = {shown(value)}, expected a number, string, boolean or null")
+def _python_state(v: Any) -> bool:
+    """(version 3, 624 key words and the position, gauss), as random.getstate gives it."""
+    return (
+        isinstance(v, list) and len(v) == 3 and is_int(v[0]) and v[0] == 3
+        and _words(v[1], _PY_KEYS) and v[1][-1] <= _NP_KEYS and (v[2] is None or _finite(v[2]))
+    )  # fmt: skip
+
+
+def _inside(v: Any) -> bool:
+    """A path recorded in a run file: relative, inside the run folder, no ``..``."""
+    if not (isinstance(v, str) and len(v) <= 1024 and "\0" not in v):
+        return False
+    return bool(Path(v).parts) and not Path(v).is_absolute() and ".." not in Path(v).parts
+
+
+SCALAR = Is(_scalar, f"must be a number, a string of at most {MAX_SHORT} characters, a boolean "
+            "or null, not {value}")  # fmt: skip
+RECORD = Object({"epoch": InRange(integer(1, MAX_STEP)), "step": STEP}, others=SCALAR)
+LAST_JSON = Object({
+    "format": Is(lambda v: is_int(v) and v == CHECKPOINT_FORMAT,
+                 f"must be {CHECKPOINT_FORMAT}, the format this reslab reads, not {{value}}"),
+    "step": STEP,
+    "epoch": STEP,
+    "loader": Object({"epoch": STEP, "batch": STEP}, others=SCALAR),
+    "rng": Object({
+        "torch": text(1 << 16),
+        "numpy": Is(_numpy_state, "must be numpy's MT19937 state"),
+        "python": Is(_python_state, "must be a (version, state, gauss) triple of random's"),
+    }),
+    "warming": Is(lambda v: isinstance(v, bool), "must be true or false, not {value}"),
+    "warmup_end": Maybe(STEP, absent=False),
+    "best_error": Maybe(InRange(number(0, 100)), absent=False),
+    "records": ListOf(RECORD, "must be a list of epoch records"),
+    "running": Object({
+        "loss": FINITE,
+        **{key: InRange(integer(0, 1 << 62))
+           for key in ("errors", "count", "window_errors", "window_count")},
+    }),
+    "wall_time": AT_LEAST_0,
+    "saved": text(MAX_SHORT),
+}, "must be a JSON object")  # fmt: skip
+_RESULT_NUMBERS = "clean_train_error test_error val_error best_error images_per_s wall_time"
+_RESULT_INTS = "params epochs steps world_size warmup_end_step"
+RESULT = Object({
+    "status": maybe(
+        one_of(("finished", "diverged"), "must be 'finished' or 'diverged', not {value}"), False
+    ),
+    "message": maybe(text(1 << 16), null=False),
+    "train_loss": maybe(FINITE),
+    **{key: maybe(AT_LEAST_0) for key in _RESULT_NUMBERS.split()},
+    **{key: maybe(InRange(integer(0, 1 << 50))) for key in _RESULT_INTS.split()},
+    **{key: maybe(Is(_inside, "must be a path inside the run folder, not {value}"), null=False)
+       for key in ("weights", "eval_weights")},
+    **{key: maybe(text(MAX_SHORT), null=False) for key in ("model", "dataset")},
+    "rank_checksums": maybe(Is(
+        lambda v: isinstance(v, list) and len(v) <= 1 << 16
+        and all(isinstance(c, str) and len(c) <= MAX_SHORT for c in v),
+        "must be a list of up to 65,536 checksums",
+    ), null=False),
+}, "must be a JSON object")  # fmt: skip
+#: config.json's values: every one a scalar or a short list of them (milestones, snapshot steps)
+SETTING = Is(
+    lambda v: _scalar(v) or (isinstance(v, list) and len(v) <= 1 << 16 and all(map(_scalar, v))),
+    "must be a number, a short string, a boolean, null or a list of them, not {value}",
+)
+
+
+def _check(spec: Spec, value: Any, where: str = "") -> None:
+    """``spec.check``, its one :class:`Invalid` line as the :class:`BadField` readers expect."""
+    try:
+        spec.check(value, where)
+    except Invalid as exc:
+        raise BadField(f"is invalid: {exc}") from None
 
 
 # --- the files --------------------------------------------------------------------------------
@@ -233,135 +308,45 @@ def check_checkpoint(state: Any) -> int:
     never point outside ``checkpoints/`` (``../../etc/hostname`` is refused here, before any
     file is opened), and the step is tied to the files it names.
     """
-    _type(state, dict, "its top level")
-    fmt = _get(state, "format", "")
-    if type(fmt) is not int or fmt != CHECKPOINT_FORMAT:
-        raise BadField(f"has format {shown(fmt)}; this reslab reads format {CHECKPOINT_FORMAT}")
-    step = _int(_get(state, "step", ""), "step")
+    _check(LAST_JSON, state)
+    step = state["step"]
     for key, want in (("weights", weights_name(step)), ("optim", optim_name(step))):
-        name = _get(state, key, "")
-        if name != want:
-            raise BadField(f"has {key} = {shown(name)}, but the step-{step} file is {want!r}")
-    epoch = _int(_get(state, "epoch", ""), "epoch")
-    loader = _type(_get(state, "loader", ""), dict, "loader")
-    if _int(_get(loader, "epoch", "loader."), "loader.epoch") != epoch:
-        raise BadField(f"has loader.epoch {loader['epoch']} but epoch {epoch}")
-    _int(_get(loader, "batch", "loader."), "loader.batch")
-    for key, value in loader.items():
-        _scalar(value, f"loader.{shown(key)}")
-    _check_rng(_get(state, "rng", ""))
-    _type(_get(state, "warming", ""), bool, "warming")
-    if _get(state, "warmup_end", "") is not None:
-        _int(state["warmup_end"], "warmup_end", 0, step)
-    _num(_get(state, "best_error", ""), "best_error", 0.0, 100.0)
-    records = _type(_get(state, "records", ""), list, "records")
-    for i, record in enumerate(records):
-        check_record(record, f"records[{i}]")
+        if state.get(key) != want:
+            name = shown(state.get(key))
+            raise BadField(f"has {key} = {name}, but the step-{step} file is {want!r}")
+    if state["loader"]["epoch"] != state["epoch"]:
+        raise BadField(f"has loader.epoch {state['loader']['epoch']} but epoch {state['epoch']}")
+    if (state["warmup_end"] or 0) > step:
+        raise BadField(f"has warmup_end {state['warmup_end']} after step {step}")
+    for i, record in enumerate(state["records"]):
         if record["step"] > step:
             raise BadField(f"has records[{i}].step {record['step']} after step {step}")
-    running = _type(_get(state, "running", ""), dict, "running")
-    _num(_get(running, "loss", "running."), "running.loss", -math.inf, none=False)
-    for key in ("errors", "count", "window_errors", "window_count"):
-        _int(_get(running, key, "running."), f"running.{key}", 0, 1 << 62)
-    _num(_get(state, "wall_time", ""), "wall_time", none=False)
-    _str(_get(state, "saved", ""), "saved")
+    try:
+        raw = base64.b64decode(state["rng"]["torch"], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadField("has rng.torch that is not base64") from None
+    import torch
+
+    if len(raw) != torch.get_rng_state().numel():
+        raise BadField(f"has rng.torch of {len(raw)} bytes, not a CPU generator state")
     return step
 
 
 def check_files(files: Any, names: tuple[str, str]) -> dict[str, tuple[int, str]]:
     """``last.json``'s ``files``: a size and a SHA-256 for each of the two step files."""
-    _type(files, dict, "files")
-    out = {}
-    for name in names:
-        entry = _type(_get(files, name, "files."), dict, f"files.{name}")
-        size = _int(_get(entry, "size", f"files.{name}."), f"files.{name}.size", 0, 1 << 50)
-        sha = _get(entry, "sha256", f"files.{name}.")
-        if not (isinstance(sha, str) and _SHA.fullmatch(sha)):
-            raise BadField(f"has files.{name}.sha256 = {shown(sha)}, expected 64 hex digits")
-        out[name] = (size, sha)
-    return out
-
-
-def _check_rng(rng: Any) -> None:
-    """The RNG states as :func:`reslab.train.run_folder.get_rng_state` records them."""
-    import torch
-
-    _type(rng, dict, "rng")
-    text = _str(_get(rng, "torch", "rng."), "rng.torch", 1 << 16)
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadField("has rng.torch that is not base64") from None
-    if len(raw) != torch.get_rng_state().numel():
-        raise BadField(f"has rng.torch of {len(raw)} bytes, not a CPU generator state")
-    np_state = _type(_get(rng, "numpy", "rng."), list, "rng.numpy")
-    if len(np_state) != 5 or np_state[0] != "MT19937":
-        raise BadField("has rng.numpy that is not an MT19937 state")
-    _words(np_state[1], _NP_KEYS, "rng.numpy[1]")
-    _int(np_state[2], "rng.numpy[2]", 0, _NP_KEYS)
-    _int(np_state[3], "rng.numpy[3]", 0, 1)
-    _num(np_state[4], "rng.numpy[4]", -math.inf, none=False)
-    py_state = _type(_get(rng, "python", "rng."), list, "rng.python")
-    if len(py_state) != 3:
-        raise BadField("has rng.python that is not a (version, state, gauss) triple")
-    _int(py_state[0], "rng.python[0]", 3, 3)
-    _words(py_state[1], _PY_KEYS, "rng.python[1]")
-    _int(py_state[1][-1], "rng.python[1][-1]", 0, _NP_KEYS)
-    _num(py_state[2], "rng.python[2]", -math.inf)
-
-
-def _words(value: Any, n: int, name: str) -> None:
-    _type(value, list, name)
-    if len(value) != n or not all(type(v) is int and 0 <= v < 1 << 32 for v in value):
-        raise BadField(f"has {name} that is not {n} 32-bit words")
-
-
-_RESULT_NUMBERS = (
-    "clean_train_error",
-    "test_error",
-    "val_error",
-    "best_error",
-    "train_loss",
-    "images_per_s",
-    "wall_time",
-)
-_RESULT_INTS = ("params", "epochs", "steps", "world_size", "warmup_end_step")
+    entry = Object({
+        "size": InRange(integer(0, 1 << 50)),
+        "sha256": Is(lambda v: isinstance(v, str) and _SHA.fullmatch(v) is not None,
+                     "must be 64 hex digits, not {value}"),
+    })  # fmt: skip
+    _check(Object({name: entry for name in names}), files, "files")
+    return {name: (files[name]["size"], files[name]["sha256"]) for name in names}
 
 
 def check_result(result: Any) -> dict[str, Any]:
     """result.json of a finished run, or a diverged run's marker; unknown keys are kept."""
-    _type(result, dict, "its top level")
-    status = result.get("status", "finished")
-    if status not in ("finished", "diverged"):
-        raise BadField(f"has status {shown(status)}, expected 'finished' or 'diverged'")
-    if "message" in result:
-        _str(result["message"], "message", 1 << 16)
-    for key in _RESULT_NUMBERS:
-        _num(result.get(key), key, -math.inf if key == "train_loss" else 0.0)
-    for key in _RESULT_INTS:
-        if result.get(key) is not None:
-            _int(result[key], key, 0, 1 << 50)
-    for key in ("weights", "eval_weights"):
-        if key in result:
-            _relative(result[key], key)
-    for key in ("model", "dataset"):
-        if key in result:
-            _str(result[key], key)
-    checksums = result.get("rank_checksums", [])
-    _type(checksums, list, "rank_checksums")
-    if len(checksums) > 1 << 16:
-        raise BadField(f"has {len(checksums):,} rank_checksums")
-    for i, value in enumerate(checksums):
-        _str(value, f"rank_checksums[{i}]")
+    _check(RESULT, result)
     return result
-
-
-def _relative(value: Any, name: str) -> None:
-    """A path recorded in a run file: relative, inside the run folder, no ``..``."""
-    path = _str(value, name, 1024)
-    parts = Path(path).parts
-    if not parts or Path(path).is_absolute() or ".." in parts or "\0" in path:
-        raise BadField(f"has {name} = {shown(path)}, which is not a path inside the run folder")
 
 
 def check_config_values(config: dict[str, Any]) -> dict[str, Any]:
@@ -371,26 +356,15 @@ def check_config_values(config: dict[str, Any]) -> dict[str, Any]:
     nested structures, no 10**400, no 50 MB string to echo. What each key means is then
     :func:`reslab.train.config.check_settings`'s to check.
     """
-    for key, value in config.items():
-        name = shown(key)
-        if key == "_meta":
-            continue  # provenance, never read back as settings
-        _str(key, "a key")
-        if isinstance(value, list):
-            if len(value) > 1 << 16:
-                raise BadField(f"has {name} with {len(value):,} items")
-            for i, item in enumerate(value):
-                _scalar(item, f"{name}[{i}]")
-        else:
-            _scalar(value, name)
+    settings = {k: v for k, v in config.items() if k != "_meta"}  # _meta: provenance, not read
+    long = [key for key in settings if len(key) > MAX_SHORT]
+    if long:
+        raise BadField(f"has a key of {len(long[0]):,} characters (at most {MAX_SHORT})")
+    _check(MapOf(SETTING), settings)
     return config
 
 
 def check_record(record: Any, name: str) -> dict[str, Any]:
     """One epoch's metrics: epoch ≥ 1, step ≥ 0, finite numbers (or null), bounded strings."""
-    _type(record, dict, name)
-    _int(_get(record, "epoch", f"{name}."), f"{name}.epoch", 1)
-    _int(_get(record, "step", f"{name}."), f"{name}.step")
-    for key, value in record.items():
-        _scalar(value, f"{name}.{shown(key)}")
+    _check(RECORD, record, name)
     return record
