@@ -463,7 +463,8 @@ def test_fuzz_every_study_field_and_flag(
 _HEADER_FIELDS = [
     "name", "num_classes", "in_channels", "width", "shortcut", "plain", "zero_init_residual",
     "preact", "block", "activation", "shortcut_mode", "shortcut_scale", "branch_scale",
-    "gate_bias", "shortcut_dropout", "drop_rate", "features_only", "out_indices", "unknown",
+    "gate_bias", "shortcut_dropout", "drop_rate", "norm", "init", "nonlinearity",
+    "features_only", "out_indices", "unknown",
 ]  # fmt: skip
 # The other header entry: the input normalisation the net was trained with.
 _NORM = {"name": '"digits"', "mean": "[0.5]", "std": "[0.25]"}

@@ -24,6 +24,7 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("resnet20", {"shortcut_mode": "exclusive_gate", "gate_bias": -6.0}),
     ("resnet20", {"shortcut_mode": "dropout", "shortcut_dropout": 0.5}),
     ("wrn16_8", {"drop_rate": 0.3}),
+    ("plain20", {"norm": "none", "init": "delta_orthogonal", "nonlinearity": "tanh"}),
 ]
 # The options `reslab train` has no flag for: the dataset sets the first two, and the rest
 # were never trainer flags (a run folder's config.json has no such field).
@@ -75,6 +76,9 @@ def test_the_trainer_reads_its_model_fields_and_flags_from_the_record() -> None:
         ("resnet20", {"gate_bias": "-6"}, "gate_bias must be a number in"),
         ("resnet20", {"plain": "yes"}, "plain must be True or False, got 'yes'"),
         ("resnet20", {"activation": 1}, "activation must be a string, got 1"),
+        ("resnet20", {"init": "xavier"}, "init 'xavier' is not one of kaiming, dirac, "),
+        ("resnet20", {"norm": "layer"}, "norm 'layer' is not one of batch, none"),
+        ("resnet18", {"norm": "none"}, "resnet18 has no option norm"),
     ],
 )
 def test_an_unknown_option_or_a_wrong_type_is_one_line(

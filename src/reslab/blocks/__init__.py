@@ -23,7 +23,8 @@ pre-activation basic block with dropout between its convolutions.
 
 The rooms: :mod:`~reslab.blocks.shortcuts` (options A/B/C and the joins),
 :mod:`~reslab.blocks.conv` (the convolutional blocks) and :mod:`~reslab.blocks.residual` (the
-generic :class:`Residual` and :class:`ResidualMLP`).
+generic :class:`Residual` and :class:`ResidualMLP`); the nets that train without shortcuts or
+BN take their layers from :mod:`~reslab.blocks.layers` and :mod:`~reslab.blocks.fixup`.
 """
 
 from reslab.blocks.conv import (
@@ -52,6 +53,8 @@ from reslab.blocks.conv import _Block as ConvBlock
 from reslab.blocks.conv import _Block as _Block
 from reslab.blocks.conv import _PreActBlock as PreActConvBlock
 from reslab.blocks.conv import _PreActBlock as _PreActBlock
+from reslab.blocks.fixup import FixupBasicBlock
+from reslab.blocks.layers import DiracConv2d, ScalarBias, activation_layer, norm_layer
 from reslab.blocks.residual import Residual, ResidualMLP
 from reslab.blocks.shortcuts import (
     SHORTCUT_MODES,
@@ -64,6 +67,7 @@ from reslab.blocks.shortcuts import (
     ScaledAdd,
     ShortcutOption,
     ShortcutVariant,
+    SkipInitAdd,
     check_shortcut_option,
     conv1x1,
     make_shortcut,
@@ -80,7 +84,9 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ConvBlock",
+    "DiracConv2d",
     "DropoutAdd",
+    "FixupBasicBlock",
     "GatedAdd",
     "PadShortcut",
     "PreActBasicBlock",
@@ -93,10 +99,13 @@ __all__ = [
     "ReLUPreActBottleneck",
     "Residual",
     "ResidualMLP",
+    "ScalarBias",
     "ScaledAdd",
     "ShortcutOption",
     "ShortcutVariant",
+    "SkipInitAdd",
     "WideBasicBlock",
+    "activation_layer",
     "block_class",
     "bottleneck_width",
     "check_shortcut_option",
@@ -104,4 +113,5 @@ __all__ = [
     "conv3x3",
     "is_block",
     "make_shortcut",
+    "norm_layer",
 ]

@@ -16,7 +16,14 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reslab.blocks.shortcuts import Projection, ShortcutVariant, conv1x1, make_shortcut
+from reslab.blocks.layers import DiracConv2d, activation_layer, norm_layer, zero_bias
+from reslab.blocks.shortcuts import (
+    Projection,
+    ShortcutVariant,
+    SkipInitAdd,
+    conv1x1,
+    make_shortcut,
+)
 from reslab.errors import ModelError
 
 # He et al. 2016, Table 2 (Fig. 4), in the paper's order.
@@ -29,12 +36,15 @@ ACTIVATIONS: tuple[str, ...] = (
 )
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+def conv3x3(
+    in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, *, bias: bool = False
+) -> nn.Conv2d:
     """3×3 convolution with padding 1 and no bias (a BN follows, which has its own).
 
     ``groups`` splits it into that many parallel convolutions: ResNeXt's cardinality.
+    ``bias=True`` where no BN follows (``norm="none"``): the bias is then BN's shift.
     """
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=bias)
 
 
 def bottleneck_width(planes: int, groups: int = 1, base_width: int = 64) -> int:
@@ -83,8 +93,13 @@ class _Block(nn.Module):
         plain: bool,
         variant: ShortcutVariant | None,
         norm: bool = True,
+        skipinit: bool = False,
     ) -> None:
-        """Register the shortcut as ``downsample`` (None for the plain twin) and the ``join``."""
+        """Register the shortcut as ``downsample`` (None for the plain twin) and the ``join``.
+
+        ``norm=False``: a projection has no BN, nor a bias (the branch's last layer has one);
+        ``skipinit``: the join is ``shortcut(x) + α·F(x)``, α = 0 at first.
+        """
         variant = variant or ShortcutVariant()
         mode = variant.shortcut_mode
         if plain and mode != "identity":
@@ -94,7 +109,7 @@ class _Block(nn.Module):
         self.downsample = (
             None if plain else make_shortcut(option, in_planes, out_planes, stride, norm=norm)
         )
-        self.join = variant.join(in_planes, out_planes, stride)
+        self.join = SkipInitAdd() if skipinit else variant.join(in_planes, out_planes, stride)
 
     def branch(self, x: Tensor) -> Tensor:
         """The residual function F(x), before the addition."""
@@ -110,7 +125,16 @@ class _Block(nn.Module):
 
 
 class BasicBlock(_Block):
-    """Two 3×3 convolutions, post-activation (He et al. 2015, Fig. 2 left; 2016, Fig. 4a)."""
+    """Two 3×3 convolutions, post-activation (He et al. 2015, Fig. 2 left; 2016, Fig. 4a).
+
+    The trainability options (:mod:`reslab.blocks.layers`) choose its layers: ``norm="none"``
+    drops both BNs (the convolutions get biases), ``nonlinearity="tanh"`` puts tanh where the
+    ReLUs are (the module keeps torchvision's name, ``relu``), ``init="dirac"`` makes both
+    convolutions :class:`~reslab.blocks.layers.DiracConv2d` and ``init="skipinit"`` joins the
+    branch as ``shortcut(x) + α·F(x)``. The other inits only set weights (``reslab.models``).
+    """
+
+    options = ("norm", "nonlinearity", "init")
 
     def __init__(
         self,
@@ -121,14 +145,28 @@ class BasicBlock(_Block):
         shortcut: str = "B",
         plain: bool = False,
         variant: ShortcutVariant | None = None,
+        norm: str = "batch",
+        nonlinearity: str = "relu",
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self._attach_shortcut(shortcut, in_planes, planes, stride, plain=plain, variant=variant)
+        conv = DiracConv2d if init == "dirac" else conv3x3
+        bias = norm == "none"
+        self.conv1 = zero_bias(conv(in_planes, planes, stride, bias=bias))
+        self.bn1 = norm_layer(norm, planes)
+        self.relu = activation_layer(nonlinearity)
+        self.conv2 = zero_bias(conv(planes, planes, bias=bias))
+        self.bn2 = norm_layer(norm, planes)
+        self._attach_shortcut(
+            shortcut,
+            in_planes,
+            planes,
+            stride,
+            plain=plain,
+            variant=variant,
+            norm=norm == "batch",
+            skipinit=init == "skipinit",
+        )
 
     def branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -144,6 +182,7 @@ class BasicBlock(_Block):
         return self.relu(out)
 
     def zero_init_last(self) -> None:
+        assert isinstance(self.bn2, nn.BatchNorm2d)  # the layout refuses it with norm="none"
         nn.init.zeros_(self.bn2.weight)
 
 

@@ -180,6 +180,22 @@ class DropoutAdd(nn.Module):
         return self.dropout(shortcut) + branch
 
 
+class SkipInitAdd(nn.Module):
+    """``y = shortcut(x) + α·F(x)``, α a learned scalar starting at 0: SkipInit (De & Smith
+    2020, arXiv:2002.10444) and ReZero (Bachlechner et al. 2020, arXiv:2003.04887).
+
+    At initialisation every block is its shortcut, exactly, whatever F computes; that is what
+    BN does to a deep residual net early in training, by shrinking F (De & Smith, §2).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, shortcut: Tensor, branch: Tensor) -> Tensor:
+        return shortcut + self.alpha * branch
+
+
 # Which options each mode reads; the others must be left at None.
 _MODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "scale": ("shortcut_scale", "branch_scale"),
@@ -259,6 +275,7 @@ __all__ = [
     "ScaledAdd",
     "ShortcutOption",
     "ShortcutVariant",
+    "SkipInitAdd",
     "check_shortcut_option",
     "conv1x1",
     "make_shortcut",

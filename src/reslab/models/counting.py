@@ -83,14 +83,19 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
     gate's 1×1 conv a bias too. Activation placements move BNs and ReLUs but add none with
     parameters; ``shortcut_mode="conv"`` is option C, counted as a projection. A grouped
     convolution (ResNeXt) has ``k·k·c_in/groups`` weights per output channel; dropout (wide
-    ResNets) has none.
+    ResNets) has none. Without BN (``norm="none"``) each conv it followed has a bias instead,
+    and a projection has neither; a Dirac conv has ``a`` and ``b`` per output channel; SkipInit
+    has α per block, Fixup four scalar biases and a multiplier per block, a scalar bias after
+    the stem and one before the classifier, and no conv biases (:mod:`reslab.models.inits`).
     """
     h, w = size[1], size[2]
     planes = layout.stem_planes
     k, stride = (3, 1) if layout.stem == "cifar" else (7, 2)
     h, w, macs = _conv(layout.in_channels, planes, k, stride, h, w)
     # Pre-activation nets have no BN after the stem.
-    yield layout.in_channels * planes * k * k + (0 if layout.preact else 2 * planes), macs
+    stem_norm = 0 if layout.preact else _norm_params(layout, planes)
+    stem_norm += 1 if layout.init == "fixup" else 0  # Fixup's scalar bias after the stem
+    yield layout.in_channels * planes * k * k + stem_norm, macs
     if layout.stem == "imagenet":
         h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # 3×3 max-pool, stride 2, padding 1
     in_planes = planes
@@ -101,14 +106,18 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
             h_in, w_in = h, w
             for c_in, c_out, k, s, g in _branch_convs(layout, in_planes, planes, stride):
                 h, w, macs = _conv(c_in, c_out, k, s, h, w, g)
-                yield c_in * c_out * k * k // g + 2 * (c_in if layout.preact else c_out), macs
+                norm = 2 * c_in if layout.preact else _norm_params(layout, c_out)
+                dirac = 2 * c_out if layout.init == "dirac" else 0
+                yield c_in * c_out * k * k // g + norm + dirac, macs
+            yield _BLOCK_SCALARS.get(layout.init, 0), 0
             out_planes = planes * layout.block.expansion
             same_shape = in_planes == out_planes and stride == 1
             projects = layout.shortcut == "C" or (layout.shortcut == "B" and not same_shape)
             if projects and not layout.plain:
                 # Projection: 1×1 conv on the block's input, BN only in post-activation nets.
                 _, _, macs = _conv(in_planes, out_planes, 1, stride, h_in, w_in)
-                yield in_planes * out_planes + (0 if layout.preact else 2 * out_planes), macs
+                bn = not layout.preact and layout.norm == "batch"
+                yield in_planes * out_planes + (2 * out_planes if bn else 0), macs
             if gated and not layout.plain:
                 # The gate's 1×1 conv on the block's input, with its bias b_g (2016, Fig. 2c-d).
                 _, _, macs = _conv(in_planes, out_planes, 1, stride, h_in, w_in)
@@ -116,7 +125,22 @@ def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, in
             in_planes = out_planes
     if layout.preact:
         yield 2 * in_planes, 0  # the final BN-ReLU
+    if layout.init == "fixup":
+        yield 1, 0  # the scalar bias before the classifier
     yield in_planes * layout.num_classes + layout.num_classes, in_planes * layout.num_classes
+
+
+# Scalars each block adds: SkipInit's α; Fixup's four biases and its multiplier.
+_BLOCK_SCALARS = {"skipinit": 1, "fixup": 5}
+
+
+def _norm_params(layout: ResNetLayout, channels: int) -> int:
+    """What a post-activation net has for a conv of ``channels`` outputs besides its weights:
+    BN's scale and shift, else the conv's bias, or nothing in Fixup (its scalars are counted
+    by the block and the stem)."""
+    if layout.norm == "batch":
+        return 2 * channels
+    return 0 if layout.init == "fixup" else channels
 
 
 def _branch_convs(

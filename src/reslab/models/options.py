@@ -15,6 +15,14 @@ how each shortcut meets F (Table 1 / Fig. 2: ``identity``, ``scale`` (``λ·shor
 ``exclusive_gate`` (``(1−g)·shortcut + g·F``), ``shortcut_gate`` (``(1−g)·shortcut + F``) with
 ``g = σ(1×1 conv(x) + b_g)``, ``conv`` (a 1×1 conv on every shortcut: option C) or ``dropout``
 on the shortcut); those change the shortcut, so they have no plain twin.
+
+The trainability options (CIFAR nets with the original basic block; the combinations that make
+no sense are refused by :class:`~reslab.models.resnet.ResNetLayout`): ``norm`` ``"none"``
+removes every BN, ``nonlinearity`` ``"tanh"`` replaces every ReLU, and ``init`` picks how the
+net starts, one paper each: ``dirac`` (arXiv:1706.00388), ``looks_linear`` (arXiv:1702.08591
+§5), ``delta_orthogonal`` (arXiv:1806.05393), ``skipinit`` (arXiv:2002.10444, 2003.04887) and
+``fixup`` (arXiv:1901.09321); :mod:`reslab.models.inits` and :mod:`reslab.blocks.layers` say
+what each builds.
 """
 
 from __future__ import annotations
@@ -31,14 +39,22 @@ from reslab.errors import ModelError
 
 
 def _option(
-    bounds: Bounds | None = None, only: tuple[str, ...] = (), flag: tuple[Any, str] | None = None
+    bounds: Bounds | None = None,
+    only: tuple[str, ...] = (),
+    flag: tuple[Any, str] | None = None,
+    choices: tuple[str, ...] = (),
 ) -> Any:
     """A :class:`ModelOptions` field. ``only``: the factories that take it (none: every one);
-    ``flag``: ``reslab train``'s default and help line for it (none: the trainer has no flag)."""
-    return dataclasses.field(default=None, metadata={"bounds": bounds, "only": only, "flag": flag})
+    ``flag``: ``reslab train``'s default and help line for it (none: the trainer has no flag);
+    ``choices``: the values a string option may take (none: its factory checks it)."""
+    meta = {"bounds": bounds, "only": only, "flag": flag, "choices": choices}
+    return dataclasses.field(default=None, metadata=meta)
 
 
 _CIFAR = ("cifar_layout",)
+NORMS = ("batch", "none")
+INITS = ("kaiming", "dirac", "looks_linear", "delta_orthogonal", "skipinit", "fixup")
+NONLINEARITIES = ("relu", "tanh")
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,22 @@ class ModelOptions:
     )
     # dropout between a wide block's convolutions (WRN §2.3; the paper uses 0.3) [0]
     drop_rate: float | None = _option(Bounds(float, 0, 1, hi_open=True), ("wrn_layout",))
+    # BN after every convolution, or none: each conv then has a bias for BN's shift [batch]
+    norm: str | None = _option(
+        only=_CIFAR,
+        flag=(None, "batch or none (no BN: the convolutions get biases); default batch"),
+        choices=NORMS,
+    )
+    # how the net starts, one paper each (module docstring) [kaiming: He et al.'s, today's]
+    init: str | None = _option(
+        only=_CIFAR,
+        flag=(None, f"initialisation: {', '.join(INITS)}; default kaiming"),
+        choices=INITS,
+    )
+    # the activation of every block and the stem [relu]
+    nonlinearity: str | None = _option(
+        only=_CIFAR, flag=(None, "relu or tanh; default relu"), choices=NONLINEARITIES
+    )
 
     @classmethod
     def of(cls, options: Mapping[str, Any], factory: str, name: str = "") -> ModelOptions:
@@ -164,6 +196,10 @@ def _check(f: dataclasses.Field[Any], value: Any) -> None:
         raise ModelError(f"{f.name} must be True or False, got {shown(value)}")
     elif kind is str and not isinstance(value, str):
         raise ModelError(f"{f.name} must be a string, got {shown(value)}")
+    elif f.metadata["choices"] and value not in f.metadata["choices"]:
+        raise ModelError(
+            f"{f.name} {shown(value)} is not one of {', '.join(f.metadata['choices'])}"
+        )
 
 
-__all__ = ["FIELDS", "ModelOptions", "names", "train_options"]
+__all__ = ["FIELDS", "INITS", "NONLINEARITIES", "NORMS", "ModelOptions", "names", "train_options"]

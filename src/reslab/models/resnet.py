@@ -29,15 +29,22 @@ from torch import Tensor, nn
 
 from reslab.blocks import (
     BLOCKS,
+    BasicBlock,
+    FixupBasicBlock,
+    ScalarBias,
     ShortcutVariant,
     _Block,
     _PreActBlock,
+    activation_layer,
     block_class,
     check_shortcut_option,
     is_block,
+    norm_layer,
 )
+from reslab.blocks.layers import zero_bias
 from reslab.errors import ModelError
 from reslab.models.features import feature_take_indices
+from reslab.models.inits import check_trainability, init_variant
 from reslab.models.options import FIELDS as OPTION_FIELDS
 from reslab.models.options import ModelOptions
 
@@ -74,6 +81,10 @@ class ResNetLayout:
     groups: int = 1  # bottlenecks: ResNeXt's cardinality C (Xie et al. 2017)
     base_width: int = 64  # bottlenecks: each group's width in the first stage, ResNeXt's d
     drop_rate: float = 0.0  # wide blocks: dropout between the convolutions (WRN, §2.3)
+    # The trainability options (reslab.models.inits): CIFAR basic blocks only.
+    norm: str = "batch"  # batch, or none: no BN anywhere
+    init: str = "kaiming"  # kaiming, dirac, looks_linear, delta_orthogonal, skipinit, fixup
+    nonlinearity: str = "relu"  # relu or tanh
 
     def __post_init__(self) -> None:
         _check_positive_int("num_classes", self.num_classes)
@@ -96,6 +107,7 @@ class ResNetLayout:
         if mode == "conv" and self.shortcut != "C":
             raise ModelError(f"shortcut_mode='conv' is option C, got shortcut {self.shortcut!r}")
         self._check_block_options()
+        check_trainability(self)
 
     def _check_block_options(self) -> None:
         """The family options: valid values, and only on a block that takes them."""
@@ -107,7 +119,14 @@ class ResNetLayout:
         number = isinstance(rate, int | float) and not isinstance(rate, bool)
         if not (number and math.isfinite(rate) and 0 <= rate < 1):
             raise ModelError(f"drop_rate must be a number in [0, 1), got {rate!r}")
-        defaults = {"groups": 1, "base_width": 64, "drop_rate": 0.0}
+        defaults = {
+            "groups": 1,
+            "base_width": 64,
+            "drop_rate": 0.0,
+            "norm": "batch",
+            "init": "kaiming",
+            "nonlinearity": "relu",
+        }
         for option, default in defaults.items():
             if getattr(self, option) != default and option not in self.block.options:
                 raise ModelError(
@@ -178,14 +197,21 @@ class ResNet(nn.Module):
         self.block_options = layout.block_options()
 
         stem_width, in_channels = layout.stem_planes, layout.in_channels
+        fixup = layout.init == "fixup"
+        # No BN after the stem: its conv gets a bias, or, in Fixup, the scalar bias after it.
+        bias = layout.norm == "none" and not fixup
         if layout.stem == "cifar":
-            self.conv1 = nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False)
+            self.conv1 = zero_bias(nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=bias))
             self.maxpool: nn.Module = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.bn1: nn.Module = nn.Identity() if self.preact else nn.BatchNorm2d(stem_width)
-        self.relu: nn.Module = nn.Identity() if self.preact else nn.ReLU(inplace=True)
+        self.bn1: nn.Module = nn.Identity()
+        if fixup:
+            self.bn1 = ScalarBias()  # Fixup's bias before the activation, where BN was
+        elif not self.preact:
+            self.bn1 = norm_layer(layout.norm, stem_width)
+        self.relu = nn.Identity() if self.preact else activation_layer(layout.nonlinearity)
 
         self.in_planes = stem_width
         self.stage_names: list[str] = []
@@ -203,21 +229,25 @@ class ResNet(nn.Module):
             self.bn_final = nn.Sequential(nn.BatchNorm2d(out_planes), nn.ReLU(inplace=True))
         elif self.activation == "relu_preact":
             self.bn_final = nn.ReLU(inplace=True)  # its last addition, like (e)'s, is activated
+        elif fixup:
+            # Fixup's bias before the classifier, here before the pool: a mean keeps a constant.
+            self.bn_final = ScalarBias()
         self.fc = nn.Linear(out_planes, layout.num_classes)
-        self._init_weights(layout.zero_init_residual)
+        self._init_weights(layout)
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
+    def _init_weights(self, layout: ResNetLayout) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # He initialisation (arXiv:1502.01852), as the paper and torchvision use.
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=layout.nonlinearity)  # type: ignore[arg-type]
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if zero_init_residual:
+        if layout.zero_init_residual:
             # Each block starts as its shortcut: arXiv:1706.02677 §5.1.
             for m in self.blocks():
                 m.zero_init_last()
+        init_variant(self, layout)
 
     def _make_stage(
         self,
@@ -403,9 +433,12 @@ def cifar_layout(depth: int = 20, **options: Any) -> ResNetLayout:
         deep = isinstance(depth, int) and depth >= 164 and (depth - 2) % 9 == 0
         block = "bottleneck" if preact and deep else "basic"
     n = cifar_blocks_per_stage(depth, block)
+    block_type = block_class(block, activation)
+    if o.init == "fixup" and block_type is BasicBlock:
+        block_type = FixupBasicBlock  # Fixup's own block: scalar biases, a multiplier, no BN
     return _layout(
         o,
-        block_class(block, activation),
+        block_type,
         (n, n, n),
         (16, 32, 64),
         shortcut=("B" if preact else "A") if shortcut is None else shortcut,

@@ -100,6 +100,10 @@ class TrainConfig:
     branch_scale: float | None = model_knob("branch_scale")
     gate_bias: float | None = model_knob("gate_bias")
     shortcut_dropout: float | None = model_knob("shortcut_dropout")
+    # The nets that train without shortcuts or BN (CIFAR nets; reslab.models.inits)
+    norm: str | None = model_knob("norm")
+    init: str | None = model_knob("init")
+    nonlinearity: str | None = model_knob("nonlinearity")
     # data
     dataset: str = knob(
         "digits",
