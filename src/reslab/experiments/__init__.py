@@ -19,6 +19,8 @@ as separate ``reslab train`` jobs and ``reslab report`` aggregates the folders.
   arXiv:1702.08591).
 * ``ablation``: shortcut variants and activation placements (He et al. 2016, arXiv:1603.05027,
   Tables 1 and 2).
+* ``trainability``: the nets that train without shortcuts or without BN (Dirac, looks-linear,
+  delta-orthogonal, SkipInit, Fixup) beside the plain and residual twins.
 """
 
 from reslab.experiments import (
@@ -30,6 +32,7 @@ from reslab.experiments import (
     responses,
     shattering,
     shortcuts,
+    trainability,
 )
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.page import build_report
@@ -46,6 +49,7 @@ register(lesion.STUDY)
 register(landscape.STUDY)
 register(shattering.STUDY)
 register(ablation.STUDY)
+register(trainability.STUDY)
 
 __all__ = [
     "Flag",

@@ -21,10 +21,10 @@ from reslab.checks import (
 )
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
+from reslab.experiments.records import variant_row
 from reslab.experiments.registry import TRAINING, Flag, Study, names
 from reslab.experiments.verdicts import gap_of_rows, not_learned
 from reslab.models import cifar_model_name
-from reslab.report.stats import mean_std
 
 __all__ = ["DEFAULT_VARIANTS", "STUDY", "VARIANTS", "Variant", "plan"]
 
@@ -117,25 +117,13 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
         members = [r for r in runs if r["variant"] == variant.key]
         if not members:
             continue
-        train = mean_std([r.get("final_clean_train_error") for r in members])
-        test = mean_std([r.get("final_test_error") for r in members])
         summary.append(
             {
-                "family": members[0]["family"],
-                "depth": members[0]["depth"],
-                "shortcut": members[0]["shortcut"],
-                "label": variant.label,
-                "n_seeds": len(members),
-                "clean_train_error_mean": train[0],
-                "clean_train_error_std": train[1],
-                "test_error_mean": test[0],
-                "test_error_std": test[1],
+                **variant_row(members, variant.label),
                 "variant": variant.key,
                 "tables": list(variant.tables),
                 **{k: getattr(variant, k) for k in ("fig", "on_shortcut", "on_f")},
                 "paper_error": variant.paper,
-                "params": members[0].get("params"),
-                "diverged": sum(r.get("status") == "diverged" for r in members),
             }
         )
     section = {"depth": config.depths[0], "shortcut": config.shortcut, "reference": REFERENCE}

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from reslab.checks import NUMBER, TEXT, ListOf, Object, at_least, maybe, objects, one_of
 from reslab.experiments import run_views
 from reslab.experiments.ablation import REFERENCE, VARIANTS, _row
@@ -22,15 +20,11 @@ from reslab.report.figures import (
     FAMILY_COLOURS,
     OKABE_ITO,
     FigureSpec,
-    array,
-    finite,
-    has_values,
     legend,
     new_figure,
     styled,
 )
 from reslab.report.schema import is_number
-from reslab.report.stats import nan_mean_std
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -125,7 +119,7 @@ def training_curves(
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (title, rows) in zip(axes, panels, strict=True):
         for i, row in enumerate(rows):
-            line = _mean_curve([r for r in runs if r.get("variant") == row.get("variant")])
+            line = run_views.mean_curve([r for r in runs if r.get("variant") == row.get("variant")])
             if line is not None:
                 width = 2.4 if row.get("variant") == REFERENCE else 1.4
                 dash = "-" if i <= 6 else "--"  # more rows than colours: dashes tell them apart
@@ -147,18 +141,6 @@ def training_curves(
     return fig
 
 
-def _mean_curve(runs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Clean training error vs iterations, the mean over seeds; None without curves."""
-    curves = [
-        r["curves"] for r in runs if has_values((r.get("curves") or {}).get("clean_train_error"))
-    ]
-    if not curves:
-        return None
-    n = min(len(c["clean_train_error"]) for c in curves)
-    mean, _ = nan_mean_std(np.vstack([array(c["clean_train_error"])[:n] for c in curves]))
-    return finite(array(curves[0].get("step"))[:n], mean)
-
-
 def _draw_bars(results: Mapping[str, Any]) -> Figure | None:
     summary = results.get("summary") or []
     return error_bars(summary) if _panels(summary) else None
@@ -166,7 +148,9 @@ def _draw_bars(results: Mapping[str, Any]) -> Figure | None:
 
 def _draw_curves(results: Mapping[str, Any]) -> Figure | None:
     runs, summary = results.get("runs") or [], results.get("summary") or []
-    return training_curves(runs, summary) if _mean_curve(runs) and _panels(summary) else None
+    return (
+        training_curves(runs, summary) if run_views.mean_curve(runs) and _panels(summary) else None
+    )
 
 
 ERRORS = FigureSpec(
@@ -255,42 +239,13 @@ def tables(results: Mapping[str, Any]) -> list[html.Section]:
             body = [[html.e(c) for c in _cells(r, table, _html_error)] for r in rows]
             numeric = set(range(len(body[0]) - 4, len(body[0])))
             parts += [f"<h3>{html.e(title)}</h3>", html.table(_columns(table), body, numeric)]
-    parts.append(_runs_table(results.get("runs") or []))
+    parts.append(run_views.variant_runs_table(results.get("runs") or []))
     parts.append("</section>")
     return [html.Section("results", "Results", "\n".join(parts))]
 
 
 def _html_error(mean: Any, std: Any, n: Any) -> str:
     return _text_error(mean, std, n).replace("n/a", "—")
-
-
-def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
-    rows = [
-        [
-            html.e(r.get("name", "—")),
-            html.e(r.get("variant", "—")),
-            html.e(r.get("seed", "—")),
-            html.e(r.get("status", "—")),
-            html.num(r.get("final_clean_train_error")),
-            html.num(r.get("final_test_error")),
-            html.num(r.get("wall_time"), 1),
-        ]
-        for r in runs
-    ]
-    headers = [
-        "run",
-        "variant",
-        "seed",
-        "status",
-        "clean train error (%)",
-        "test error (%)",
-        "wall time (s)",
-    ]
-    return (
-        f"<details><summary>Per-run results ({len(runs)} runs)</summary>"
-        + html.table(headers, rows, {2, 4, 5, 6})
-        + "</details>"
-    )
 
 
 # --- the verdict's items --------------------------------------------------------------------------

@@ -30,6 +30,8 @@ KINDS = ("gradient_flow", "residual_magnitude", "layer_responses", "signal_propa
 
 def label(record: dict[str, Any]) -> str:
     """``plain-56`` or ``resnet-56``: the name probes and tables give a net."""
+    if record.get("label"):  # a study that names its nets itself (e.g. by variant)
+        return str(record["label"])
     return stats.label((record["family"], int(record["depth"]), None), with_shortcut=False)
 
 
@@ -42,7 +44,8 @@ def probe_runs(
     """Probe each (family, depth)'s nets at initialisation, at the probe steps, and trained.
 
     Only the first seed's nets unless ``every_seed``; entries carry their ``seed`` when more
-    than one seed is probed. A run that diverged before its first checkpoint is skipped.
+    than one seed is probed. A run that diverged before its first checkpoint is measured at
+    initialisation only (where its snapshot was kept).
     """
     kinds = tuple(dict.fromkeys(kinds))  # results.json lists them in the study's order
     x, y = _probe_batch(study)
@@ -66,25 +69,29 @@ def _probe_all(
     several = len({r["seed"] for r in chosen}) > 1
     for record in chosen:
         folder = RunFolder(Path(study.out) / "runs" / record["name"])
-        if not folder.weights_path.is_file():
-            continue  # diverged before its first checkpoint: nothing trained to probe
         meta = {"label": label(record), "family": record["family"], "depth": record["depth"]}
         if several:
             meta["seed"] = record["seed"]
-        trained = load_model(folder.weights_path)
+        # A run that diverged before its first checkpoint has no trained net, but its
+        # initial snapshot still shows why (e.g. a residual net without BN whose signal grows
+        # block after block): what was measured at initialisation is kept.
+        trained = load_model(folder.weights_path) if folder.weights_path.is_file() else None
+        finals = [] if trained is None else [("trained", trained)]
         if "gradient_flow" in kinds:
             snapshots = [
                 ("init" if step == 0 else f"step {step}", folder.snapshot_path(step))
                 for step in study.probe_steps
             ]
             stages = [(when, load_model(path)) for when, path in snapshots if path.is_file()]
-            for when, model in [*stages, ("trained", trained)]:
+            for when, model in [*stages, *finals]:
                 out["gradient_flow"].append({**meta, "when": when, **_flow(model, x, y)})
         if "signal_propagation" in kinds:  # the forward signal at init (if kept) and trained
             init = folder.snapshot_path(0)
             moments = [("init", load_model(init))] if init.is_file() else []
-            for when, model in [*moments, ("trained", trained)]:
+            for when, model in [*moments, *finals]:
                 out["signal_propagation"].append({**meta, "when": when, **_signal(model, x)})
+        if trained is None:
+            continue
         if "residual_magnitude" in kinds:
             out["residual_magnitude"].append({**meta, **_magnitude(trained, x)})
         if "layer_responses" in kinds:

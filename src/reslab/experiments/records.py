@@ -9,17 +9,18 @@ code that knows its files.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reslab.errors import ReslabError
 from reslab.models import model_layout
 from reslab.report.schema import new_results, write_results
-from reslab.report.stats import summarize_runs
+from reslab.report.stats import mean_std, summarize_runs
 from reslab.train import RunFolder
 from reslab.train.run_folder import find_runs
 
-__all__ = ["aggregate", "run_record"]
+__all__ = ["aggregate", "run_record", "variant_row"]
 
 # Curves a record keeps, in results.json's order; val_error is there with a validation split.
 _CURVES = (
@@ -89,3 +90,24 @@ def aggregate(study_dir: str | Path) -> dict[str, Any]:
     results["verdict"] = study.verdict(results, StudyConfig())
     write_results(study_dir, results)
     return results
+
+
+def variant_row(members: Sequence[Mapping[str, Any]], label: str) -> dict[str, Any]:
+    """A summary row for the runs of one variant of a study (one net, several seeds): the
+    columns :func:`reslab.report.stats.summarize_runs` gives a (family, depth) group, and how
+    many of the runs diverged."""
+    train = mean_std([r.get("final_clean_train_error") for r in members])
+    test = mean_std([r.get("final_test_error") for r in members])
+    return {
+        "family": members[0]["family"],
+        "depth": members[0]["depth"],
+        "shortcut": members[0]["shortcut"],
+        "label": label,
+        "n_seeds": len(members),
+        "clean_train_error_mean": train[0],
+        "clean_train_error_std": train[1],
+        "test_error_mean": test[0],
+        "test_error_std": test[1],
+        "params": members[0].get("params"),
+        "diverged": sum(r.get("status") == "diverged" for r in members),
+    }

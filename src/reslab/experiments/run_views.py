@@ -490,3 +490,48 @@ def number_format(what: str, spec: str = "+.2f", unit: str = " points") -> html.
         return f"{what}: <b>{value:{spec}}</b>{unit}" if is_number(value) else None
 
     return item
+
+
+# --- studies of variants at one depth (ablation, trainability) ------------------------------------
+
+
+def mean_curve(runs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Clean training error vs iterations, the mean over seeds; None without curves."""
+    curves = [
+        r["curves"] for r in runs if has_values((r.get("curves") or {}).get("clean_train_error"))
+    ]
+    if not curves:
+        return None
+    n = min(len(c["clean_train_error"]) for c in curves)
+    mean, _ = nan_mean_std(np.vstack([array(c["clean_train_error"])[:n] for c in curves]))
+    return finite(array(curves[0].get("step"))[:n], mean)
+
+
+def variant_runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The per-run table of a study of variants, folded (one row per run)."""
+    rows = [
+        [
+            html.e(r.get("name", "—")),
+            html.e(r.get("variant", "—")),
+            html.e(r.get("seed", "—")),
+            html.e(r.get("status", "—")),
+            html.num(r.get("final_clean_train_error")),
+            html.num(r.get("final_test_error")),
+            html.num(r.get("wall_time"), 1),
+        ]
+        for r in runs
+    ]
+    headers = [
+        "run",
+        "variant",
+        "seed",
+        "status",
+        "clean train error (%)",
+        "test error (%)",
+        "wall time (s)",
+    ]
+    return (
+        f"<details><summary>Per-run results ({len(runs)} runs)</summary>"
+        + html.table(headers, rows, {2, 4, 5, 6})
+        + "</details>"
+    )

@@ -95,8 +95,15 @@ written before the studies probed every seed::
         "label": "resnet-56", "family": "residual", "depth": 56, "seed": 0,
         "layer": [names], "std": [...],              # std of each 3×3 layer's output (after BN)
         "std_sorted": [...]                          # the same, sorted descending
+      }],
+      "signal_propagation": [{                       # Brock, De & Smith 2021's plots
+        "label": "resnet-56", "family": "residual", "depth": 56, "when": "init",  # | trained
+        "block": [names], "stage": [...],
+        "squared_mean": [...], "variance": [...],    # of each block's output, channel averages
+        "residual_variance": [...]                   # of F(x) before the addition (null: plain)
       }]
-    }
+    },
+    "chance_error": 90.0                             # the error of guessing, in percent
 
 A new study adds its own top-level section (e.g. ``"lesion": {...}``); :func:`validate_results`
 checks the common parts above (:data:`RESULTS`, a declaration), and a study checks its own
@@ -249,14 +256,19 @@ _PROBES = {
     "gradient_flow": "input_grad_norm",
     "residual_magnitude": "ratio",
     "layer_responses": "std",
+    "signal_propagation": "variance",
 }
-_PROBE_LISTS = "input_grad_norm weight_grad_norm ratio f_norm shortcut_norm std std_sorted"
+_PROBE_LISTS = (
+    "input_grad_norm weight_grad_norm ratio f_norm shortcut_norm std std_sorted squared_mean "
+    "variance residual_variance"
+)
 _SUMMARY = "n_seeds clean_train_error_mean clean_train_error_std test_error_mean test_error_std"
 _TEXTS = "title reslab_version torch_version python_version created machine"
 #: The common parts of results.json that the report reads (after ``schema`` and ``experiment``).
 RESULTS = Object({
     **{key: maybe(TEXT) for key in _TEXTS.split()},
     "config": maybe(Object({})),
+    "chance_error": maybe(NUMBER),  # the error of guessing, in percent
     "verdict": maybe(Object({"text": maybe(TEXT)}, 'must be an object like {"text": "..."}')),
     "runs": objects({
         **FAMILY_DEPTH,
