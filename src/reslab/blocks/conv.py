@@ -17,13 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reslab.blocks.layers import DiracConv2d, activation_layer, norm_layer, zero_bias
-from reslab.blocks.shortcuts import (
-    Projection,
-    ShortcutVariant,
-    SkipInitAdd,
-    conv1x1,
-    make_shortcut,
-)
+from reslab.blocks.shortcuts import Projection, ShortcutVariant, SkipInitAdd, conv1x1, make_shortcut
 from reslab.errors import ModelError
 
 # He et al. 2016, Table 2 (Fig. 4), in the paper's order.

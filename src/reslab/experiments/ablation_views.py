@@ -16,14 +16,7 @@ from reslab.experiments.ablation import REFERENCE, VARIANTS, _row
 from reslab.experiments.registry import Views
 from reslab.experiments.run_views import yes_no_format
 from reslab.report import html
-from reslab.report.figures import (
-    FAMILY_COLOURS,
-    OKABE_ITO,
-    FigureSpec,
-    legend,
-    new_figure,
-    styled,
-)
+from reslab.report.figures import FAMILY_COLOURS, OKABE_ITO, FigureSpec, legend, new_figure, styled
 from reslab.report.schema import is_number
 
 if TYPE_CHECKING:

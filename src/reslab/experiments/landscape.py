@@ -21,13 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reslab.checks import (
-    MAX_IMAGES,
-    MAX_SEED,
-    integer,
-    is_number,
-    number,
-)
+from reslab.checks import MAX_IMAGES, MAX_SEED, integer, is_number, number
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments import degradation

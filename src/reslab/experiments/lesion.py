@@ -21,13 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reslab.checks import (
-    MAX_DEPTH,
-    MAX_IMAGES,
-    integer,
-    integers,
-    is_number,
-)
+from reslab.checks import MAX_DEPTH, MAX_IMAGES, integer, integers, is_number
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ReslabError
 from reslab.experiments import degradation
@@ -37,14 +31,7 @@ from reslab.experiments.registry import TRAINING, Flag, Study
 from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
 from reslab.experiments.verdicts import Gap, gap_of_values, not_learned
 from reslab.measure import lesion
-from reslab.report.stats import (
-    group,
-    group_key,
-    label,
-    mean_std,
-    several_shortcuts,
-    summarize_runs,
-)
+from reslab.report.stats import group, group_key, label, mean_std, several_shortcuts, summarize_runs
 from reslab.train import pick_device
 
 __all__ = ["STUDY", "lesion_verdict", "plan"]

@@ -1,6 +1,6 @@
 """Run records: what a study keeps of each finished run, read from its run folder alone.
 
-A record is a results.json ``runs`` entry (:class:`reslab.report.schema.RunRecord`). Because it
+A record is a results.json ``runs`` entry (the schema: :mod:`reslab.report.schema`). Because it
 is read from the run folder and nothing else, runs trained by a cluster scheduler as separate
 ``reslab train`` jobs aggregate exactly like the runs a study trained itself
 (:func:`aggregate`). The run folder is read through :class:`reslab.train.RunFolder`, the only

@@ -30,12 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reslab.checks import (
-    integer,
-    integers,
-    is_number,
-    number,
-)
+from reslab.checks import integer, integers, is_number, number
 from reslab.data import load_dataset, normalize_batch
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
@@ -52,9 +47,7 @@ from reslab.measure.shattering import (
     seeded,
 )
 from reslab.models import cifar_model_name, create_model
-from reslab.report.figures import (
-    array,
-)
+from reslab.report.figures import array
 from reslab.report.schema import FAMILIES
 from reslab.report.stats import mean_std, nan_mean_std
 from reslab.train import one_cpu_thread, pick_device

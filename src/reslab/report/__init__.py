@@ -1,6 +1,6 @@
 """The report toolkit: results.json, summary statistics, figures and a self-contained page.
 
-It knows no study. :mod:`~reslab.report.schema` owns results.json (TypedDicts, the one
+It knows no study. :mod:`~reslab.report.schema` owns results.json (its declared schema, the one
 validator, write and load, provenance), :mod:`~reslab.report.stats` the mean ± std over seeds,
 :mod:`~reslab.report.figures` the fixed style, colours and deterministic PNGs, and
 :mod:`~reslab.report.html` the page. The studies in :mod:`reslab.experiments` decide which
@@ -12,7 +12,6 @@ from reslab.report.html import REPORT_NAME, Section
 from reslab.report.schema import (
     RESULTS_NAME,
     SCHEMA_VERSION,
-    Results,
     load_results,
     new_results,
     provenance,
@@ -26,7 +25,6 @@ __all__ = [
     "RESULTS_NAME",
     "SCHEMA_VERSION",
     "FigureSpec",
-    "Results",
     "Section",
     "figure_png",
     "load_results",

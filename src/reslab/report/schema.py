@@ -119,7 +119,7 @@ import platform
 from collections.abc import Collection, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn, TypedDict
+from typing import Any, NoReturn
 
 from reslab.checks import (
     NUMBER,
@@ -146,11 +146,6 @@ __all__ = [
     "RESULTS",
     "RESULTS_NAME",
     "SCHEMA_VERSION",
-    "Curves",
-    "ProbeEntry",
-    "Results",
-    "RunRecord",
-    "SummaryRow",
     "is_int",
     "is_number",
     "load_results",
@@ -163,87 +158,6 @@ __all__ = [
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.json"
 FAMILIES: tuple[str, ...] = ("plain", "residual")
-
-
-class Curves(TypedDict, total=False):
-    """Parallel lists, one entry per evaluation; ``None`` where a metric was not measured."""
-
-    epoch: list[int | None]
-    step: list[int | None]
-    clean_train_error: list[float | None]
-    train_error: list[float | None]
-    test_error: list[float | None]
-    val_error: list[float | None]
-    train_loss: list[float | None]
-    lr: list[float | None]
-
-
-class RunRecord(TypedDict, total=False):
-    """One training run of a study (a ``runs`` entry), read from its run folder."""
-
-    name: str
-    model: str
-    family: str
-    depth: int
-    shortcut: str | None
-    seed: int
-    params: int | None
-    status: str
-    final_clean_train_error: float | None
-    final_test_error: float | None
-    wall_time: float | None
-    curves: Curves
-
-
-class SummaryRow(TypedDict, total=False):
-    """One ``summary`` row: a (family, depth, shortcut) group, mean and std over seeds."""
-
-    family: str
-    depth: int
-    shortcut: str | None
-    label: str
-    n_seeds: int
-    clean_train_error_mean: float | None
-    clean_train_error_std: float | None
-    test_error_mean: float | None
-    test_error_std: float | None
-
-
-class ProbeEntry(TypedDict, total=False):
-    """One probed net: ``label``/``family``/``depth``/``seed`` and the probe's lists."""
-
-    label: str
-    family: str
-    depth: int
-    seed: int
-    when: str
-    block: list[str]
-    layer: list[str]
-    input_grad_norm: list[float | None]
-    weight_grad_norm: list[float | None]
-    ratio: list[float | None]
-    f_norm: list[float | None]
-    shortcut_norm: list[float | None] | None
-    std: list[float | None]
-    std_sorted: list[float | None]
-
-
-class Results(TypedDict, total=False):
-    """A whole results.json; a study may add its own sections beside these."""
-
-    schema: int
-    experiment: str
-    title: str
-    reslab_version: str
-    torch_version: str
-    python_version: str
-    created: str
-    machine: str
-    config: dict[str, Any]
-    verdict: dict[str, Any]
-    runs: list[RunRecord]
-    summary: list[SummaryRow]
-    probes: dict[str, list[ProbeEntry]]
 
 
 FAMILY_DEPTH: dict[str, Spec] = {
