@@ -315,14 +315,9 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against the annotation ``hint`` (ints accepted for floats)."""
-    return checks.conform(name, value, hint)
-
-
 def _check_types(config: TrainConfig) -> None:
     for name, hint in _field_types().items():
-        setattr(config, name, _coerce(name, getattr(config, name), hint))
+        setattr(config, name, checks.conform(name, getattr(config, name), hint))
 
 
 def _check_values(c: TrainConfig) -> None:
@@ -478,7 +473,7 @@ def check_settings(raw: Mapping[Any, Any], source: str, where: str = "") -> dict
             "`reslab train` flags without dashes, e.g. batch_size, lr, epochs"
         )
     hints = _field_types()
-    return {k: _coerce(f"{k}{where}", v, hints[k]) for k, v in values.items()}
+    return {k: checks.conform(f"{k}{where}", v, hints[k]) for k, v in values.items()}
 
 
 def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -495,7 +490,7 @@ def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
         names = ", ".join(shown(k) for k in unknown)
         raise ConfigError(f"unknown setting {checks.one_line(names, 200)}")
     hints = _field_types()  # types first: the recipe lookup below uses dataset, model, recipe
-    explicit = {k: _coerce(k, v, hints[k]) for k, v in explicit.items()}
+    explicit = {k: checks.conform(k, v, hints[k]) for k, v in explicit.items()}
     checks.check_names(explicit, PATH_FIELDS)  # before the recipe lookup reads model, dataset
     check_threads(explicit.get("threads"))
     defaults = TrainConfig()
