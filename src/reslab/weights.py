@@ -345,7 +345,7 @@ def check_fits(path: str | Path, layout: ResNetLayout, name: str = "the model") 
                 f"floating-point ({', '.join(sorted(_FLOAT_DTYPES))}); the file is damaged or "
                 "not a weights file"
             )
-    numbers = sum(_numel(shape) for shape, dtype in specs.values() if dtype in _FLOAT_DTYPES)
+    numbers = sum(math.prod(shape) for shape, dtype in specs.values() if dtype in _FLOAT_DTYPES)
     params = layout_params(layout)
     # A small net is built and compared key by key (load_weights lists every key that
     # differs); a large or deep one only if the file holds enough numbers to fill half of it
@@ -382,10 +382,3 @@ def tensor_specs(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 _TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
                  "F64": torch.float64, "I64": torch.int64, "I32": torch.int32}  # fmt: skip
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

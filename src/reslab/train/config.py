@@ -311,18 +311,9 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against the annotation ``hint`` (ints accepted for floats)."""
-    return checks.conform(name, value, hint)
-
-
 def _check_types(config: TrainConfig) -> None:
-    for name, hint in _field_types().items():
-        setattr(config, name, _coerce(name, getattr(config, name), hint))
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        setattr(config, name, checks.conform(name, getattr(config, name), hint))
 
 
 def _check_values(c: TrainConfig) -> None:
@@ -477,8 +468,8 @@ def check_settings(raw: Mapping[Any, Any], source: str, where: str = "") -> dict
             f"{source}: unknown key {checks.one_line(names, 200)}; valid keys are the "
             "`reslab train` flags without dashes, e.g. batch_size, lr, epochs"
         )
-    hints = _field_types()
-    return {k: _coerce(f"{k}{where}", v, hints[k]) for k, v in values.items()}
+    hints = typing.get_type_hints(TrainConfig)
+    return {k: checks.conform(f"{k}{where}", v, hints[k]) for k, v in values.items()}
 
 
 def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -494,8 +485,9 @@ def resolve(explicit: Mapping[str, Any] | None = None) -> TrainConfig:
     if unknown:
         names = ", ".join(shown(k) for k in unknown)
         raise ConfigError(f"unknown setting {checks.one_line(names, 200)}")
-    hints = _field_types()  # types first: the recipe lookup below uses dataset, model, recipe
-    explicit = {k: _coerce(k, v, hints[k]) for k, v in explicit.items()}
+    # types first: the recipe lookup below uses dataset, model, recipe
+    hints = typing.get_type_hints(TrainConfig)
+    explicit = {k: checks.conform(k, v, hints[k]) for k, v in explicit.items()}
     checks.check_names(explicit, PATH_FIELDS)  # before the recipe lookup reads model, dataset
     check_threads(explicit.get("threads"))
     defaults = TrainConfig()

@@ -144,10 +144,7 @@ class _Member:
 def _as_member(member: _Member) -> Iterator[None]:
     """Its console output and its RNG state while the loop's code runs for it."""
     set_rng_state(member.rng)
-    if member.stream is None:
-        yield
-        return
-    with contextlib.redirect_stdout(member.stream), contextlib.redirect_stderr(member.stream):
+    with _redirect(member.stream):
         yield
 
 
