@@ -74,7 +74,9 @@ def test_every_planned_run_trains_its_variant(key: str, tmp_path: Path) -> None:
 
 
 def test_bad_configs_are_one_line_config_errors() -> None:
-    with pytest.raises(ConfigError, match="one depth, got --depths 20,56"):
+    with pytest.raises(
+        ConfigError, match=r"one depth, got depths 20,56: give one, e\.g\. --depth 56"
+    ):
         _config(depths=(20, 56))
     with pytest.raises(ConfigError, match="unknown variant 'gating': choose from identity"):
         _config(options={"ablation_variants": ("identity", "gating")})
@@ -221,4 +223,6 @@ def test_runs_on_cifar10_with_the_recipes_budget(tmp_path: Path) -> None:
     results = run_study(config, log=lambda _: None)
     assert [r["variant"] for r in results["summary"]] == ["identity", "conv"]
     assert all(r["status"] == "finished" and r["curves"]["step"][-1] == 2 for r in results["runs"])
-    assert results["verdict"]["text"].startswith("against the identity shortcut's final")
+    # Two steps on 100 tiny images leave the reference at chance: the verdict says so.
+    assert results["verdict"]["inconclusive"] is True
+    assert results["verdict"]["text"].startswith("inconclusive: original (identity)")

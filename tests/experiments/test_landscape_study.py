@@ -80,8 +80,10 @@ def test_the_study_writes_a_valid_section_and_its_figures(
     assert results[SECTION]["settings"]["grid"] == SMALL["grid"]
     assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
     verdict = results["verdict"]
-    assert verdict["depth"] == 8 and isinstance(verdict["sharper"], bool)
-    assert "one seed, so the seed noise is unknown" in verdict["text"]
+    # The fixture's budget leaves the nets at chance: a surface around weights that never
+    # learned is not a minimum's, and the verdict says so instead of comparing them.
+    assert verdict["depth"] == 8 and verdict["inconclusive"] is True
+    assert "have not learned" in verdict["text"] and "sharper" not in verdict
     saved = json.loads((out / "results.json").read_text())
     validate_results(saved, check=RESULTS)
     html = (out / "report.html").read_text()

@@ -44,11 +44,17 @@ def test_shortened_study_end_to_end(study: tuple[StudyConfig, dict[str, Any], li
     assert progress == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]  # one line per run
     assert saved["verdict"]["text"] in lines and lines[-1] == f"report: {out / 'report.html'}"
     assert {p["when"] for p in saved["probes"]["gradient_flow"]} == {"init", "trained"}
-    assert list(saved["probes"]) == ["gradient_flow", "residual_magnitude", "layer_responses"]
+    assert list(saved["probes"]) == [
+        "gradient_flow",
+        "residual_magnitude",
+        "layer_responses",
+        "signal_propagation",
+    ]
     html = (out / "report.html").read_text()
     assert saved["verdict"]["text"] in html
     assert {p.stem for p in (out / "figures").glob("*.png")} == {
-        "error_curves", "error_vs_depth", "gradient_norm", "residual_ratio", "layer_responses"
+        "error_curves", "error_vs_depth", "gradient_norm", "residual_ratio", "layer_responses",
+        "signal_propagation",
     }  # fmt: skip
 
 

@@ -87,7 +87,7 @@ def test_results_and_report_rebuild_from_results_json_alone(
     assert saved["experiment"] == "shattering" and saved["config"]["mlp_depths"] == [1, 12]
     assert saved["verdict"] == results["verdict"]
     figures = {p.stem for p in (out / "figures").glob("*.png")}
-    assert figures == {spec.name for spec in get_study("shattering").figures}
+    assert figures == {spec.name for spec in get_study("shattering").look().figures}
     html = (out / "report.html").read_text()
     assert '<section id="shattering">' in html and "lag-1 correlation" in html
     (out / "report.html").unlink()

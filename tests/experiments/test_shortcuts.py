@@ -38,7 +38,7 @@ def test_plan_is_every_variant_at_the_one_depth() -> None:
 
 
 def test_several_depths_are_refused() -> None:
-    with pytest.raises(ConfigError, match=r"one depth, got --depths 20,56: give one"):
+    with pytest.raises(ConfigError, match=r"one depth, got depths 20,56: give one"):
         StudyConfig(experiment="shortcuts", depths=(20, 56))
 
 

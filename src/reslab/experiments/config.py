@@ -77,7 +77,7 @@ class StudyConfig:
             raise ConfigError("--depths needs at least one depth, e.g. --depths 20,56")
         if study.one_depth and len(self.depths) > 1:
             raise ConfigError(
-                f"a {study.name} study takes nets of one depth, got depths "
+                f"the {study.name} study takes nets of one depth, got depths "
                 f"{','.join(map(str, self.depths))}: give one, e.g. --depth {max(self.depths)}"
             )
         study.check(self)
