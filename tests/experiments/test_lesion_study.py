@@ -238,7 +238,8 @@ def test_cifar10_trains_and_lesions_three_channel_nets(tmp_path: Path) -> None:
     assert nets[1]["block"] == ["layer1.0", "layer2.0", "layer3.0"]
     assert nets[0]["deleted_error"][1:] == [None, None]  # plain, shape-changing
     assert results["lesion"]["images"] == 20 and len(results["runs"]) == 2
-    assert "one seed, so the seed noise is unknown" in results["verdict"]["text"]
+    # One epoch on 100 tiny random images: the nets stay at chance, and the verdict says so.
+    assert results["verdict"]["inconclusive"] is True
 
 
 def test_one_weights_file_is_lesioned_and_the_verdict_says_what_is_missing(

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reslab.checks import is_number
+from reslab.checks import is_number, shown
 from reslab.errors import ConfigError
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.records import variant_row
@@ -215,7 +215,7 @@ def check(config: StudyConfig) -> None:
     keys = config.options["ablation_variants"]
     bad = [k for k in keys if k not in VARIANTS]
     if bad:
-        raise ConfigError(f"unknown variant {bad[0]!r}: choose from {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown variant {shown(bad[0])}: choose from {', '.join(VARIANTS)}")
     if not keys:
         raise ConfigError(f"--variants needs at least one of {', '.join(VARIANTS)}")
 

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reslab.checks import shown
 from reslab.errors import ConfigError
 from reslab.experiments.ablation import DIGITS_EPOCHS
 from reslab.experiments.config import RunSpec, StudyConfig
@@ -228,7 +229,7 @@ def check(config: StudyConfig) -> None:
     keys = config.options["trainability_variants"]
     bad = [k for k in keys if k not in VARIANTS]
     if bad:
-        raise ConfigError(f"unknown variant {bad[0]!r}: choose from {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown variant {shown(bad[0])}: choose from {', '.join(VARIANTS)}")
     missing = [k for k in (PLAIN, RESIDUAL) if k not in keys]
     if missing:
         raise ConfigError(
