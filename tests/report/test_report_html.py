@@ -23,7 +23,7 @@ def test_table_right_aligns_numeric_columns() -> None:
 
 def test_mean_pm_shows_the_std_only_over_several_seeds() -> None:
     assert mean_pm(1.234, 0.5, 2) == "1.23 ± 0.50"
-    assert mean_pm(1.234, 0.0, 1) == "1.23"
+    assert mean_pm(1.234, 0.0, 1) == "1.23 ± ?"  # one seed: the spread is unknown
     assert mean_pm(None, 0.5, 2) == "—"
 
 

@@ -161,7 +161,7 @@ def tables(results: Mapping[str, Any]) -> list[html.Section]:
     body = html.table(_HEADERS, [[html.e(c) for c in _cells(r, results)] for r in rows], {5, 6})
     text = (
         '<section id="trainability"><h2>Variants</h2><p>Final clean training and test error in '
-        "percent, mean ± sample std over seeds (one seed: the mean alone, its spread unknown). "
+        "percent, mean ± sample std over seeds (± ?: one seed, its spread unknown). "
         "Options are the model options that make each variant (<code>create_model(name, "
         "**options)</code>); the recipe column says where the paper's own differs.</p>"
         + body

@@ -121,12 +121,13 @@ def num(value: Any, digits: int = 2) -> str:
 
 
 def mean_pm(mean: Any, std: Any, n: Any) -> str:
-    """``mean ± std`` over ``n`` seeds, just the mean for one seed, a dash if not measured."""
+    """``mean ± std`` over ``n`` seeds; ``mean ± ?`` for one seed, whose spread is unknown
+    (not zero); a dash if not measured."""
     if not is_number(mean):
         return "—"
     if is_number(n) and n > 1 and is_number(std):
         return f"{mean:.2f} ± {std:.2f}"
-    return f"{mean:.2f}"
+    return f"{mean:.2f} ± ?"
 
 
 def params(value: Any) -> str:
