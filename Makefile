@@ -21,10 +21,14 @@ demo: $(BIN)/reslab
 test: $(BIN)/reslab lint
 	$(BIN)/pytest -q
 
-# The tests not marked slow (no fault-injection processes, no long runs), no lint: for while you
-# work. `make test`, which CI runs, runs everything.
+# For while you work: the unit tests of the rooms below the trainer and the studies (blocks,
+# models, measure, data, report, weights, ...), none marked slow, no lint: about 80 s on two
+# cores against about 10 minutes for everything. `make test`, which CI runs, runs everything.
+QUICK := tests/blocks tests/models tests/measure tests/data tests/report tests/scripts \
+	tests/test_package.py tests/test_fileio.py tests/test_weights.py tests/test_explain.py \
+	tests/test_security.py
 test-quick: $(BIN)/reslab
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" $(QUICK)
 
 lint: $(BIN)/reslab
 	$(BIN)/ruff check src tests benchmarks scripts
