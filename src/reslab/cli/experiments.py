@@ -35,7 +35,9 @@ def register(sub: Any) -> None:
             help_text = flag.help + (f" (default {shown})" if shown else "")
             if key == "depths" and study.one_depth:
                 help_text = f"the one CIFAR-family depth 6n+2 it compares (default {shown})"
-                p.add_argument("--depth", dest="depths", help=help_text, default=SUPPRESS)
+                p.add_argument(
+                    "--depth", dest="depths", metavar="DEPTH", help=help_text, default=SUPPRESS
+                )
             else:
                 p.add_argument(flag.flag, dest=key, help=help_text, default=SUPPRESS)
         if "recipe" not in taken:
