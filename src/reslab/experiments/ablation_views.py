@@ -251,16 +251,6 @@ def _names(keys: Any) -> str | None:
     return ", ".join(html.e(VARIANTS[k].label if k in VARIANTS else k) for k in keys) or "none"
 
 
-def _gaps(gaps: Any) -> str | None:
-    if not isinstance(gaps, dict):
-        return None
-    noise = [f" ± {g['noise']:.1f}" if is_number(g.get("noise")) else "" for g in gaps.values()]
-    listed = ", ".join(
-        f"{html.e(k)} {g['gap']:+.1f}{n}" for (k, g), n in zip(gaps.items(), noise, strict=True)
-    )
-    return f"training error minus the identity's, points (± one seed-noise width): {listed}"
-
-
 VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "worse": lambda v: f"train worse than the identity shortcut: <b>{_names(v)}</b>",
     "as_well": lambda v: f"train as well as the identity shortcut: <b>{_names(v)}</b>",
@@ -268,7 +258,7 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "identity_best": yes_no_format("no shortcut variant trains better than the identity"),
     "best_placement": lambda v: f"lowest test error of the placements: <b>{_names([v])}</b>",
     "preact_best": yes_no_format("no placement beats full pre-activation's test error"),
-    "gaps": _gaps,
+    "gaps": run_views.gaps_format("the identity's"),
     "tolerance": run_views.tolerance_format,
 }
 

@@ -470,6 +470,31 @@ def gap_format(family: str, how: str) -> html.ItemFormat:
     return item
 
 
+def gaps_format(reference: str) -> html.ItemFormat:
+    """A verdict item for ``gaps`` (per variant: its training error minus ``reference``'s, and
+    one seed-noise width, null with one seed)."""
+
+    def item(gaps: Any) -> str | None:
+        if not isinstance(gaps, dict):
+            return None
+        listed = ", ".join(
+            f"{html.e(k)} {g['gap']:+.1f}"
+            + (f" ± {g['noise']:.1f}" if is_number(g.get("noise")) else "")
+            for k, g in gaps.items()
+            if isinstance(g, dict) and is_number(g.get("gap"))
+        )
+        return f"training error minus {reference}, points (± one seed-noise width): {listed}"
+
+    return item
+
+
+def noise_format(value: Any) -> str | None:
+    """A verdict item for a gap's seed noise: its one width, or unknown with one seed."""
+    if is_number(value):
+        return f"its seed noise (one std): {value:.2f} points"
+    return "its seed noise: <b>unknown</b> (one seed; --seeds 0,1 measures it)"
+
+
 def tolerance_format(value: Any) -> str | None:
     return f"tolerance: {value:.2f} percentage points" if is_number(value) else None
 

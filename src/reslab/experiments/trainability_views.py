@@ -186,7 +186,8 @@ def console_table(results: Mapping[str, Any]) -> str:
 def _named(values: Any) -> str | None:
     if not isinstance(values, list):
         return None
-    return ", ".join(VARIANTS[v].label if v in VARIANTS else str(v) for v in values) or "none"
+    # " · " between names: a variant's label has commas of its own ("plain, no BN")
+    return " · ".join(VARIANTS[v].label if v in VARIANTS else str(v) for v in values) or "none"
 
 
 VERDICT_FORMATS: dict[str, html.ItemFormat] = {
@@ -194,6 +195,8 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "partly": lambda v: None if _named(v) is None else f"close part: <b>{html.e(_named(v))}</b>",
     "fails": lambda v: None if _named(v) is None else f"fail: <b>{html.e(_named(v))}</b>",
     "gap": run_views.gap_format("plain", "plain minus residual"),
+    "gap_noise": run_views.noise_format,
+    "gaps": run_views.gaps_format("the residual net's"),
     "tolerance": run_views.tolerance_format,
 }
 
