@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reslab.checks import NUMBER, TEXT, ListOf, Object, at_least, maybe, objects, one_of
-from reslab.experiments import run_views
+from reslab.experiments import run_views, verdict_views
 from reslab.experiments.ablation import REFERENCE, VARIANTS, _row
 from reslab.experiments.registry import Views
-from reslab.experiments.run_views import yes_no_format
+from reslab.experiments.verdict_views import yes_no_format
 from reslab.report import html
 from reslab.report.figures import FAMILY_COLOURS, OKABE_ITO, FigureSpec, legend, new_figure, styled
 from reslab.report.schema import is_number
@@ -258,8 +258,8 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "identity_best": yes_no_format("no shortcut variant trains better than the identity"),
     "best_placement": lambda v: f"lowest test error of the placements: <b>{_names([v])}</b>",
     "preact_best": yes_no_format("no placement beats full pre-activation's test error"),
-    "gaps": run_views.gaps_format("the identity's"),
-    "tolerance": run_views.tolerance_format,
+    "gaps": verdict_views.gaps_format("the identity's"),
+    "tolerance": verdict_views.tolerance_format,
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reslab.errors import ConfigError, ReslabError
-from reslab.experiments import probe_views, run_views, signal_views
+from reslab.experiments import probe_views, run_views, signal_views, verdict_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.probing import KINDS, probe_runs
 from reslab.experiments.registry import TRAINING, Study, Views
@@ -170,11 +170,11 @@ STUDY = Study(
         ),
         tables=tables,
         verdict_formats={
-            "degradation": run_views.yes_no_format("degradation in plain nets"),
-            "residual_ok": run_views.yes_no_format("residual nets train as well when deeper"),
-            "plain_gap": run_views.gap_format("plain", "deepest minus shallowest"),
-            "residual_gap": run_views.gap_format("residual", "deepest minus shallowest"),
-            "tolerance": run_views.tolerance_format,
+            "degradation": verdict_views.yes_no_format("degradation in plain nets"),
+            "residual_ok": verdict_views.yes_no_format("residual nets train as well when deeper"),
+            "plain_gap": verdict_views.gap_format("plain", "deepest minus shallowest"),
+            "residual_gap": verdict_views.gap_format("residual", "deepest minus shallowest"),
+            "tolerance": verdict_views.tolerance_format,
         },
     ),
     depths=(20, 32, 56),

@@ -17,7 +17,7 @@ from reslab.checks import NUMBER, NUMBER_OR_NULL, NUMBERS, ListOf, Object, maybe
 from reslab.experiments import run_views
 from reslab.experiments.landscape import SECTION, _nets
 from reslab.experiments.registry import Views
-from reslab.experiments.run_views import yes_no_format
+from reslab.experiments.verdict_views import yes_no_format
 from reslab.report import html
 from reslab.report.figures import (
     FAMILY_COLOURS,

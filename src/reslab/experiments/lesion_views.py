@@ -26,10 +26,10 @@ from reslab.checks import (
     maybe,
     objects,
 )
-from reslab.experiments import run_views
+from reslab.experiments import run_views, verdict_views
 from reslab.experiments.lesion import SECTION, _name, _nets, family_means, mean_deleted_error
 from reslab.experiments.registry import Views
-from reslab.experiments.run_views import number_format, yes_no_format
+from reslab.experiments.verdict_views import number_format, yes_no_format
 from reslab.report import html
 from reslab.report.figures import (
     FAMILY_COLOURS,
@@ -289,7 +289,7 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "chance_error": number_format("chance", ".1f", " %"),
     "chance_gap": number_format("chance minus that error"),
     "chance_gap_noise": number_format("its seed noise (one std)", ".2f"),
-    "tolerance": run_views.tolerance_format,
+    "tolerance": verdict_views.tolerance_format,
 }
 
 

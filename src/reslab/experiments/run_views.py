@@ -2,7 +2,8 @@
 
 Figures (He et al. 2015 style): error vs iterations (Fig. 6), final error vs depth, and the
 final errors per shortcut variant; the results table (mean ± std over seeds) and the per-run
-table; the verdict's gap and tolerance items. Each figure is a function of results.json data.
+tables; the mean training curve of a study's variants. Each figure is a function of results.json
+data. The verdict's items are :mod:`reslab.experiments.verdict_views`'.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ __all__ = [
     "ERROR_VS_DEPTH",
     "error_curves",
     "error_vs_depth",
-    "gap_format",
+    "mean_curve",
     "results_section",
     "shortcut_errors",
     "shortcut_errors_spec",
     "summary_of",
-    "tolerance_format",
+    "variant_runs_table",
 ]
 
 
@@ -391,7 +392,7 @@ def shortcut_errors_spec(always: bool) -> FigureSpec:
     )
 
 
-# --- tables and verdict items --------------------------------------------------------------------
+# --- tables --------------------------------------------------------------------
 
 
 def results_section(results: Mapping[str, Any]) -> html.Section:
@@ -454,67 +455,6 @@ def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
         + html.table(headers, rows, {3, 5, 6, 7, 8, 9})
         + "</details>"
     )
-
-
-def gap_format(family: str, how: str) -> html.ItemFormat:
-    """A verdict item for ``plain_gap``/``residual_gap``: signed points, and what was compared."""
-
-    def item(value: Any) -> str | None:
-        if not is_number(value):
-            return None
-        return (
-            f"{family} gap: <b>{value:+.2f}</b> percentage points "
-            f"(final clean training error, {how})"
-        )
-
-    return item
-
-
-def gaps_format(reference: str) -> html.ItemFormat:
-    """A verdict item for ``gaps`` (per variant: its training error minus ``reference``'s, and
-    one seed-noise width, null with one seed)."""
-
-    def item(gaps: Any) -> str | None:
-        if not isinstance(gaps, dict):
-            return None
-        listed = ", ".join(
-            f"{html.e(k)} {g['gap']:+.1f}"
-            + (f" ± {g['noise']:.1f}" if is_number(g.get("noise")) else "")
-            for k, g in gaps.items()
-            if isinstance(g, dict) and is_number(g.get("gap"))
-        )
-        return f"training error minus {reference}, points (± one seed-noise width): {listed}"
-
-    return item
-
-
-def noise_format(value: Any) -> str | None:
-    """A verdict item for a gap's seed noise: its one width, or unknown with one seed."""
-    if is_number(value):
-        return f"its seed noise (one std): {value:.2f} points"
-    return "its seed noise: <b>unknown</b> (one seed; --seeds 0,1 measures it)"
-
-
-def tolerance_format(value: Any) -> str | None:
-    return f"tolerance: {value:.2f} percentage points" if is_number(value) else None
-
-
-def yes_no_format(question: str) -> html.ItemFormat:
-    """A verdict item for a true/false key: ``question: yes`` (or no); None for a non-bool."""
-
-    def item(value: Any) -> str | None:
-        return f"{question}: <b>{'yes' if value else 'no'}</b>" if isinstance(value, bool) else None
-
-    return item
-
-
-def number_format(what: str, spec: str = "+.2f", unit: str = " points") -> html.ItemFormat:
-    """A verdict item for a number: ``what: value`` in ``spec``, then ``unit``."""
-
-    def item(value: Any) -> str | None:
-        return f"{what}: <b>{value:{spec}}</b>{unit}" if is_number(value) else None
-
-    return item
 
 
 # --- studies of variants at one depth (ablation, trainability) ------------------------------------

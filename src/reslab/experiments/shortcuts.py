@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reslab.errors import ReslabError
-from reslab.experiments import run_views
+from reslab.experiments import run_views, verdict_views
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.registry import TRAINING, Study, Views
 from reslab.experiments.verdicts import gap_of_rows, not_learned
@@ -121,11 +121,11 @@ STUDY = Study(
         ),
         tables=tables,
         verdict_formats={
-            "plain_gap": run_views.gap_format("plain", "plain minus the best shortcut option"),
-            "residual_gap": run_views.gap_format(
+            "plain_gap": verdict_views.gap_format("plain", "plain minus the best shortcut option"),
+            "residual_gap": verdict_views.gap_format(
                 "residual", "plain minus the best shortcut option"
             ),
-            "tolerance": run_views.tolerance_format,
+            "tolerance": verdict_views.tolerance_format,
         },
     ),
     depths=(56,),

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reslab.checks import NUMBER, TEXT, Object, maybe, objects
-from reslab.experiments import probe_views, run_views, signal_views
+from reslab.experiments import probe_views, run_views, signal_views, verdict_views
 from reslab.experiments.registry import Views
 from reslab.experiments.trainability import PLAIN, RESIDUAL, VARIANTS
 from reslab.report import html
@@ -194,10 +194,10 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
     "closes": lambda v: None if _named(v) is None else f"close the gap: <b>{html.e(_named(v))}</b>",
     "partly": lambda v: None if _named(v) is None else f"close part: <b>{html.e(_named(v))}</b>",
     "fails": lambda v: None if _named(v) is None else f"fail: <b>{html.e(_named(v))}</b>",
-    "gap": run_views.gap_format("plain", "plain minus residual"),
-    "gap_noise": run_views.noise_format,
-    "gaps": run_views.gaps_format("the residual net's"),
-    "tolerance": run_views.tolerance_format,
+    "gap": verdict_views.gap_format("plain", "plain minus residual"),
+    "gap_noise": verdict_views.noise_format,
+    "gaps": verdict_views.gaps_format("the residual net's"),
+    "tolerance": verdict_views.tolerance_format,
 }
 
 
