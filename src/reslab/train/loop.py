@@ -93,7 +93,13 @@ def fit(
                 # Each rank read its own load; all train with rank 0's count, the one saved.
                 torch.set_num_threads(dist.from_main(torch.get_num_threads()))
             config = record_threads(config, device)
-            return _fit(config, dist, device, fast, resume=resume, explicit=explicit)
+            history = _fit(config, dist, device, fast, resume=resume, explicit=explicit)
+        if dist.enabled:
+            # Every rank reaches the end before any tears the group down: a gloo rank whose
+            # peer destroyed the group (and its connections) while it was still finishing its
+            # last collective aborted with "terminate called without an active exception".
+            torch.distributed.barrier()
+        return history
     finally:
         if dist.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
