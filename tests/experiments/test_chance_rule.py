@@ -81,6 +81,7 @@ def test_shortcuts_and_ablation_at_chance_are_inconclusive() -> None:
         ["ablation", "--depth", "8", "--variants", "identity,scale"],
         ["lesion", "--depth", "8", "--draws", "1", "--ks", "1"],
         ["landscape", "--depths", "8", "--grid", "3", "--curve", "3", "--images", "16"],
+        ["trainability", "--depth", "8", "--variants", "plain,residual,skipinit"],
     ],
     ids=lambda argv: argv[0],
 )
