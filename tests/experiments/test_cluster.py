@@ -70,7 +70,7 @@ def _head(env: dict[str, str] | None = None) -> Iterator[str]:
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(30)
+            head.wait(10)  # a head under load can take 30 s to stop: its group is killed
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
