@@ -222,10 +222,16 @@ def test_a_failed_connection_names_its_cause(
     _no_token(monkeypatch, tmp_path)
     lost = ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
     line = _failure(lost, "10.0.0.1:6379", _REFUSED * 20)
-    assert "requires its authentication token and this driver has none" in line
+    assert "token authentication failed (this driver has no token)" in line
     assert "`ray get-auth-token`" in line and "start one" not in line
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # then Ray refuses before connecting
+    missing = type("AuthenticationError", (Exception,), {})("no authentication token was found")
+    assert "(this driver has no token but RAY_AUTH_MODE=token)" in _failure(missing, "h:1", "")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
-    assert "the token from RAY_AUTH_TOKEN was refused" in _failure(lost, "h:1", _REFUSED)
+    assert "(the token from RAY_AUTH_TOKEN was refused)" in _failure(lost, "h:1", _REFUSED)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert "(RAY_AUTH_MODE=disabled here sends no token)" in _failure(lost, "h:1", _REFUSED)
+    monkeypatch.delenv("RAY_AUTH_MODE")
     mismatch = RuntimeError("Version mismatch: The cluster was started with:\n Ray: 2.59.0")
     line = _failure(mismatch, "h:1", "")
     assert "Version mismatch: The cluster was started with:;" in line

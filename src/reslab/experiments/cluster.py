@@ -100,7 +100,7 @@ def _init(ray: Any, address: str | None, log: IO[str] | None) -> bool:
                 include_dashboard=False if address is None else None,
                 configure_logging=False,
             )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         noise = ""
         if log is not None:
             log.seek(0)
@@ -158,16 +158,21 @@ def _failure(exc: BaseException, address: str | None, noise: str) -> str:
     where = address or "a local Ray instance"
     text = str(exc).strip()
     first = text.splitlines()[0][:300] if text else type(exc).__name__
-    if "InvalidAuthToken" in noise or "InvalidAuthToken" in text or "Unauthenticated" in noise:
+    # Ray's AuthenticationError: RAY_AUTH_MODE=token here and no token found to send.
+    refused = "InvalidAuthToken" in noise + text or "Unauthenticated" in noise
+    if refused or type(exc).__name__ == "AuthenticationError":
         source = _token_source()
-        mode = os.environ.get("RAY_AUTH_MODE", "unset")
-        sent = f"the token from {source} was refused" if source else "this driver has none"
-        if source and mode == "disabled":
+        mode = os.environ.get("RAY_AUTH_MODE", "")
+        if mode == "disabled":
             sent = "RAY_AUTH_MODE=disabled here sends no token"
+        elif source:
+            sent = f"the token from {source} was refused"
+        else:
+            sent = "this driver has no token" + (" but RAY_AUTH_MODE=token" if mode else "")
         return (
-            f"cannot connect to Ray at {where}: the cluster requires its authentication token "
-            f"and {sent}; copy the head's token (`ray get-auth-token` on the head) into "
-            "~/.ray/auth_token here, or set RAY_AUTH_TOKEN to it"
+            f"cannot connect to Ray at {where}: token authentication failed ({sent}); copy the "
+            "head's token (`ray get-auth-token` on the head) into ~/.ray/auth_token here, or "
+            "set RAY_AUTH_TOKEN to it"
         )
     if "version mismatch" in text.lower():
         return (
