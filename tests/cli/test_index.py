@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reslab.cli import build_parser, index
 
@@ -109,3 +111,22 @@ def test_help_version_models_and_refused_flags_import_no_torch() -> None:
     seen = json.loads(out.splitlines()[-1])
     assert seen == {" ".join(argv): [] for argv in _LIGHT}
     assert "resnet1202" in out and "error: unrecognized arguments: --bogus" not in out
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner),
+    max_leaves=12,
+)
+
+
+@given(value=_VALUES)
+def test_any_declared_value_comes_back_from_the_file(value: object) -> None:
+    # What a flag declaration holds survives the JSON file (tuples read back as lists, which
+    # argparse takes alike for choices), and argparse's "not given" comes back as itself.
+    def listed(v: object) -> object:
+        return [listed(x) for x in v] if isinstance(v, list | tuple) else v
+
+    stored = json.loads(json.dumps(index.encode(value)))
+    assert index._decode(stored) == listed(value)
+    assert index._decode(json.loads(json.dumps(argparse.SUPPRESS))) is argparse.SUPPRESS
