@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-quick lint bench clean
+.PHONY: demo test test-quick lint bench cli-index readme clean
 
 $(BIN)/reslab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ lint: $(BIN)/reslab
 
 bench: $(BIN)/reslab
 	$(BIN)/python benchmarks/bench_cpu.py
+
+# After changing a flag, a help text, a study or a model: the command line's stored declarations.
+cli-index: $(BIN)/reslab
+	$(BIN)/python scripts/cli_index.py
+
+# The README's blocks from the program: the models table, and the demo's output once it ran.
+readme: $(BIN)/reslab
+	$(BIN)/python scripts/readme.py $(if $(wildcard runs/degradation/results.json),--demo runs/degradation/results.json)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

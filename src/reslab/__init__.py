@@ -3,8 +3,9 @@
 Everything a user needs from Python is here: build a model (:func:`create_model`), train it
 (:func:`fit` with a :class:`TrainConfig`), run a study (:func:`run_study` with a
 :class:`StudyConfig`), load data (:func:`load_dataset`) and weights. The trainer, the studies
-and the data sets load on first use (PEP 562), so ``import reslab`` costs no more than torch
-and the model code.
+and the data sets load on first use (PEP 562), and so do the models: ``import reslab`` does not
+import torch, so ``reslab --help`` answers at once (the command line imports torch only for a
+command that needs it, see :mod:`reslab.cli.index`).
 """
 
 from __future__ import annotations
@@ -18,19 +19,28 @@ from reslab.cpu import configure_openmp
 # spinning OpenMP thread on a busy machine made training 40x slower (reslab.cpu).
 configure_openmp()
 
-from reslab.blocks import Residual, ResidualMLP
 from reslab.errors import ReslabError
-from reslab.models import count_macs, count_params, create_model, list_models
 from reslab.version import __version__
-from reslab.weights import load_model, load_weights, save_weights
 
 if TYPE_CHECKING:
+    from reslab.blocks import Residual, ResidualMLP
     from reslab.data import load_dataset
     from reslab.experiments import StudyConfig, run_study
+    from reslab.models import count_macs, count_params, create_model, list_models
     from reslab.train import TrainConfig, fit
+    from reslab.weights import load_model, load_weights, save_weights
 
-# name -> the package that defines it, imported when the name is first read
+# name -> the module that defines it, imported when the name is first read (torch with it)
 _LAZY = {
+    "Residual": "reslab.blocks",
+    "ResidualMLP": "reslab.blocks",
+    "count_macs": "reslab.models",
+    "count_params": "reslab.models",
+    "create_model": "reslab.models",
+    "list_models": "reslab.models",
+    "load_model": "reslab.weights",
+    "load_weights": "reslab.weights",
+    "save_weights": "reslab.weights",
     "fit": "reslab.train",
     "TrainConfig": "reslab.train",
     "run_study": "reslab.experiments",

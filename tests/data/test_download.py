@@ -228,7 +228,7 @@ def test_download_failure_explains_manual_route(
     assert str(info.value) == (
         f"could not download {_MIRRORS[name]}{first} (<urlopen error no route to host>); "
         f"download it by hand and save it as {tmp_path / _FOLDER[name] / first}, or point "
-        "data_dir/RESLAB_DATA at a folder that has it"
+        "--data-dir (data_dir= in Python) or RESLAB_DATA at a folder that has it"
     )
     assert _entries(tmp_path) == ([_FOLDER[name]] if _FOLDER[name] else [])
 

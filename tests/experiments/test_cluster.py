@@ -5,8 +5,10 @@ The cluster is ``ray start --head --block`` in its own process group, stopped af
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,9 +35,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """A local two-CPU Ray head node; yields its address."""
+@contextlib.contextmanager
+def _head(env: dict[str, str] | None = None) -> Iterator[str]:
+    """A local two-CPU Ray head node, ``ray start --head`` as a user starts one; its address."""
     port = _free_port()
     ray_bin = Path(sys.executable).with_name("ray")
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are bounded
@@ -59,6 +61,7 @@ def cluster() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env=env,
     )
     address = f"127.0.0.1:{port}"
     try:
@@ -67,10 +70,18 @@ def cluster() -> Iterator[str]:
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(30)
+            head.wait(10)  # a head under load can take 30 s to stop: its group is killed
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A head without token authentication (no token on this machine: Ray leaves it off)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    with _head({**env, "RAY_AUTH_MODE": "disabled"}) as address:
+        yield address
 
 
 def _wait_for(address: str, head: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -170,3 +181,86 @@ def test_an_unreachable_ray_address_is_one_line(cli_error: Any, tmp_path: Path) 
     assert "HOST:PORT" in cli_error(
         ["degradation", *STUDY, "--cluster", "ray", "--ray-address", "x:99999"]
     )
+
+
+@pytest.mark.slow
+def test_a_head_started_apart_with_token_authentication(tmp_path: Path) -> None:
+    # Ray 2.60: `ray start --head` turns token authentication on when it finds a token, and a
+    # driver connecting by address sent none: twenty lines of InvalidAuthToken, then an error
+    # that blamed the address. The README's two shells, with the token in RAY_AUTH_TOKEN.
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    out = tmp_path / "study"
+    args = [sys.executable, "-m", "reslab", "degradation", "--depths", "8,14", "--seeds", "0"]
+    args += ["--width", "0.25", "--steps", "2", "--device", "cpu", "--cluster", "ray"]
+    with _head({**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as address:
+        args += ["--ray-address", address, "--out", str(out)]
+        driver = subprocess.run(
+            args, env={**env, "RAY_AUTH_TOKEN": token}, capture_output=True, text=True
+        )
+    assert driver.returncode == 0, driver.stderr[-2000:]
+    assert "InvalidAuthToken" not in driver.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [r["status"] for r in results["runs"]] == ["finished"] * 4
+
+
+def _no_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+
+
+_REFUSED = "gcs_client.cc:210: Failed to get cluster ID from GCS server: Unauthenticated: RPC "
+_REFUSED += "error: InvalidAuthToken: Authentication token is missing or incorrect\n"
+
+
+def test_a_failed_connection_names_its_cause(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from reslab.experiments.cluster import _failure
+
+    _no_token(monkeypatch, tmp_path)
+    lost = ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+    line = _failure(lost, "10.0.0.1:6379", _REFUSED * 20)
+    assert "token authentication failed (this driver has no token)" in line
+    assert "`ray get-auth-token`" in line and "start one" not in line
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # then Ray refuses before connecting
+    missing = type("AuthenticationError", (Exception,), {})("no authentication token was found")
+    assert "(this driver has no token but RAY_AUTH_MODE=token)" in _failure(missing, "h:1", "")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
+    assert "(the token from RAY_AUTH_TOKEN was refused)" in _failure(lost, "h:1", _REFUSED)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert "(RAY_AUTH_MODE=disabled here sends no token)" in _failure(lost, "h:1", _REFUSED)
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    mismatch = RuntimeError("Version mismatch: The cluster was started with:\n Ray: 2.59.0")
+    line = _failure(mismatch, "h:1", "")
+    assert "Version mismatch: The cluster was started with:;" in line
+    assert "same Ray and Python versions" in line
+    assert "start one with `ray start --head`" in _failure(lost, "h:1", "")
+    assert all("\n" not in m for m in (line, _failure(lost, "h:1", _REFUSED)))
+
+
+def test_a_token_file_is_found_as_ray_finds_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from reslab.experiments.cluster import _token_source
+
+    _no_token(monkeypatch, tmp_path)
+    assert _token_source() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("0" * 64)
+    assert _token_source() == "~/.ray/auth_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere"))
+    assert _token_source() == "~/.ray/auth_token"  # a path that does not exist is passed over
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "1" * 64)
+    assert _token_source() == "RAY_AUTH_TOKEN"
+
+
+def test_rays_lines_on_stderr_are_kept_aside(tmp_path: Path) -> None:
+    from reslab.experiments.cluster import _stderr_to
+
+    with tempfile.TemporaryFile("w+") as log:
+        with _stderr_to(log):
+            os.write(2, _REFUSED.encode())  # as Ray's C++ core writes: the descriptor itself
+        log.seek(0)
+        assert log.read() == _REFUSED

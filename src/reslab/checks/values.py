@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import reprlib
 import sys
 import types
@@ -74,6 +75,7 @@ __all__ = [
     "integers",
     "is_int",
     "is_number",
+    "matching",
     "max_threads",
     "number",
     "one_line",
@@ -356,3 +358,14 @@ def check_text(name: str, value: str, error: type[Exception] = ConfigError) -> s
     except UnicodeEncodeError:
         raise error(f"{name} is not valid Unicode text, got {shown(value)}") from None
     return value
+
+
+def matching(names: list[str], pattern: str | None, error: type[Exception]) -> list[str]:
+    """The ``names`` a regular expression finds (all without one); a bad one raises ``error``."""
+    if not pattern:
+        return list(names)
+    try:
+        regex = re.compile(pattern)
+    except (re.error, TypeError) as exc:
+        raise error(f"filter {pattern!r} is not a regular expression ({exc})") from exc
+    return [n for n in names if regex.search(n)]

@@ -18,46 +18,10 @@ _NOT_FLAGS = ("func", "command", "experiment", "print_config")
 
 
 def register(sub: Any) -> None:
-    from reslab.experiments import StudyConfig, get_study, list_studies
-    from reslab.experiments.config import ALWAYS, SETTINGS
+    from reslab.experiments import list_studies
 
     for name in list_studies():
-        study = get_study(name)
-        defaults = StudyConfig(experiment=name).to_json()
-        p = sub.add_parser(name, help=study.help, description=study.help)
-        taken = [key for key in SETTINGS if key in ALWAYS or key in study.takes]
-        for key in taken:
-            flag = SETTINGS[key]
-            if key == "recipe":  # the study's own flags come before the trainer's settings
-                for own in study.flags:
-                    p.add_argument(own.flag, dest=own.name, help=own.help, default=SUPPRESS)
-            shown = _shown(defaults.get(key))
-            help_text = flag.help + (f" (default {shown})" if shown else "")
-            if key == "depths" and study.one_depth:
-                help_text = f"the one CIFAR-family depth 6n+2 it compares (default {shown})"
-                p.add_argument(
-                    "--depth", dest="depths", metavar="DEPTH", help=help_text, default=SUPPRESS
-                )
-            else:
-                p.add_argument(flag.flag, dest=key, help=help_text, default=SUPPRESS)
-        if "recipe" not in taken:
-            for own in study.flags:
-                p.add_argument(own.flag, dest=own.name, help=own.help, default=SUPPRESS)
-        if "pack" in study.takes:
-            p.add_argument(
-                "--pack",
-                action=argparse.BooleanOptionalAction,
-                default=SUPPRESS,
-                help="train runs of one shape and recipe as one packed net, each computing its "
-                "own run (default: on CUDA only); --no-pack trains every run on its own",
-            )
-        p.add_argument(
-            "--print-config",
-            action="store_true",
-            help="print the study's resolved config as JSON (as results.json records it) and "
-            "write nothing",
-        )
-        p.set_defaults(func=_cmd_study, experiment=name)
+        register_study(sub, name)
 
     p = sub.add_parser(
         "report",
@@ -68,6 +32,49 @@ def register(sub: Any) -> None:
 
 
 SUPPRESS = argparse.SUPPRESS
+
+
+def register_study(sub: Any, name: str) -> None:
+    """Add ``reslab <name>`` for the registered study ``name``."""
+    from reslab.experiments import StudyConfig, get_study
+    from reslab.experiments.config import ALWAYS, SETTINGS
+
+    study = get_study(name)
+    defaults = StudyConfig(experiment=name).to_json()
+    p = sub.add_parser(name, help=study.help, description=study.help)
+    taken = [key for key in SETTINGS if key in ALWAYS or key in study.takes]
+    for key in taken:
+        flag = SETTINGS[key]
+        if key == "recipe":  # the study's own flags come before the trainer's settings
+            for own in study.flags:
+                p.add_argument(own.flag, dest=own.name, help=own.help, default=SUPPRESS)
+        shown = _shown(defaults.get(key))
+        help_text = flag.help + (f" (default {shown})" if shown else "")
+        if key == "depths" and study.one_depth:
+            help_text = f"the one CIFAR-family depth 6n+2 it compares (default {shown})"
+            p.add_argument(
+                "--depth", dest="depths", metavar="DEPTH", help=help_text, default=SUPPRESS
+            )
+        else:
+            p.add_argument(flag.flag, dest=key, help=help_text, default=SUPPRESS)
+    if "recipe" not in taken:
+        for own in study.flags:
+            p.add_argument(own.flag, dest=own.name, help=own.help, default=SUPPRESS)
+    if "pack" in study.takes:
+        p.add_argument(
+            "--pack",
+            action=argparse.BooleanOptionalAction,
+            default=SUPPRESS,
+            help="train runs of one shape and recipe as one packed net, each computing its "
+            "own run (default: on CUDA only); --no-pack trains every run on its own",
+        )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the study's resolved config as JSON (as results.json records it) and "
+        "write nothing",
+    )
+    p.set_defaults(func=_cmd_study, experiment=name)
 
 
 def _shown(value: Any) -> str:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from reslab.checks import Bounds, shown
+from reslab.checks import Bounds, matching, shown
 from reslab.errors import ConfigError
 
 
@@ -22,16 +22,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_cmd_explain)
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
+def model_rows() -> list[list[str]]:
+    """``reslab models``' rows for every registered model (imports the models, and torch)."""
     from reslab.models import layout_macs, layout_params, list_models, model_layout
 
-    rows: list[tuple[str, ...]] = []
-    for name in list_models(args.filter):
+    rows: list[list[str]] = []
+    for name in list_models():
         # Counted from the layout: building every net would take minutes on a busy machine.
         layout = model_layout(name)
         params = layout_params(layout)
         rows.append(
-            (
+            [
                 name,
                 str(layout.depth),
                 f"{params:,}",
@@ -39,17 +40,32 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 f"{layout_macs(layout) / 1e6:,.1f}M",
                 "x".join(map(str, layout.input_size[1:])),
                 "none (plain)" if layout.plain else layout.shortcut,
-            )
+            ]
         )
-    header = ("model", "depth", "params", "≈", "MACs", "input", "shortcut")
+    return rows
+
+
+def models_table(rows: list[list[str]]) -> str:
+    """The rows under their header, in aligned columns."""
+    header = ["model", "depth", "params", "≈", "MACs", "input", "shortcut"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
+        for row in [header, *rows]
+    )
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from reslab.cli import index
+    from reslab.errors import ModelError
+
+    # The stored rows (reslab.cli.index, held equal to model_rows() by a test): no torch.
+    rows = index.load()["models"]
+    chosen = set(matching([row[0] for row in rows], args.filter, ModelError))
+    print(models_table([row for row in rows if row[0] in chosen]))
     return 0
 
 

@@ -12,39 +12,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from reslab.checks import MAX_BATCH, Bounds, shown
+from reslab.checks import MAX_BATCH, Bounds
+from reslab.cli import flagtypes
 from reslab.errors import ConfigError
 from reslab.fileio import atomic_write_json, output_kind
 from reslab.train.config import TrainConfig, check_threads, flag_name
 from reslab.train.evaluate import NORMALIZE_CHOICES
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {shown(text)}"
-        ) from None
-    if not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected finite numbers, got {shown(text)}")
-    return values
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers separated by commas, got {shown(text)}"
-        ) from None
 
 
 def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field[Any]) -> None:
@@ -61,7 +40,7 @@ def _add_field_flag(p: argparse.ArgumentParser, f: dataclasses.Field[Any]) -> No
         floats = typing.get_args(hint)[0] is float
         p.add_argument(
             *flags,
-            type=_floats if floats else _ints,
+            type=flagtypes.floats if floats else flagtypes.ints,
             metavar="F,F" if floats else "N,N",
             help=help_text,
             **common,

@@ -49,7 +49,7 @@ def _ensure_dir(folder: Path) -> None:
     except OSError as exc:
         raise DataError(
             f"cannot create the data folder {folder}: {exc.strerror or exc}; "
-            "pass data_dir= or set RESLAB_DATA to a writable folder"
+            "pass --data-dir (data_dir= in Python) or set RESLAB_DATA to a writable folder"
         ) from exc
 
 
@@ -67,7 +67,8 @@ def _download(url: str, folder: Path, filename: str, md5: str) -> Path:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise DataError(
                 f"could not download {url} ({exc}); download it by hand and save it as "
-                f"{final}, or point data_dir/RESLAB_DATA at a folder that has it"
+                f"{final}, or point --data-dir (data_dir= in Python) or RESLAB_DATA at a folder "
+                "that has it"
             ) from exc
         actual = _md5(tmp)
         if actual != md5:

@@ -14,14 +14,28 @@ reason does not stop the rest: the study waits for them, then reports every fail
 error, and a rerun trains only what is missing.
 
 Ray is optional (``pip install 'reslab[ray]'``); nothing imports it unless ``--cluster ray``.
+
+A cluster started apart (``ray start --head``) may require a token: Ray (2.52 and later) turns
+its token authentication on when the head finds one (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN``
+or ``RAY_AUTH_TOKEN_PATH``, or ``RAY_AUTH_MODE=token``), and a driver connecting by address
+sends none unless ``RAY_AUTH_MODE=token`` is set: Ray only looks for a token by itself for
+``address="auto"`` (ray/_private/worker.py, ``init``). :func:`connect` looks for one as Ray does
+for ``auto`` whenever ``RAY_AUTH_MODE`` is unset, so the head's token in this machine's
+``~/.ray/auth_token`` (or ``RAY_AUTH_TOKEN``) is all a driver needs; ``RAY_AUTH_MODE`` set by the
+user is respected. When the connection still fails, the one-line error says why: the token,
+a version mismatch, or nothing answering at the address.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
-from typing import Any
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any
 
 from reslab.errors import ConfigError, ReslabError
 
@@ -65,23 +79,110 @@ def connect(address: str | None) -> tuple[Any, bool]:
     if ray.is_initialized():
         return ray, False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None and address != "auto":
+    if address is None:
+        return ray, _init(ray, None, None)
+    if address != "auto":
         _check_reachable(address)
+    _use_token_if_any()
+    # Ray's core logs each refused attempt on stderr (twenty lines for a missing token):
+    # kept aside, and read to say in one line why the connection failed.
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        return ray, _init(ray, address, log)
+
+
+def _init(ray: Any, address: str | None, log: IO[str] | None) -> bool:
+    """``ray.init``, its failure as one :class:`ReslabError` naming the likely cause."""
     try:
-        ray.init(
-            address=address,
-            log_to_driver=False,  # each run's lines go to its own train.log, as locally
-            include_dashboard=False if address is None else None,
-            configure_logging=False,
+        with _stderr_to(log):
+            ray.init(
+                address=address,
+                log_to_driver=False,  # each run's lines go to its own train.log, as locally
+                include_dashboard=False if address is None else None,
+                configure_logging=False,
+            )
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+        noise = ""
+        if log is not None:
+            log.seek(0)
+            noise = log.read(1 << 20)
+        raise ReslabError(_failure(exc, address, noise)) from None
+    return True
+
+
+def _use_token_if_any() -> None:
+    """Send the token Ray would find for ``address="auto"``, unless RAY_AUTH_MODE is set."""
+    try:
+        from ray._private.authentication import authentication_token_setup as auth
+    except ImportError:  # a Ray from before token authentication (2.52): nothing to send
+        return
+    # Ray's own rule (``RAY_AUTH_MODE`` wins; else a token found turns it on); its notice that
+    # the *cluster* has token authentication on is about the head, not said to a driver.
+    quiet = logging.getLogger(auth.__name__)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
+
+
+@contextlib.contextmanager
+def _stderr_to(log: IO[str] | None) -> Iterator[None]:
+    """File descriptor 2 (Ray's C++ core writes there) into ``log`` meanwhile; None: as is."""
+    if log is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _token_source() -> str | None:
+    """Where this driver's Ray token comes from (as Ray looks), or None: there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    for path in (os.environ.get("RAY_AUTH_TOKEN_PATH"), "~/.ray/auth_token"):
+        if path and os.path.isfile(os.path.expanduser(path)):
+            return path
+    return None
+
+
+def _failure(exc: BaseException, address: str | None, noise: str) -> str:
+    """Why ``ray.init`` failed, in one line that says what to do."""
+    where = address or "a local Ray instance"
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    # Ray's AuthenticationError: RAY_AUTH_MODE=token here and no token found to send.
+    refused = "InvalidAuthToken" in noise + text or "Unauthenticated" in noise
+    if refused or type(exc).__name__ == "AuthenticationError":
+        source = _token_source()
+        mode = os.environ.get("RAY_AUTH_MODE", "")
+        if mode == "disabled":
+            sent = "RAY_AUTH_MODE=disabled here sends no token"
+        elif source:
+            sent = f"the token from {source} was refused"
+        else:
+            sent = "this driver has no token" + (" but RAY_AUTH_MODE=token" if mode else "")
+        return (
+            f"cannot connect to Ray at {where}: token authentication failed ({sent}); copy the "
+            "head's token (`ray get-auth-token` on the head) into ~/.ray/auth_token here, or "
+            "set RAY_AUTH_TOKEN to it"
         )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or "a local Ray instance"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReslabError(
-            f"cannot connect to Ray at {where}: {first[:300]}; start one with "
-            "`ray start --head` or check --ray-address / RAY_ADDRESS"
-        ) from None
-    return ray, True
+    if "version mismatch" in text.lower():
+        return (
+            f"cannot connect to Ray at {where}: {first}; run the same Ray and Python versions "
+            "on the driver and the cluster"
+        )
+    return (
+        f"cannot connect to Ray at {where}: {first}; start one with `ray start --head` or "
+        "check --ray-address / RAY_ADDRESS"
+    )
 
 
 def run_on_ray(

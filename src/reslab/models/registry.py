@@ -219,14 +219,7 @@ def cifar_model_name(depth: int, plain: bool) -> str:
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names, CIFAR family first; ``pattern`` filters with a regex search."""
-    names = list(_REGISTRY)
-    if pattern:
-        try:
-            regex = re.compile(pattern)
-        except (re.error, TypeError) as exc:
-            raise ModelError(f"filter {pattern!r} is not a regular expression ({exc})") from exc
-        names = [n for n in names if regex.search(n)]
-    return names
+    return checks.matching(list(_REGISTRY), pattern, ModelError)
 
 
 # --- building -----------------------------------------------------------------------------------
