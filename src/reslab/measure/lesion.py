@@ -29,6 +29,7 @@ This module sits at the models layer: it imports only :mod:`reslab.blocks` and t
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,11 +42,14 @@ from torch import Tensor, nn
 from reslab.blocks import ConvBlock as _Block
 from reslab.blocks import Residual
 from reslab.errors import ModelError
+from reslab.measure import prefix
 
 __all__ = [
     "MAX_KS",
     "BlockSite",
     "ErrorFn",
+    "Lesion",
+    "Top1Error",
     "block_sites",
     "delete_blocks",
     "deletion_curve",
@@ -54,6 +58,7 @@ __all__ = [
     "error_per_deleted_block",
     "k_grid",
     "lesion_net",
+    "measure_lesions",
     "swap_blocks",
     "swap_curve",
     "swappable_pairs",
@@ -302,30 +307,169 @@ def swap_blocks(
 ErrorFn = Callable[[nn.Module], float]  # the model as it stands (lesioned) -> test error, %
 
 
+@dataclass(frozen=True)
+class Lesion:
+    """One lesion: blocks deleted (by site index), or pairs swapped in turn; neither: intact."""
+
+    deleted: tuple[int, ...] = ()
+    swapped: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def first_block(self) -> int | None:
+        """The first block it changes: everything before computes what the intact net does."""
+        changed = [*self.deleted, *(i for pair in self.swapped for i in pair)]
+        return min(changed) if changed else None
+
+    @contextmanager
+    def applied(self, model: nn.Module, sites: Sequence[BlockSite]) -> Iterator[nn.Module]:
+        with delete_blocks(model, sites, self.deleted), swap_blocks(model, sites, self.swapped):
+            yield model
+
+
+@dataclass(frozen=True)
+class Top1Error:
+    """Normalised test images and their labels: the top-1 error (%) of a net and its lesions.
+
+    Called on a model, the error of the model as it stands. :meth:`errors` measures many
+    lesions of one net together, batch by batch: one intact forward pass records the input of
+    every block (:mod:`reslab.measure.prefix`), and each lesion runs from its first changed
+    block on. ``cache_bytes`` bounds those recorded inputs, which sets the batch.
+    """
+
+    images: Tensor
+    labels: Tensor
+    batch_size: int = 1000  # at most this many images a forward pass
+    cache_bytes: int = 256 * 2**20  # the recorded block inputs of one batch, at most
+
+    def __call__(self, model: nn.Module) -> float:
+        wrong = 0
+        with torch.inference_mode():
+            for x, y in self._batches(self.batch_size):
+                wrong += int((model(x).argmax(1) != y).sum())
+        return 100.0 * wrong / max(1, len(self.labels))
+
+    def errors(
+        self, model: nn.Module, sites: Sequence[BlockSite], lesions: Sequence[Lesion]
+    ) -> list[float]:
+        """The error of each lesion of ``model``, equal to applying it and calling this."""
+        blocks = [b for _, b in _named_blocks(model)]
+        per_image = sum(math.prod(s.in_shape) for s in sites) * self.images.element_size()
+        wrong, chain = [0] * len(lesions), True
+        with torch.inference_mode():
+            for n, (x, y) in enumerate(self._batches(max(1, self.cache_bytes // per_image))):
+                inputs, intact = prefix.block_inputs(model, blocks, x)
+                if n == 0:
+                    chain = prefix.runs_from_the_middle(model, blocks, inputs, intact, x)
+                for j, lesion in enumerate(lesions):
+                    first = lesion.first_block
+                    if first is None:
+                        logits = intact
+                    else:
+                        with lesion.applied(model, sites):
+                            block = _named_blocks(model)[first][1]  # a swap moved blocks
+                            logits = (
+                                prefix.run_from(model, block, inputs[first], x)
+                                if chain
+                                else model(x)
+                            )
+                    wrong[j] += int((logits.argmax(1) != y).sum())
+        return [100.0 * w / max(1, len(self.labels)) for w in wrong]
+
+    def _batches(self, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, len(self.labels), size):
+            yield self.images[i : i + size], self.labels[i : i + size]
+
+
+def measure_lesions(
+    model: nn.Module,
+    sites: Sequence[BlockSite],
+    lesions: Sequence[Lesion],
+    error: ErrorFn | Top1Error,
+) -> list[float]:
+    """The error of each lesion: shared prefixes for :class:`Top1Error`, else one call each."""
+    if isinstance(error, Top1Error):
+        return error.errors(model, sites, lesions)
+    measured = []
+    for lesion in lesions:
+        with lesion.applied(model, sites):
+            measured.append(float(error(model)))
+    return measured
+
+
 def _rng(kind: str, seed: int, k: int, draw: int) -> random.Random:
     # A string seed is hashed with SHA-512 by random.Random: the same draws on every machine
     # and in every process, and a draw at k does not depend on which other k were measured.
     return random.Random(f"lesion-{kind}-{seed}-{k}-{draw}")
 
 
+def _single_deletions(sites: Sequence[BlockSite]) -> list[Lesion]:
+    return [Lesion(deleted=(s.index,)) for s in sites if s.deletable]
+
+
+def _drawn_deletions(
+    sites: Sequence[BlockSite], ks: Sequence[int], draws: int, seed: int
+) -> list[Lesion]:
+    return [
+        Lesion(deleted=draw_deletions(sites, k, _rng("delete", seed, k, d)))
+        for k in ks
+        for d in range(draws)
+    ]
+
+
+def _drawn_swaps(
+    sites: Sequence[BlockSite], ks: Sequence[int], draws: int, seed: int
+) -> list[Lesion]:
+    return [
+        Lesion(swapped=draw_swaps(sites, k, _rng("swap", seed, k, d)))
+        for k in ks
+        for d in range(draws)
+    ]
+
+
+def _per_block(sites: Sequence[BlockSite], errors: Sequence[float]) -> list[float | None]:
+    measured = iter(errors)
+    return [next(measured) if s.deletable else None for s in sites]
+
+
+def _deletion_rows(
+    ks: Sequence[int], lesions: Sequence[Lesion], errors: Sequence[float]
+) -> list[dict[str, Any]]:
+    draws = len(lesions) // max(1, len(ks))
+    return [
+        {
+            "k": k,
+            "errors": list(errors[i * draws : (i + 1) * draws]),
+            "blocks": [list(x.deleted) for x in lesions[i * draws : (i + 1) * draws]],
+        }
+        for i, k in enumerate(ks)
+    ]
+
+
+def _swap_rows(
+    ks: Sequence[int], lesions: Sequence[Lesion], errors: Sequence[float]
+) -> list[dict[str, Any]]:
+    draws = len(lesions) // max(1, len(ks))
+    return [
+        {
+            "k": k,
+            "errors": list(errors[i * draws : (i + 1) * draws]),
+            "pairs": [[list(p) for p in x.swapped] for x in lesions[i * draws : (i + 1) * draws]],
+        }
+        for i, k in enumerate(ks)
+    ]
+
+
 def error_per_deleted_block(
-    model: nn.Module, sites: Sequence[BlockSite], error: ErrorFn
+    model: nn.Module, sites: Sequence[BlockSite], error: ErrorFn | Top1Error
 ) -> list[float | None]:
     """Error with each block deleted alone (Veit et al. Fig. 3); None where it cannot be."""
-    errors: list[float | None] = []
-    for site in sites:
-        if not site.deletable:
-            errors.append(None)
-            continue
-        with delete_blocks(model, sites, [site.index]):
-            errors.append(float(error(model)))
-    return errors
+    return _per_block(sites, measure_lesions(model, sites, _single_deletions(sites), error))
 
 
 def deletion_curve(
     model: nn.Module,
     sites: Sequence[BlockSite],
-    error: ErrorFn,
+    error: ErrorFn | Top1Error,
     ks: Sequence[int],
     draws: int,
     seed: int = 0,
@@ -334,21 +478,14 @@ def deletion_curve(
 
     One row per ``k``: ``{"k", "errors", "blocks"}``, the blocks being the drawn indices.
     """
-    rows = []
-    for k in ks:
-        drawn = [draw_deletions(sites, k, _rng("delete", seed, k, d)) for d in range(draws)]
-        errors = []
-        for blocks in drawn:
-            with delete_blocks(model, sites, blocks):
-                errors.append(float(error(model)))
-        rows.append({"k": k, "errors": errors, "blocks": [list(b) for b in drawn]})
-    return rows
+    lesions = _drawn_deletions(sites, ks, draws, seed)
+    return _deletion_rows(ks, lesions, measure_lesions(model, sites, lesions, error))
 
 
 def swap_curve(
     model: nn.Module,
     sites: Sequence[BlockSite],
-    error: ErrorFn,
+    error: ErrorFn | Top1Error,
     ks: Sequence[int],
     draws: int,
     seed: int = 0,
@@ -357,15 +494,8 @@ def swap_curve(
 
     One row per ``k``: ``{"k", "errors", "pairs"}``.
     """
-    rows = []
-    for k in ks:
-        drawn = [draw_swaps(sites, k, _rng("swap", seed, k, d)) for d in range(draws)]
-        errors = []
-        for pairs in drawn:
-            with swap_blocks(model, sites, pairs):
-                errors.append(float(error(model)))
-        rows.append({"k": k, "errors": errors, "pairs": [[list(p) for p in ps] for ps in drawn]})
-    return rows
+    lesions = _drawn_swaps(sites, ks, draws, seed)
+    return _swap_rows(ks, lesions, measure_lesions(model, sites, lesions, error))
 
 
 def k_grid(n: int, ks: Sequence[int] = ()) -> list[int]:
@@ -377,18 +507,9 @@ def k_grid(n: int, ks: Sequence[int] = ()) -> list[int]:
     return sorted({round(1 + i * (n - 1) / (MAX_KS - 1)) for i in range(MAX_KS)})
 
 
-def top1_error(images: Tensor, labels: Tensor, batch_size: int = 1000) -> ErrorFn:
+def top1_error(images: Tensor, labels: Tensor, batch_size: int = 1000) -> Top1Error:
     """Top-1 error (%) on normalised ``images``: the model as it stands, in eval mode."""
-
-    def error(model: nn.Module) -> float:
-        wrong = 0
-        with torch.inference_mode():
-            for i in range(0, len(labels), batch_size):
-                logits = model(images[i : i + batch_size])
-                wrong += int((logits.argmax(1) != labels[i : i + batch_size]).sum())
-        return 100.0 * wrong / max(1, len(labels))
-
-    return error
+    return Top1Error(images, labels, batch_size)
 
 
 def lesion_net(
@@ -407,14 +528,19 @@ def lesion_net(
     """
     model.eval()
     sites = block_sites(model, sample)
-    n_delete = sum(s.shape_preserving for s in sites)
-    n_swap = len(swappable_pairs(sites))
+    k_delete = k_grid(sum(s.shape_preserving for s in sites), ks)
+    k_swap = k_grid(len(swappable_pairs(sites)), ks)
+    singles, deletions = _single_deletions(sites), _drawn_deletions(sites, k_delete, draws, 0)
+    swaps = _drawn_swaps(sites, k_swap, draws, 0)
+    # Every lesion of the net in one pass over the test images: their prefixes are shared.
+    errors = measure_lesions(model, sites, [Lesion(), *singles, *deletions, *swaps], error)
+    cut = [1, 1 + len(singles), 1 + len(singles) + len(deletions)]
     return {
-        "intact_error": error(model),
+        "intact_error": errors[0],
         "block": [s.name for s in sites],
         "stage": [s.stage for s in sites],
         "shape_preserving": [s.shape_preserving for s in sites],
-        "deleted_error": error_per_deleted_block(model, sites, error),
-        "deleted": deletion_curve(model, sites, error, k_grid(n_delete, ks), draws),
-        "swapped": swap_curve(model, sites, error, k_grid(n_swap, ks), draws),
+        "deleted_error": _per_block(sites, errors[cut[0] : cut[1]]),
+        "deleted": _deletion_rows(k_delete, deletions, errors[cut[1] : cut[2]]),
+        "swapped": _swap_rows(k_swap, swaps, errors[cut[2] :]),
     }
