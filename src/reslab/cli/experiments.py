@@ -14,10 +14,11 @@ import dataclasses
 import json
 from typing import Any
 
-_NOT_FLAGS = ("func", "command", "experiment", "print_config")
+_NOT_FLAGS = ("func", "command", "experiment", "print_config", "allow_large")
 
 
 def register(sub: Any) -> None:
+    from reslab.cli.train import ALLOW_LARGE_HELP
     from reslab.experiments import StudyConfig, get_study, list_studies
     from reslab.experiments.config import ALWAYS, SETTINGS
 
@@ -57,6 +58,7 @@ def register(sub: Any) -> None:
             help="print the study's resolved config as JSON (as results.json records it) and "
             "write nothing",
         )
+        p.add_argument("--allow-large", action="store_true", help=ALLOW_LARGE_HELP)
         p.set_defaults(func=_cmd_study, experiment=name)
 
     p = sub.add_parser(
@@ -113,13 +115,15 @@ def _one_depth(flag: str, value: Any) -> Exception:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    from reslab.checks import allowing_large
     from reslab.experiments import run_study
 
     config = study_config(args)
     if args.print_config:
         print(json.dumps(config.to_json(), indent=2))
         return 0
-    run_study(config)
+    with allowing_large(args.allow_large):
+        run_study(config)
     return 0
 
 
