@@ -34,7 +34,13 @@ from typing import Any
 
 from reslab.errors import ReslabError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "output_kind"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "open_append",
+    "output_kind",
+]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Linux character-device majors of terminals: 4 (tty, ttyS), 5 (/dev/tty, console), 136-143 (pts).
@@ -68,6 +74,47 @@ def output_kind(path: Path) -> str:
     raise ReslabError(
         f"cannot write {path}: it is {kind}, and reslab replaces only regular files (it "
         "writes through only to /dev/null, a terminal or a pipe); name a file"
+    )
+
+
+def open_append(path: str | Path, what: str = "log") -> Any:
+    """``path`` opened for appending text, created if absent: a run's own regular file only.
+
+    The one file reslab appends to in place (a study run's ``train.log``) is opened without
+    following a symlink (``O_NOFOLLOW``: a link must not carry the lines outside the run
+    folder) and without blocking (``O_NONBLOCK``: a FIFO must not hang the study), then checked
+    on the descriptor (``fstat``: a regular file). Anything else is one line naming the path,
+    as is every ``OSError`` (a read-only file system, a folder where the file belongs...).
+    """
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and path.is_symlink():
+            raise ReslabError(
+                f"cannot write {what} {path}: it is a symlink, and a run writes only its own "
+                "files; remove the link"
+            ) from exc
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+            raise _not_regular(path, what, "a FIFO (named pipe)") from exc
+        raise _error(path, exc) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise _not_regular(path, what, kind)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _not_regular(path: Path, what: str, kind: str) -> ReslabError:
+    return ReslabError(
+        f"cannot write {what} {path}: it is {kind}, not a regular file; remove it and run again"
     )
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,31 +53,68 @@ _COUNTER = "num_batches_tracked"
 _CHEAP_PARAMS, _CHEAP_DEPTH = 2_000_000, 110
 
 
+def _open(path: str | Path) -> Any:
+    """The weights file opened for reading: a regular file, never a FIFO or a device
+    (:func:`reslab.checks.open_input`); every other kind is one line."""
+    return checks.open_input(path, "weights file", error=CheckpointError)
+
+
 def is_safetensors(path: Path) -> bool:
     """By extension, or by the header: 8-byte little-endian length, then a JSON object."""
     if path.suffix == ".safetensors":
         return True
-    with path.open("rb") as f:
+    with _open(path) as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{"
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a safetensors file or a PyTorch checkpoint, unwrapped to ``name -> tensor``."""
-    path = checks.input_path(path, "weights file", error=CheckpointError)
-    if is_safetensors(path):
-        try:
-            return dict(st_load(path.read_bytes()))
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"{path} is not a readable safetensors file (truncated or corrupt: {exc})"
-            ) from exc
+    """Tensors of a safetensors file or a PyTorch checkpoint, unwrapped to ``name -> tensor``.
+
+    The file is opened once, as a regular file (:func:`_open`), and what it will take in
+    memory is checked before anything is read (:func:`_check_archive`).
+    """
+    path = Path(path)
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if is_safetensors(path):
+            checks.check_inflation(size, size, f"weights file {path}", error=CheckpointError)
+            try:
+                return dict(st_load(f.read()))
+            except (SafetensorError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(
+                    f"{path} is not a readable safetensors file (truncated or corrupt: {exc})"
+                ) from exc
+        _check_archive(f, path, size)
+        obj = _torch_load(f, path)
+    return _unwrap(obj, path)
+
+
+def _check_archive(f: Any, path: Path, size: int) -> None:
+    """Refuse a PyTorch zip checkpoint whose records, as its central directory declares
+    them, would take more memory than :func:`reslab.checks.check_inflation` allows.
+
+    torch writes its records stored (uncompressed), so they add up to about the file's size;
+    a deflated record of zeros declares gigabytes from a few MB, which ``torch.load`` would
+    inflate in full before refusing it. A file that is not a zip is left to ``torch.load``.
+    """
+    try:
+        with zipfile.ZipFile(f) as archive:
+            need = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        need = 0
+    finally:
+        f.seek(0)
+    checks.check_inflation(need, size, f"weights file {path}", error=CheckpointError)
+
+
+def _torch_load(f: Any, path: Path) -> Any:
     try:
         with warnings.catch_warnings():
             # torch warns (two stderr lines) about pickle protocols other than 2 before it
             # refuses or loads the file; the outcome is reported in one line below.
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafePickleError(
             f"refused {path}: it is corrupt, or asks to run code or build objects other than "
@@ -88,7 +127,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
             f"{shown(str(exc), 200)})"
         ) from exc
-    return _unwrap(obj, path)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -247,6 +285,7 @@ def save_weights(
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata in a safetensors header."""
+    _open(path).close()  # a regular file: safe_open would block on a FIFO
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -363,6 +402,7 @@ def tensor_specs(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
     where the format allows (a safetensors header); a PyTorch checkpoint is read whole."""
     path = Path(path)
     if is_safetensors(path):
+        _open(path).close()  # a regular file: safe_open would block on a FIFO
         try:
             with safe_open(str(path), framework="pt") as f:
                 return {

@@ -13,7 +13,7 @@ import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from reslab.checks.values import MAX_CONFIG_BYTES, MAX_NESTING, check_text, shown, shown_path
 from reslab.errors import ConfigError, ReslabError
@@ -23,7 +23,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["check_nesting", "input_path", "parse_config_text", "read_config_text"]
+__all__ = [
+    "check_nesting",
+    "file_kind",
+    "input_path",
+    "open_input",
+    "parse_config_text",
+    "read_config_text",
+]
 
 # --- paths --------------------------------------------------------------------------------------
 
@@ -68,7 +75,61 @@ def input_path(
         refuse("is not a folder")
     if not folder and stat.S_ISDIR(mode):
         refuse("is a folder, not a file")
+    if not folder and not stat.S_ISREG(mode):
+        # Opening a FIFO blocks until a writer comes; /dev/zero never ends: refused by kind.
+        refuse(f"is {file_kind(mode)}, not a regular file; point it at a file")
     return p
+
+
+def file_kind(mode: int) -> str:
+    """What ``st_mode`` names, for a message: "a FIFO (named pipe)", "a folder", ..."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def open_input(
+    path: str | os.PathLike[str],
+    what: str,
+    *,
+    error: type[ReslabError] = ConfigError,
+    nofollow: bool = False,
+) -> IO[bytes]:
+    """``path`` opened for reading if it is a regular file; else one line saying what it is.
+
+    The path is classified first (:func:`input_path`), then opened without blocking
+    (``O_NONBLOCK``: a FIFO swapped in meanwhile cannot hang the open) and, with ``nofollow``,
+    without following a symlink (``O_NOFOLLOW``: a run folder's own files), and checked again
+    on the open descriptor (``fstat``), so what is read is what was checked.
+    """
+    p = input_path(path, what, error=error, cannot_read=True)
+    where = f"{what} {shown_path(os.fspath(path))}"
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NOFOLLOW", 0) if nofollow else 0
+    try:
+        fd = os.open(p, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and nofollow:
+            raise error(
+                f"cannot read {where}: it is a symlink; a run's files must be its own"
+            ) from None
+        raise error(f"cannot read {where}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"cannot read {where}: it is {file_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 # --- config files -------------------------------------------------------------------------------
@@ -76,11 +137,10 @@ def input_path(
 
 def read_config_text(path: Path, what: str = "config file") -> str:
     """The UTF-8 text of a config file of at most :data:`MAX_CONFIG_BYTES`, BOM refused."""
-    p = input_path(path, what, cannot_read=True)
     where = f"{what} {shown_path(path)}"
     try:
-        with p.open("rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded even for /dev/zero or a pipe
+        with open_input(path, what) as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file grows
     except OSError as exc:
         raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from exc
     if len(data) > MAX_CONFIG_BYTES:

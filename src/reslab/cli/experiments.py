@@ -14,7 +14,7 @@ import dataclasses
 import json
 from typing import Any
 
-_NOT_FLAGS = ("func", "command", "experiment", "print_config")
+_NOT_FLAGS = ("func", "command", "experiment", "print_config", "allow_large")
 
 
 def register(sub: Any) -> None:
@@ -36,6 +36,7 @@ SUPPRESS = argparse.SUPPRESS
 
 def register_study(sub: Any, name: str) -> None:
     """Add ``reslab <name>`` for the registered study ``name``."""
+    from reslab.cli.train import ALLOW_LARGE_HELP
     from reslab.experiments import StudyConfig, get_study
     from reslab.experiments.config import ALWAYS, SETTINGS
 
@@ -74,6 +75,7 @@ def register_study(sub: Any, name: str) -> None:
         help="print the study's resolved config as JSON (as results.json records it) and "
         "write nothing",
     )
+    p.add_argument("--allow-large", action="store_true", help=ALLOW_LARGE_HELP)
     p.set_defaults(func=_cmd_study, experiment=name)
 
 
@@ -120,13 +122,15 @@ def _one_depth(flag: str, value: Any) -> Exception:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    from reslab.checks import allowing_large
     from reslab.experiments import run_study
 
     config = study_config(args)
     if args.print_config:
         print(json.dumps(config.to_json(), indent=2))
         return 0
-    run_study(config)
+    with allowing_large(args.allow_large):
+        run_study(config)
     return 0
 
 

@@ -79,6 +79,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="print the resolved config (recipe applied) as JSON and exit; writes nothing",
     )
+    p.add_argument("--allow-large", action="store_true", help=ALLOW_LARGE_HELP)
     p.set_defaults(func=run_train)
 
     e = sub.add_parser(
@@ -105,7 +106,21 @@ def register(sub: Any) -> None:
     e.set_defaults(func=run_eval)
 
 
+#: The one override of a budget (reslab.checks.budget), on `reslab train` and every study.
+ALLOW_LARGE_HELP = (
+    "go on even when the estimated memory, disk or number of runs exceeds what this machine "
+    "has or the run cap"
+)
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from reslab.checks import allowing_large
+
+    with allowing_large(args.allow_large):
+        return _run_train(args)
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from reslab.train import fit, load_config_file, resolve
     from reslab.train.config import drop_unfit_threads
     from reslab.train.loop import run_config

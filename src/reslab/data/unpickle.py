@@ -12,6 +12,12 @@ anything runs. Two more layers came from fuzzing:
   :func:`_materialize` then checks them and builds the arrays from their bytes;
 * the C unpickler sizes its memo table and some buffers from numbers in the file before checking
   them, so :func:`_prescan_pickle` walks the opcodes first and refuses such pickles.
+
+And one from budgeting (issue 20): a memo lets a small pickle name one row a million times,
+which costs nothing to unpickle but gigabytes once a reader turns it into an array.
+:func:`expanded_bytes` measures the data as if every shared object were copied, and
+:func:`safe_unpickle` refuses a pickle that expands past
+:func:`reslab.checks.check_inflation`'s budget.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from reslab import checks
 from reslab.errors import DataError, ReslabError, UnsafePickleError
 
 # numpy's own reconstructors (ndarray.__setstate__, dtype.__setstate__, multiarray.scalar) trust
@@ -303,10 +310,7 @@ def safe_unpickle(
         name = source_name or "pickle data"
     elif isinstance(source, (str, os.PathLike)):
         name = source_name or str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise DataError(f"cannot read {name}: {exc.strerror or exc}") from exc
+        data = _read_file(Path(source), name)
     else:
         name = source_name or str(getattr(source, "name", "pickle stream"))
         try:
@@ -315,7 +319,9 @@ def safe_unpickle(
             raise DataError(f"cannot read {name}: {exc.strerror or exc}") from exc
     _prescan_pickle(data, name)
     try:
-        return _materialize(_RestrictedUnpickler(io.BytesIO(data), name).load())
+        obj = _RestrictedUnpickler(io.BytesIO(data), name).load()
+        checks.check_inflation(expanded_bytes(obj), len(data), name, error=DataError)
+        return _materialize(obj)
     except ReslabError:
         raise
     except Exception as exc:
@@ -324,3 +330,47 @@ def safe_unpickle(
         raise DataError(
             f"{name} is not a readable pickle ({type(exc).__name__}: {exc}); the file is corrupt"
         ) from exc
+
+
+def _read_file(path: Path, name: str) -> bytes:
+    """A regular file's bytes (never a FIFO or a device), if the memory for them is there."""
+    with checks.open_input(path, "pickle file", error=DataError) as f:
+        size = os.fstat(f.fileno()).st_size
+        checks.check_memory(size, name, "free some memory", error=DataError)
+        try:
+            return f.read()
+        except OSError as exc:
+            raise DataError(f"cannot read {name}: {exc.strerror or exc}") from exc
+
+
+def expanded_bytes(root: Any) -> int:
+    """Bytes the unpickled data takes with every shared object counted each time it appears:
+    what ``np.asarray`` of nested lists allocates (8 bytes a number), an array's (or its
+    stand-in's) data, a string's length. Each object is measured once (memoised by id), so a
+    row shared a million times costs one lookup each; a cycle counts once.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any) -> int:
+        key = id(obj)
+        if key in sizes:
+            return sizes[key]
+        if isinstance(obj, (bytes, bytearray, str)):
+            return len(obj)
+        if isinstance(obj, _ArrayStub):
+            state = obj.state
+            data = state[-1] if isinstance(state, tuple) and state else b""
+            return len(data) if isinstance(data, (bytes, bytearray)) else 8
+        if isinstance(obj, np.ndarray):
+            return int(obj.nbytes)
+        if isinstance(obj, dict):
+            items: list[Any] = [*obj.keys(), *obj.values()]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            items = list(obj)
+        else:
+            return 8
+        sizes[key] = 0  # a cycle back here counts nothing more
+        sizes[key] = sum(size(v) for v in items)
+        return sizes[key]
+
+    return size(root)

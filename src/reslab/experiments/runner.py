@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from reslab.data import DATASETS, load_dataset
-from reslab.errors import ConfigError
+from reslab.errors import ConfigError, ReslabError
+from reslab.experiments import budget
 from reslab.experiments.cluster import check_cluster, connect, run_on_ray
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.pool import run_tasks, workers_for
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
 from reslab.experiments.verdicts import chance_error
+from reslab.fileio import open_append
 from reslab.report.schema import new_results, write_results
 from reslab.train import (
     NonFiniteLoss,
@@ -51,8 +53,9 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
     study = get_study(config.experiment)
     out = Path(config.out)
     specs = study.plan(config)
-    for spec in specs:  # every run's settings are checked before anything is written
-        train_config(config, spec, None)
+    # every run's settings, and what they will cost, are checked before anything is written
+    budget.check_runs(len(specs))
+    budget.check_disk(out, [train_config(config, spec, None) for spec in specs])
     pick_device(config.device, 0)
     check_cluster(config.cluster, config.ray_address)
     if config.dataset.strip().lower().replace("_", "-") not in DATASETS:
@@ -143,8 +146,7 @@ def _run_one(config: TrainConfig) -> dict[str, Any]:
     The run's own log lines go to ``train.log`` in its folder; the study prints one line a run.
     """
     run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "train.log").open("a") as log, redirect_stdout(log), redirect_stderr(log):
+    with _open_log(run_dir) as log, redirect_stdout(log), redirect_stderr(log):
         try:
             fit(config, resume=True)
         except NonFiniteLoss as exc:
@@ -152,6 +154,19 @@ def _run_one(config: TrainConfig) -> dict[str, Any]:
             # (a rerun would diverge again at the same step) and let the other runs go on.
             RunFolder(run_dir).write_diverged(str(exc))
     return run_record(run_dir)
+
+
+def _open_log(run_dir: Path) -> Any:
+    """The run's ``train.log``, appended to: its folder made, the file a regular one of its
+    own (:func:`reslab.fileio.open_append`); a folder where the run belongs is one line."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReslabError(
+            f"cannot use {run_dir} as a run folder ({exc.strerror or exc}); remove what is "
+            "there, or choose another --out"
+        ) from None
+    return open_append(run_dir / "train.log", "the run's log")
 
 
 def _run_pack(configs: Sequence[TrainConfig]) -> list[dict[str, Any]]:
@@ -164,8 +179,7 @@ def _run_pack(configs: Sequence[TrainConfig]) -> list[dict[str, Any]]:
     with contextlib.ExitStack() as stack:
         logs = []
         for config in configs:
-            config.run_dir().mkdir(parents=True, exist_ok=True)
-            logs.append(stack.enter_context((config.run_dir() / "train.log").open("a")))
+            logs.append(stack.enter_context(_open_log(config.run_dir())))
         fit_pack(configs, resume=True, streams=logs)  # records diverged members itself
     return [run_record(c.run_dir()) for c in configs]
 

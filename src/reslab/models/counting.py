@@ -10,6 +10,7 @@ The tests hold the two pairs equal for every registered model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -73,6 +74,54 @@ def layout_macs(layout: ResNetLayout, input_size: Sequence[int] | None = None) -
     """:func:`count_macs` of ``ResNet.from_layout(layout)``, without building it."""
     size = tuple(input_size) if input_size else layout.input_size
     return sum(macs for _, macs in _layers(layout, size))
+
+
+# What one training step keeps per value of a conv's output, in float32 numbers: the conv's
+# output, the BN's and the ReLU's are saved for the backward pass, whose gradients reuse
+# freed buffers. Measured (one step on the CPU, maxrss above the import): ResNet-20 at batch
+# 256, ResNet-56 at 128, ResNet-110 at 64 peak at 0.79, 0.66, 0.60× this estimate; it errs
+# on the large side (docs/RELIABILITY.md, "Budgets").
+_SAVED_PER_OUTPUT = 3
+# Weights, gradients, momentum and an EMA or checkpoint copy, in float32 numbers.
+_COPIES_PER_PARAM = 4
+
+
+def layout_activations(layout: ResNetLayout, input_size: Sequence[int] | None = None) -> int:
+    """Output values of every conv and the input in one forward pass on one image: what
+    training keeps per image, without building the net (:func:`training_bytes`)."""
+    size = tuple(input_size) if input_size else layout.input_size
+    outputs = math.prod(size)
+    for c_out, h, w in _conv_outputs(layout, size):
+        outputs += c_out * h * w
+    return outputs
+
+
+def training_bytes(
+    layout: ResNetLayout, batch_size: int, input_size: Sequence[int] | None = None
+) -> int:
+    """An estimate of the memory one float32 training step of ``layout`` takes at
+    ``batch_size``: activations kept for the backward pass and the parameters' copies."""
+    per_image = _SAVED_PER_OUTPUT * layout_activations(layout, input_size)
+    return 4 * (batch_size * per_image + _COPIES_PER_PARAM * layout_params(layout))
+
+
+def _conv_outputs(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """(channels, height, width) of every conv's output, in :func:`_layers`' order."""
+    h, w = size[1], size[2]
+    k, stride = (3, 1) if layout.stem == "cifar" else (7, 2)
+    h, w, _ = _conv(layout.in_channels, layout.stem_planes, k, stride, h, w)
+    yield layout.stem_planes, h, w
+    if layout.stem == "imagenet":
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    in_planes = layout.stem_planes
+    for i, (n_blocks, planes) in enumerate(zip(layout.layers, layout.widths, strict=True)):
+        for j in range(n_blocks):
+            stride = 2 if i > 0 and j == 0 else 1
+            for c_in, c_out, k, s, g in _branch_convs(layout, in_planes, planes, stride):
+                h, w, _ = _conv(c_in, c_out, k, s, h, w, g)
+                yield c_out, h, w
+            in_planes = planes * layout.block.expansion
+            yield in_planes, h, w  # the block's sum (shortcut + branch)
 
 
 def _layers(layout: ResNetLayout, size: Sequence[int]) -> Iterator[tuple[int, int]]:
@@ -165,4 +214,11 @@ def _conv(
     return h, w, h * w * c_out * c_in * k * k // groups
 
 
-__all__ = ["count_macs", "count_params", "layout_macs", "layout_params"]
+__all__ = [
+    "count_macs",
+    "count_params",
+    "layout_activations",
+    "layout_macs",
+    "layout_params",
+    "training_bytes",
+]

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
+import os
 import re
 import stat
 import struct
@@ -37,6 +39,7 @@ from reslab.checks import (
     Maybe,
     Object,
     Spec,
+    file_kind,
     integer,
     is_int,
     is_number,
@@ -131,18 +134,30 @@ def read_json(path: Path, fix: str) -> Any:
 
 
 def read_bounded(path: Path, limit: int, fix: str) -> bytes:
+    """At most ``limit`` bytes of a run's own regular file: opened without following a
+    symlink (a link could point outside the run) and without blocking (a FIFO), checked on
+    the descriptor."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(f"{path} is not a regular file; {fix}")
-        if st.st_size > limit:
-            raise CheckpointError(
-                f"{path} is {st.st_size:,} bytes, more than any run writes; {fix}"
-            )
-        with path.open("rb") as f:
-            return f.read(limit + 1)[:limit]
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
+        if exc.errno == errno.ELOOP and path.is_symlink():
+            raise CheckpointError(f"{path} is a symlink, not the run's own file; {fix}") from None
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from exc
+    with os.fdopen(fd, "rb") as f:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = file_kind(st.st_mode)
+                raise CheckpointError(f"{path} is {kind}, not a regular file; {fix}")
+            if st.st_size > limit:
+                raise CheckpointError(
+                    f"{path} is {st.st_size:,} bytes, more than any run writes; {fix}"
+                )
+            os.set_blocking(fd, True)
+            return f.read(limit + 1)[:limit]
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}; {fix}") from exc
 
 
 def step_metadata(path: Path) -> dict[str, str]:

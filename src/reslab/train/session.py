@@ -16,15 +16,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reslab import checks
 from reslab.data import Dataset, DeviceLoader, holdout, load_dataset
 from reslab.errors import ConfigError, ReslabError
-from reslab.models import create_model
+from reslab.models import create_model, model_layout
+from reslab.models.counting import training_bytes
+from reslab.models.resnet import ResNetLayout
 from reslab.train.config import TrainConfig, model_options
 from reslab.train.distributed import Dist
 from reslab.train.run_folder import RunFolder, RunLock
 from reslab.train.runtime import Runtime, compile_mode
 
-__all__ = ["RunData", "build_model", "claim_folder", "load_data", "wrap_model"]
+__all__ = ["RunData", "build_model", "check_memory", "claim_folder", "load_data", "wrap_model"]
 
 
 @dataclass
@@ -89,7 +92,9 @@ def build_model(
     config: TrainConfig, ds: Dataset, dist: Dist, device: torch.device, fast: Runtime
 ) -> nn.Module:
     """The net the config names, sized for ``ds``, on ``device`` in the run's memory format."""
-    raw = create_model(config.model, **model_kwargs(config, ds.num_classes, ds.in_channels))
+    kwargs = model_kwargs(config, ds.num_classes, ds.in_channels)
+    check_memory(config, model_layout(config.model, **kwargs), ds, dist, device)
+    raw = create_model(config.model, **kwargs)
     if config.sync_bn and dist.enabled and device.type != "cuda":
         raise ConfigError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel")
     if config.sync_bn and dist.enabled:
@@ -98,6 +103,32 @@ def build_model(
     if fast.channels_last:
         raw.to(memory_format=torch.channels_last)
     return raw
+
+
+def check_memory(
+    config: TrainConfig, layout: ResNetLayout, ds: Dataset, dist: Dist, device: torch.device
+) -> None:
+    """Refuse, before building, a net × batch whose training step needs more memory than the
+    device has (:func:`reslab.models.counting.training_bytes`), naming a batch that fits."""
+    batch = max(config.batch_size // dist.world_size, 1)
+    size = tuple(ds.train_images.shape[1:])
+    need = training_bytes(layout, batch, size)
+    have, where = None, "this machine"
+    if device.type == "cuda":
+        have, where = torch.cuda.mem_get_info(device)[0], str(device)
+    elif (have := checks.budget.available_memory()) is None:
+        return
+    per_image = (training_bytes(layout, 2, size) - training_bytes(layout, 1, size)) or 1
+    fits = (have - training_bytes(layout, 0, size)) // per_image * dist.world_size
+    fix = f"use --batch-size {fits} or less" if fits >= 1 else "use a smaller --model or --width"
+    checks.check_memory(
+        need,
+        f"training {config.model} at --batch-size {config.batch_size}",
+        fix,
+        have=have,
+        where=where,
+        error=ConfigError,
+    )
 
 
 def claim_folder(
