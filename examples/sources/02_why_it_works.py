@@ -111,6 +111,7 @@ landscape = reslab.run_study(
         seeds=(0,),
         epochs=6,
         width=0.5,
+        jobs=1,  # small nets: train in this process (worker processes pay off for bigger ones)
         out="runs/landscape",
         options={"grid": 9, "curve": 11, "images": 64},
     )

@@ -107,7 +107,7 @@ with torch.no_grad():
 for info, fmap in zip(backbone.feature_info, maps):
     print(f"{info['module']:>8}: {tuple(fmap.shape)}  (reduction {info['reduction']})")
 
-# The full net gives the same maps, and the final pooled-over-space features, itself:
+# The full net gives its last map itself, before pooling and the classifier:
 with torch.no_grad():
     final = net.features(x_test[:4])  # the last stage's map, before pooling and the classifier
 print("net.features:", tuple(final.shape), "equal to the last map:", torch.equal(final, maps[-1]))
