@@ -24,6 +24,7 @@ from reslab.experiments.pool import run_tasks, workers_for
 from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
 from reslab.experiments.verdicts import chance_error
+from reslab.output import say
 from reslab.report.schema import new_results, write_results
 from reslab.train import (
     NonFiniteLoss,
@@ -40,7 +41,7 @@ from reslab.train import (
 __all__ = ["execute", "plan_packs", "run_study", "summary_table", "train_config"]
 
 
-def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_study(config: StudyConfig, log: Callable[[str], None] = say) -> dict[str, Any]:
     """Run (or resume) a study, save results.json and report.html, and return the results.
 
     plan -> train every run -> analyse -> verdict -> results.json -> report.html, each step
@@ -144,7 +145,11 @@ def _run_one(config: TrainConfig) -> dict[str, Any]:
     """
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / "train.log").open("a") as log, redirect_stdout(log), redirect_stderr(log):
+    with (
+        (run_dir / "train.log").open("a", encoding="utf-8") as log,
+        redirect_stdout(log),
+        redirect_stderr(log),
+    ):
         try:
             fit(config, resume=True)
         except NonFiniteLoss as exc:
@@ -174,7 +179,7 @@ def plan_packs(
     study: StudyConfig,
     configs: Sequence[TrainConfig],
     jobs: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> list[list[int]]:
     """Which runs train together: :func:`reslab.train.pack.pack_groups`, split until every
     worker has a job, most expensive first. One run per pack with ``study.pack`` off (by
@@ -205,7 +210,7 @@ def _depth(config: TrainConfig) -> int:
 def execute(
     study: StudyConfig,
     specs: Sequence[RunSpec],
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> list[dict[str, Any]]:
     """Run every spec (in parallel worker processes when more than one job) and collect them.
 
