@@ -112,7 +112,6 @@ section with a ``check``: a declaration too (:mod:`reslab.checks.document`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -135,6 +134,7 @@ from reslab.checks import (
     is_number,
     maybe,
     objects,
+    parse_json,
     shown,
 )
 from reslab.errors import ReslabError
@@ -157,6 +157,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.json"
+#: A study's results.json is kilobytes to a few megabytes (curves and probes of every run).
+MAX_RESULTS_BYTES = 256 << 20
 FAMILIES: tuple[str, ...] = ("plain", "residual")
 
 
@@ -278,12 +280,13 @@ def load_results(
             f"no {RESULTS_NAME} in {study}: run `reslab degradation --out {study}` first"
         )
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReslabError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
-            "rerun the experiment to rewrite it"
-        ) from exc
+        with path.open("rb") as f:
+            data = f.read(MAX_RESULTS_BYTES + 1)  # bounded even for /dev/zero
+        if len(data) > MAX_RESULTS_BYTES:
+            raise Invalid(f"is larger than {MAX_RESULTS_BYTES >> 20} MiB")
+        results = parse_json(data.decode("utf-8"))
+    except Invalid as exc:  # "results.json is not valid JSON (...)", "... is nested ..."
+        raise ReslabError(f"{path} {exc}; rerun the experiment or fix the file") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise ReslabError(f"cannot read {path}: {exc}; rerun the experiment to rewrite it") from exc
     name = results.get("experiment") if isinstance(results, dict) else None
