@@ -71,6 +71,11 @@ class View(io.TextIOBase):
         self.clean = clean
         self.gone = stream is None  # no stream at all (a closed file descriptor at start)
 
+    def __getattr__(self, name: str) -> Any:  # buffer, mode, name...: the stream's own
+        if name == "stream":  # not set yet (copy, pickle)
+            raise AttributeError(name)
+        return getattr(self.stream, name)
+
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.stream, "encoding", None) or "utf-8"
