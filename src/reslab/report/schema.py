@@ -136,6 +136,7 @@ from reslab.checks import (
     objects,
     parse_json,
     shown,
+    text,
 )
 from reslab.errors import ReslabError
 from reslab.fileio import atomic_write_json
@@ -143,6 +144,7 @@ from reslab.fileio import atomic_write_json
 __all__ = [
     "FAMILIES",
     "FAMILY_DEPTH",
+    "LABELLED",
     "RESULTS",
     "RESULTS_NAME",
     "SCHEMA_VERSION",
@@ -167,6 +169,8 @@ FAMILY_DEPTH: dict[str, Spec] = {
     "depth": at_least(1, "must be a positive integer, not {value}"),
     "shortcut": maybe(Is(lambda v: isinstance(v, str), "must be 'A', 'B', 'C' or null")),
 }
+#: A net or summary row whose label the report shows (a legend, a title, a table's first cell).
+LABELLED: dict[str, Spec] = {**FAMILY_DEPTH, "label": text(200)}
 # Each probe's required list; its other lists (of these) may be null.
 _PROBES = {
     "gradient_flow": "input_grad_norm",
