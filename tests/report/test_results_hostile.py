@@ -205,3 +205,16 @@ def test_report_is_whole_or_nothing_for_any_mutation(
 ) -> None:
     base, where, hostile = case
     check_outcome(*report(mutated(BASES[base], where, HOSTILE.get(hostile or ""))))
+
+
+def test_what_a_study_writes_the_report_reads(tmp_path: Path) -> None:
+    """A diverged number (1e150, inf) is written as null, so the bounded reader takes it."""
+    from reslab.report.schema import write_results
+
+    results = copy.deepcopy(BASES["shortcuts"])
+    results["runs"][0]["curves"]["train_loss"][0] = 1e150
+    results["runs"][0]["final_test_error"] = float("inf")
+    write_results(tmp_path, results)
+    read = load_results(tmp_path)
+    assert read["runs"][0]["curves"]["train_loss"][0] is None
+    assert read["runs"][0]["final_test_error"] is None

@@ -112,7 +112,6 @@ section with a ``check``: a declaration too (:mod:`reslab.checks.document`).
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 from collections.abc import Collection, Mapping
@@ -138,6 +137,7 @@ from reslab.checks import (
     shown,
     text,
 )
+from reslab.checks.document import MAX_DIGITS
 from reslab.errors import ReslabError
 from reslab.fileio import atomic_write_json
 
@@ -257,8 +257,9 @@ def write_results(
     """Validate ``results`` and write it atomically to ``study_dir/results.json``.
 
     NumPy and torch scalars and arrays become plain numbers and lists, non-finite floats become
-    ``null``. Returns the path written. Raises :class:`ReslabError` if the results do not follow
-    the schema (the previous file, if any, is left untouched).
+    ``null`` (as do floats of 1e100 or more, which the reader refuses). Returns the path
+    written. Raises :class:`ReslabError` if the results do not follow the schema (the previous
+    file, if any, is left untouched).
     """
     clean = _jsonable(dict(results), "results")
     path = Path(study_dir) / RESULTS_NAME
@@ -354,7 +355,8 @@ def _jsonable(obj: Any, where: str) -> Any:
     if obj is None or isinstance(obj, (str, bool, int)):
         return obj
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        # 1e100 and above reads as overflowed, like inf: the reader refuses it (parse_json)
+        return obj if abs(obj) < 10.0**MAX_DIGITS else None
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v, f"{where}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
