@@ -17,7 +17,7 @@ from reslab.report.schema import load_results, write_results
 
 # --- valid sections and their breakages ----------------------------------------------------------
 
-_NET = {"family": "residual", "depth": 20, "shortcut": "A"}
+_NET = {"family": "residual", "depth": 20, "shortcut": "A", "label": "resnet-20"}
 _LESION = {"lesion": {"chance_error": 90.0, "nets": [{
     **_NET, "intact_error": 8.0, "block": ["b0", "b1"], "stage": [1, 2],
     "shape_preserving": [False, True], "deleted_error": [50.0, None],
@@ -30,7 +30,7 @@ _LANDSCAPE = {"landscape": {"settings": {"grid": 2}, "nets": [{
 }]}}  # fmt: skip
 _SHATTERING = {"shattering": {
     "mlp": {"positions": [0.0, 0.5], "nets": [{**_NET, "lag1": 0.9, "correlation": [1.0]}]},
-    "summary": [{"kind": "mlp", **_NET, "lag1_mean": 0.9, "correlation_mean": []}],
+    "summary": [{"kind": "mlp", **_NET, "n_seeds": 1, "lag1_mean": 0.9, "correlation_mean": []}],
 }}  # fmt: skip
 _ABLATION = {"ablation": {"depth": 56, "shortcut": "A"}, "summary": [{
     "variant": "identity", "label": "x", "fig": "a", "on_shortcut": "-", "on_f": "-",

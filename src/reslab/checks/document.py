@@ -13,17 +13,24 @@ first problem; the reader adds which file and what to do. For example, a section
 
 An :class:`Object` checks only the keys it declares (others are allowed). A key that is absent
 reads as :data:`MISSING`, which every spec refuses but :func:`maybe`'s.
+
+A document is read with :func:`parse_json`, the bounded parser: what it returns is nested at
+most :data:`~reslab.checks.values.MAX_NESTING` levels and holds only finite numbers of at most
+:data:`MAX_DIGITS` digits, so that nothing a declaration accepts can overflow a float, exhaust
+the stack or take seconds to convert.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
-from reslab.checks.values import MAX_ECHO, Bounds, is_int, is_number, shown
+from reslab.checks.values import MAX_ECHO, MAX_NESTING, Bounds, is_int, is_number, shown
 
 __all__ = [
+    "MAX_DIGITS",
     "MISSING",
     "NUMBER",
     "NUMBERS",
@@ -41,6 +48,7 @@ __all__ = [
     "maybe",
     "objects",
     "one_of",
+    "parse_json",
     "text",
 ]
 
@@ -216,3 +224,66 @@ NUMBER = Is(is_number, "must be a number, not {value}")
 NUMBER_OR_NULL = Is(lambda v: v is None or is_number(v), "must be a number or null")
 NUMBERS = ListOf(NUMBER_OR_NULL, "must be a list of numbers")
 TEXT = Is(lambda v: isinstance(v, str), "must be a string")
+
+
+# --- the bounded parser ---------------------------------------------------------------------------
+
+#: A number in a document is smaller than 1e100 in size (a float is finite up to 1.8e308; a
+#: measured error, loss or norm has a handful of digits).
+MAX_DIGITS = 100
+_LARGEST = 10.0**MAX_DIGITS
+
+
+def parse_json(text: str, depth: int = MAX_NESTING) -> Any:
+    """``text`` parsed as JSON, or :class:`Invalid` (one line): not JSON, nested deeper than
+    ``depth``, or a number that is not finite (``NaN``, ``Infinity``, ``1e999``) or has more
+    than :data:`MAX_DIGITS` digits.
+
+    The hooks see each number's text before it is converted, so a 401-digit integer is refused
+    before ``int()`` builds it (Python refuses to convert more than 4,300 digits at all). The C
+    parser raises ``RecursionError`` past the interpreter's recursion limit; anything shallower
+    is measured without recursion.
+    """
+    try:
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise Invalid(f"is not valid JSON ({exc.msg} at {where})") from None
+    except RecursionError:
+        _too_deep(depth)
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if level > depth:
+            _too_deep(depth)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return value
+
+
+def _too_deep(depth: int) -> NoReturn:
+    raise Invalid(f"is nested more than {depth} levels deep") from None
+
+
+def _too_large(text: str) -> NoReturn:
+    number = text if len(text) <= 24 else f"{text[:20]}... ({len(text):,} characters)"
+    raise Invalid(f"holds a number larger than 1e{MAX_DIGITS}: {number}")
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        _too_large(text)
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)  # float() of a long digit string is linear: it needs no bound first
+    if not abs(value) < _LARGEST:  # inf (1e999) too; NaN never comes as a float's text
+        _too_large(text)
+    return value
+
+
+def _constant(text: str) -> NoReturn:
+    raise Invalid(f"holds {text}, which is not a number JSON can hold; null means not measured")

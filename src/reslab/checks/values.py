@@ -79,6 +79,7 @@ __all__ = [
     "max_threads",
     "number",
     "one_line",
+    "printable",
     "shown",
     "shown_path",
 ]
@@ -164,9 +165,26 @@ def shown_path(path: str | os.PathLike[str], limit: int = 200) -> str:
 def one_line(message: str, limit: int = MAX_LINE) -> str:
     """``message`` as one line of at most ``limit`` characters (the CLI's error line), every
     character printable on any UTF-8 stream (a file name's undecodable byte as ``\\udcff``)."""
-    text = " ".join(message[: 4 * limit].split())
+    text = " ".join(printable(message[: 4 * limit]).split())
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ANSI escape sequences (CSI ``ESC [ ... m``, OSC ``ESC ] ... BEL``, two-byte ``ESC x``), then
+# what is left of the C0/C1 controls but newline and tab, and the invisible format characters
+# that reorder or hide text: bidi embeddings, overrides and isolates (the "Trojan Source" set,
+# CVE-2021-42574), marks, the BOM, line and paragraph separators.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]"
+    "|[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters, ANSI escapes or bidi overrides (newline and tab
+    stay): how a name from the user's data (a class folder, a path) is shown on a terminal,
+    where it must not move the cursor, recolour the screen or reverse the line around it."""
+    return _ESCAPES.sub("", text)
 
 
 # --- numbers ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from reslab.checks import MAX_ECHO, one_line, shown
 from reslab.cli import index
 from reslab.errors import ReslabError
+from reslab.output import console
 from reslab.version import __version__
 
 # Modules that add commands, in the order `reslab --help` lists them.
@@ -66,6 +67,13 @@ def build_parser(live: bool = False) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # What the command prints is a view: a closed pipe or an ASCII terminal narrows or stops
+    # the printing, never the work (reslab.output).
+    with console():
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from reslab.checks import MAX_BATCH, Bounds
+from reslab.checks import MAX_BATCH, Bounds, printable
 from reslab.cli import flagtypes
 from reslab.errors import ConfigError
 from reslab.fileio import atomic_write_json, output_kind
@@ -190,16 +190,15 @@ def _table(result: dict[str, Any]) -> str:
         "",
         f"{'class':>12}  {'images':>7}  {'error %':>7}",
     ]
-    for name, row, err in zip(
-        result["classes"], result["confusion"], result["per_class_error"], strict=True
-    ):
+    classes = [printable(name) for name in result["classes"]]  # cut after cleaning: aligned
+    for name, row, err in zip(classes, result["confusion"], result["per_class_error"], strict=True):
         lines.append(f"{name[:12]:>12}  {sum(row):>7}  {err:>7.2f}")
     k = len(result["classes"])
     if k <= 20:
         width = max(4, *(len(str(v)) + 1 for row in result["confusion"] for v in row))
         lines += ["", "confusion (rows: true, columns: predicted)"]
-        lines.append(" " * 12 + "".join(f"{c[: width - 1]:>{width}}" for c in result["classes"]))
-        for name, row in zip(result["classes"], result["confusion"], strict=True):
+        lines.append(" " * 12 + "".join(f"{c[: width - 1]:>{width}}" for c in classes))
+        for name, row in zip(classes, result["confusion"], strict=True):
             lines.append(f"{name[:11]:>11} " + "".join(f"{v:>{width}}" for v in row))
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ from reslab.report.figures import (
     style_of,
     styled,
 )
-from reslab.report.schema import FAMILIES, FAMILY_DEPTH, is_number
+from reslab.report.schema import FAMILIES, LABELLED, is_number
 from reslab.report.stats import group, mean_std
 
 if TYPE_CHECKING:
@@ -333,7 +333,7 @@ _SCALARS = "loss_origin error_origin ring_radius rise curvature nonconvex cosine
 RESULTS = Object({"landscape": maybe(Object({
     "settings": maybe(Object({}), null=False),
     "nets": objects({
-        **FAMILY_DEPTH,
+        **LABELLED,
         **{key: NUMBERS for key in ("grid", "curve_alpha", "curve_loss", "curve_error")},
         "ring_loss": NUMBERS,
         "loss": _ROWS,

@@ -41,7 +41,7 @@ from reslab.report.figures import (
     style_of,
     styled,
 )
-from reslab.report.schema import FAMILY_DEPTH, is_number
+from reslab.report.schema import LABELLED, is_number
 from reslab.report.stats import group, mean_std, nan_mean_std
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
 RESULTS = Object({"lesion": maybe(Object({
     "chance_error": maybe(NUMBER),
     "nets": objects({
-        **FAMILY_DEPTH,
+        **LABELLED,
         "intact_error": maybe(NUMBER),
         "block": ListOf(TEXT, "must be a list of block names"),
         "stage": ListOf(Is(is_int, ""), "must be a list of integers", length="block",

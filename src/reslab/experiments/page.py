@@ -21,7 +21,8 @@ __all__ = ["build_report"]
 def build_report(study_dir: str | Path) -> Path:
     """Rebuild ``figures/*.png`` and ``report.html`` in ``study_dir`` from its results.json.
 
-    Only the saved results are read; nothing is trained or measured again. Figures this
+    Only the saved results are read, parsed with bounds and checked against the schema whole
+    before anything is drawn; nothing is trained or measured again. Figures this
     results file has no data for are not drawn (and stale copies of them are removed). Returns
     the path of ``report.html``. Raises :class:`ReslabError` if results.json is missing or
     invalid.
@@ -34,20 +35,15 @@ def build_report(study_dir: str | Path) -> Path:
     if folder.is_file():
         folder = folder.parent
     study, views = studies[results["experiment"]], looks[results["experiment"]]
-    fig_dir = folder / FIGURES_DIR
+    # Everything is drawn in memory first: a value that breaks a figure or the page leaves
+    # nothing half-written. Then the figures, and last report.html, which embeds them all and
+    # is the commit point: each file is replaced atomically, never seen half-written.
     rendered = []
     for spec in views.figures:
         fig = spec.draw(results)
-        if fig is None:
-            continue
-        png = figure_png(fig)
-        atomic_write_bytes(fig_dir / f"{spec.name}.png", png)
-        rendered.append(RenderedFigure(spec.name, spec.caption, spec.how_to, png))
-    # A figure that has no data now (e.g. probes dropped from a rerun) must not linger; files
-    # no study draws are the user's and stay.
-    drawn = {r.name for r in rendered}
-    for name in {spec.name for v in looks.values() for spec in v.figures} - drawn:
-        (fig_dir / f"{name}.png").unlink(missing_ok=True)
+        if fig is not None:
+            png = figure_png(fig)
+            rendered.append(RenderedFigure(spec.name, spec.caption, spec.how_to, png))
     page = render_page(
         results,
         intro=study.intro,
@@ -55,4 +51,12 @@ def build_report(study_dir: str | Path) -> Path:
         sections=views.tables(results),
         figures=rendered,
     )
+    fig_dir = folder / FIGURES_DIR
+    for figure in rendered:
+        atomic_write_bytes(fig_dir / f"{figure.name}.png", figure.png)
+    # A figure that has no data now (e.g. probes dropped from a rerun) must not linger; files
+    # no study draws are the user's and stay.
+    drawn = {r.name for r in rendered}
+    for name in {spec.name for v in looks.values() for spec in v.figures} - drawn:
+        (fig_dir / f"{name}.png").unlink(missing_ok=True)
     return atomic_write_text(folder / REPORT_NAME, page)

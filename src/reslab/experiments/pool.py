@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import torch
 
 from reslab.cpu import available_cores, core_queue, pin_worker, worker_threads
+from reslab.output import say
 
 __all__ = ["Workers", "die_with_parent", "measure_all", "measuring", "run_tasks", "workers_for"]
 
@@ -47,7 +48,7 @@ def workers_for(
     device: str,
     jobs: int | None,
     tasks: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
     cluster: str = "local",
 ) -> Workers:
     """The workers for ``tasks`` tasks on ``device`` (auto | cpu | cuda | cuda:N), at most
@@ -125,7 +126,7 @@ def measure_all(
     tasks: Sequence[tuple[Any, ...]],
     device: str,
     jobs: int | None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> list[R]:
     """Measure many nets: ``fn(*task)`` for each task, in parallel workers on the CPU (in this
     process on a GPU), each under :func:`measuring` with its worker's thread count."""

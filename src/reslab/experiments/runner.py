@@ -26,6 +26,7 @@ from reslab.experiments.records import run_record
 from reslab.experiments.registry import get_study
 from reslab.experiments.verdicts import chance_error
 from reslab.fileio import open_append
+from reslab.output import say
 from reslab.report.schema import new_results, write_results
 from reslab.train import (
     NonFiniteLoss,
@@ -42,7 +43,7 @@ from reslab.train import (
 __all__ = ["execute", "plan_packs", "run_study", "summary_table", "train_config"]
 
 
-def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_study(config: StudyConfig, log: Callable[[str], None] = say) -> dict[str, Any]:
     """Run (or resume) a study, save results.json and report.html, and return the results.
 
     plan -> train every run -> analyse -> verdict -> results.json -> report.html, each step
@@ -188,7 +189,7 @@ def plan_packs(
     study: StudyConfig,
     configs: Sequence[TrainConfig],
     jobs: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> list[list[int]]:
     """Which runs train together: :func:`reslab.train.pack.pack_groups`, split until every
     worker has a job, most expensive first. One run per pack with ``study.pack`` off (by
@@ -219,7 +220,7 @@ def _depth(config: TrainConfig) -> int:
 def execute(
     study: StudyConfig,
     specs: Sequence[RunSpec],
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> list[dict[str, Any]]:
     """Run every spec (in parallel worker processes when more than one job) and collect them.
 

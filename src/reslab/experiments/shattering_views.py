@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from reslab.checks import NUMBER, NUMBERS, Object, maybe, objects, one_of
+from reslab.checks import NUMBER, NUMBERS, Object, at_least, maybe, objects, one_of
 from reslab.experiments.registry import Views
 from reslab.experiments.shattering import KIND_NAMES, KINDS
 from reslab.report import html
@@ -26,7 +26,7 @@ from reslab.report.figures import (
     style_of,
     styled,
 )
-from reslab.report.schema import FAMILIES, FAMILY_DEPTH, is_number
+from reslab.report.schema import FAMILIES, LABELLED, is_number
 
 __all__ = ["FIGURES", "tables"]
 
@@ -224,13 +224,14 @@ def tables(results: Mapping[str, Any]) -> list[html.Section]:
 RESULTS = Object({"shattering": maybe(Object({
     **{kind: maybe(Object({
         "positions": NUMBERS,
-        "nets": objects({**FAMILY_DEPTH, "lag1": maybe(NUMBER), "correlation": NUMBERS,
+        "nets": objects({**LABELLED, "lag1": maybe(NUMBER), "correlation": NUMBERS,
                          "gradients": maybe(NUMBERS)}),
     })) for kind in KINDS},
     "summary": objects({
         "kind": one_of(KINDS),
-        **FAMILY_DEPTH,
-        **{key: maybe(NUMBER) for key in ("lag1_mean", "lag1_std", "n_seeds")},
+        **LABELLED,
+        "n_seeds": at_least(1),
+        **{key: maybe(NUMBER) for key in ("lag1_mean", "lag1_std")},
         "correlation_mean": NUMBERS,
     }),
 }))})  # fmt: skip

@@ -112,8 +112,6 @@ section with a ``check``: a declaration too (:mod:`reslab.checks.document`).
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import platform
 from collections.abc import Collection, Mapping
@@ -135,14 +133,18 @@ from reslab.checks import (
     is_number,
     maybe,
     objects,
+    parse_json,
     shown,
+    text,
 )
+from reslab.checks.document import MAX_DIGITS
 from reslab.errors import ReslabError
 from reslab.fileio import atomic_write_json
 
 __all__ = [
     "FAMILIES",
     "FAMILY_DEPTH",
+    "LABELLED",
     "RESULTS",
     "RESULTS_NAME",
     "SCHEMA_VERSION",
@@ -157,6 +159,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.json"
+#: A study's results.json is kilobytes to a few megabytes (curves and probes of every run).
+MAX_RESULTS_BYTES = 256 << 20
 FAMILIES: tuple[str, ...] = ("plain", "residual")
 
 
@@ -165,6 +169,8 @@ FAMILY_DEPTH: dict[str, Spec] = {
     "depth": at_least(1, "must be a positive integer, not {value}"),
     "shortcut": maybe(Is(lambda v: isinstance(v, str), "must be 'A', 'B', 'C' or null")),
 }
+#: A net or summary row whose label the report shows (a legend, a title, a table's first cell).
+LABELLED: dict[str, Spec] = {**FAMILY_DEPTH, "label": text(200)}
 # Each probe's required list; its other lists (of these) may be null.
 _PROBES = {
     "gradient_flow": "input_grad_norm",
@@ -251,8 +257,9 @@ def write_results(
     """Validate ``results`` and write it atomically to ``study_dir/results.json``.
 
     NumPy and torch scalars and arrays become plain numbers and lists, non-finite floats become
-    ``null``. Returns the path written. Raises :class:`ReslabError` if the results do not follow
-    the schema (the previous file, if any, is left untouched).
+    ``null`` (as do floats of 1e100 or more, which the reader refuses). Returns the path
+    written. Raises :class:`ReslabError` if the results do not follow the schema (the previous
+    file, if any, is left untouched).
     """
     clean = _jsonable(dict(results), "results")
     path = Path(study_dir) / RESULTS_NAME
@@ -278,12 +285,13 @@ def load_results(
             f"no {RESULTS_NAME} in {study}: run `reslab degradation --out {study}` first"
         )
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReslabError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
-            "rerun the experiment to rewrite it"
-        ) from exc
+        with path.open("rb") as f:
+            data = f.read(MAX_RESULTS_BYTES + 1)  # bounded even for /dev/zero
+        if len(data) > MAX_RESULTS_BYTES:
+            raise Invalid(f"is larger than {MAX_RESULTS_BYTES >> 20} MiB")
+        results = parse_json(data.decode("utf-8"))
+    except Invalid as exc:  # "results.json is not valid JSON (...)", "... is nested ..."
+        raise ReslabError(f"{path} {exc}; rerun the experiment or fix the file") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise ReslabError(f"cannot read {path}: {exc}; rerun the experiment to rewrite it") from exc
     name = results.get("experiment") if isinstance(results, dict) else None
@@ -347,7 +355,8 @@ def _jsonable(obj: Any, where: str) -> Any:
     if obj is None or isinstance(obj, (str, bool, int)):
         return obj
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        # 1e100 and above reads as overflowed, like inf: the reader refuses it (parse_json)
+        return obj if abs(obj) < 10.0**MAX_DIGITS else None
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v, f"{where}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -1,10 +1,17 @@
-"""What a run prints and logs: a progress bar on a terminal, one line per epoch, TensorBoard."""
+"""What a run prints and logs: a progress bar on a terminal, one line per epoch, TensorBoard.
+
+Every line goes through :mod:`reslab.output`, the one writer: a closed pipe or a stream that
+cannot encode ``×`` stops or narrows what is shown, never the run.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 from typing import Any
+
+from reslab.checks import printable
+from reslab.output import bar_stream, say
 
 __all__ = ["Reporter", "fmt", "tensorboard_writer"]
 
@@ -19,8 +26,9 @@ class Reporter:
         self.task: Any = None
 
     def start(self, total: int, done: int) -> None:
-        if not self.enabled or self.quiet or not sys.stderr.isatty():
+        if not self.enabled or self.quiet or not _isatty(sys.stderr):
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -36,6 +44,7 @@ class Reporter:
             TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(),
             transient=True,
+            console=Console(file=bar_stream(), markup=False, highlight=False),
         )
         self.bar.start()
         self.task = self.bar.add_task("train", total=total, completed=done, stats="")
@@ -53,14 +62,22 @@ class Reporter:
         if not self.enabled or (self.quiet and not always):
             return
         if self.bar is not None:
-            self.bar.console.print(text, highlight=False)
+            # markup=False: a "[/]" in a path is text, not rich markup (a MarkupError)
+            self.bar.console.print(printable(text), markup=False, highlight=False)
         else:
-            print(text, flush=True)
+            say(text)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return stream is not None and bool(stream.isatty())
+    except (OSError, ValueError):  # a closed stream
+        return False
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from reslab.data.mix import MixDraw, MixSettings, apply_mix, draw_mix
 from reslab.errors import ConfigError
 from reslab.models import count_params
+from reslab.output import say
 from reslab.train.config import RESUME_OVERRIDABLE, TrainConfig, flag_name, resolve
 from reslab.train.console import Reporter, fmt, tensorboard_writer
 from reslab.train.distributed import Dist, init_distributed
@@ -81,9 +82,7 @@ def fit(
     if resume and folder.is_finished():  # finished: nothing to do (studies skip such runs)
         final = folder.read_result()
         if not config.quiet and int(os.environ.get("RANK", "0")) == 0:
-            print(
-                f"{folder.path} has finished already (test error {fmt(final.get('test_error'))} %)"
-            )
+            say(f"{folder.path} has finished already (test error {fmt(final.get('test_error'))} %)")
         return History(folder.path, folder.read_records(), final)
     dist = init_distributed(config)
     try:
