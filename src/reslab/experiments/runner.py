@@ -28,6 +28,7 @@ from reslab.report.schema import new_results, write_results
 from reslab.train import (
     NonFiniteLoss,
     RunFolder,
+    RunLock,
     TrainConfig,
     fit,
     fit_pack,
@@ -59,24 +60,27 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = print) -> dict[s
         raise ConfigError(
             f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot use {out} as a study folder ({exc.strerror}); choose another --out"
-        ) from exc
-    log(f"{study.name}: {len(specs)} runs on {config.dataset} -> {out}")
-    records = execute(config, specs, log)
-    results = new_results(study.name, study.format_title(config), config.to_json())
-    results.update(study.analyse(config, records))
-    # What guessing scores: a verdict whose nets have not beaten it by a margin is
-    # inconclusive (reslab.experiments.verdicts.not_learned).
+    # The data before any folder: a data error (missing, corrupt, no network) then leaves
+    # nothing behind, as every bad input must (issue 20); the runs reuse what this loads.
     classes = load_dataset(config.dataset, data_dir=config.data_dir).num_classes
-    results["chance_error"] = round(chance_error(classes), 4)
-    results["verdict"] = study.verdict(results, config)
-    views = study.look()
-    write_results(out, results, check=views.results)
-    path = build_report(out)
+    # One study a folder: a second one would train the same runs (issue 20: the first died
+    # after 6 of 8 runs, neither wrote results.json). Held until results.json is written.
+    lock = RunLock(out, "study")
+    lock.acquire()
+    try:
+        log(f"{study.name}: {len(specs)} runs on {config.dataset} -> {out}")
+        records = execute(config, specs, log)
+        results = new_results(study.name, study.format_title(config), config.to_json())
+        results.update(study.analyse(config, records))
+        # What guessing scores: a verdict whose nets have not beaten it by a margin is
+        # inconclusive (reslab.experiments.verdicts.not_learned).
+        results["chance_error"] = round(chance_error(classes), 4)
+        results["verdict"] = study.verdict(results, config)
+        views = study.look()
+        write_results(out, results, check=views.results)
+        path = build_report(out)
+    finally:
+        lock.release()
     log("")
     log((views.text_table or summary_table)(results))
     log("")
