@@ -18,11 +18,23 @@ from reslab.cpu import configure_openmp
 # spinning OpenMP thread on a busy machine made training 40x slower (reslab.cpu).
 configure_openmp()
 
-from reslab.blocks import Residual, ResidualMLP
+from reslab import blocks, models, weights
+from reslab.checks.edge import checked as _checked
 from reslab.errors import ReslabError
-from reslab.models import count_macs, count_params, create_model, list_models
 from reslab.version import __version__
-from reslab.weights import load_model, load_weights, save_weights
+
+# The API's edge: each function checks its arguments' types against its annotations and
+# refuses a wrong one in one line, an ArgumentError (reslab.checks.edge). The classes with a
+# config (TrainConfig, StudyConfig) check every field themselves.
+Residual = _checked(blocks.Residual)
+ResidualMLP = _checked(blocks.ResidualMLP)
+count_macs = _checked(models.count_macs)
+count_params = _checked(models.count_params)
+create_model = _checked(models.create_model)
+list_models = _checked(models.list_models)
+load_model = _checked(weights.load_model)
+load_weights = _checked(weights.load_weights)
+save_weights = _checked(weights.save_weights)
 
 if TYPE_CHECKING:
     from reslab.data import load_dataset
@@ -42,6 +54,8 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
+        if not isinstance(value, type):  # fit, run_study, load_dataset (see _checked above)
+            value = _checked(value)
         globals()[name] = value  # later reads skip this function
         return value
     raise AttributeError(f"module 'reslab' has no attribute {name!r}")

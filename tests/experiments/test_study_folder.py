@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import reslab.data.download as rdd
-from reslab.errors import DataError, ReslabError
+from reslab.errors import CheckpointError, DataError, ReslabError
 from reslab.experiments import StudyConfig, page, run_study
 from reslab.train import RunLock
 
@@ -70,3 +70,22 @@ def test_a_data_error_leaves_no_study_folder(
     with pytest.raises(DataError):
         run_study(config, log=lambda _: None)
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("experiment", ["lesion", "landscape"])
+@pytest.mark.parametrize("where", ["new", "nested", "existing"])
+def test_refused_weights_leave_no_out_folder(tmp_path: Path, experiment: str, where: str) -> None:
+    """On main the --out folder stayed behind when the --weights file was refused; a folder
+    the user made is kept, without the study's lock file."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    out = {"new": tmp_path / "o", "nested": tmp_path / "a" / "b" / "o",
+           "existing": tmp_path / "mine"}[where]  # fmt: skip
+    if where == "existing":
+        out.mkdir()
+    config = StudyConfig(experiment=experiment, options={"weights": str(weights)}, out=str(out))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        run_study(config, log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["w.safetensors", *(["mine"] if where == "existing" else [])]
+    )
