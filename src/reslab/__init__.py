@@ -19,6 +19,7 @@ from reslab.cpu import configure_openmp
 # spinning OpenMP thread on a busy machine made training 40x slower (reslab.cpu).
 configure_openmp()
 
+from reslab.checks.edge import checked as _checked
 from reslab.errors import ReslabError
 from reslab.version import __version__
 
@@ -47,11 +48,19 @@ _LAZY = {
     "StudyConfig": "reslab.experiments",
     "load_dataset": "reslab.data",
 }
+# The API's edge: each function (and Residual's, ResidualMLP's constructor) checks its
+# arguments' types against its annotations and refuses a wrong one in one line, an
+# ArgumentError (reslab.checks.edge). The config classes check every field themselves.
+_SELF_CHECKED = {"TrainConfig", "StudyConfig"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
+        if name not in _SELF_CHECKED:
+            value = _checked(value)
+        if not isinstance(value, type):  # fit, run_study, load_dataset (see _checked above)
+            value = _checked(value)
         globals()[name] = value  # later reads skip this function
         return value
     raise AttributeError(f"module 'reslab' has no attribute {name!r}")

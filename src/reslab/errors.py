@@ -29,3 +29,7 @@ class CheckpointError(ReslabError):
 
 class UnsafePickleError(CheckpointError, DataError):
     """A pickle that asks to import or call something other than plain data."""
+
+
+class ArgumentError(ReslabError, TypeError):
+    """A function of the Python API was called with an argument of the wrong type or kind."""

@@ -8,8 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from run_folder_helpers import (
 from reslab.cli import main
 from reslab.errors import ReslabError
 from reslab.experiments.records import aggregate
-from reslab.train import RunFolder, RunLock, fit
+from reslab.train import RunFolder, fit
 
 
 @pytest.fixture(scope="module")
@@ -170,26 +168,3 @@ def test_finished_runs_with_bad_result_or_config_are_one_line(
         (run / name).write_text(text)
         with pytest.raises(ReslabError, match=f"{name} must hold a JSON object"):
             aggregate(tmp_path / "study")
-
-
-def test_a_lock_whose_owner_is_dead_is_taken_over(tmp_path: Path) -> None:
-    """The lock file is held by a process the dead owner left (flock is shared on fork)."""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, sys.argv[2].encode()); "
-            "print('held', flush=True); time.sleep(60)"
-        ), str(tmp_path / ".lock"), dead.stdout.strip()],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        lock = RunLock(tmp_path)
-        lock.acquire()  # on main: "in use by another process (pid <dead>)"
-        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
-        lock.release()
-    finally:
-        holder.kill()
-        holder.wait()

@@ -41,6 +41,7 @@ import reprlib
 import sys
 import types
 import typing
+from collections import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,7 @@ __all__ = [
     "check_names",
     "check_text",
     "conform",
+    "hint_name",
     "integer",
     "integers",
     "is_int",
@@ -319,8 +321,24 @@ def conform(name: str, value: Any, hint: Any, error: type[Exception] = ConfigErr
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return conform(name, value, inner, error)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return conform(name, value, inner[0], error)
+        for one in inner:  # str | Path, int | Sequence[int]: the first that fits
+            try:
+                return conform(name, value, one, error)
+            except error:
+                continue
+        raise error(f"{name} must be {' or '.join(map(hint_name, args))}, got {_kind(value)}")
+    if origin is not None and origin not in (list, tuple, dict):
+        return _conform_abstract(name, value, origin, args, error)
+    if origin is tuple and args and args[-1] is not Ellipsis:  # a fixed length: (3, 32, 32)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise error(f"{name} must be {len(args)} items ({hint_name(hint)}), got {_kind(value)}")
+        return tuple(
+            conform(f"{name}[{i}]", v, a, error)
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin in (list, tuple) and (origin is list or args[1:] == (Ellipsis,)):
         if not isinstance(value, list | tuple) or len(value) > MAX_ITEMS:
             raise error(f"{name} must be a list of up to {MAX_ITEMS:,} items, got {_kind(value)}")
@@ -343,7 +361,47 @@ def conform(name: str, value: Any, hint: Any, error: type[Exception] = ConfigErr
         return value
     if hint is str and isinstance(value, str):
         return check_text(name, value, error)
-    raise error(f"{name} must be {getattr(hint, '__name__', str(hint))}, got {_kind(value)}")
+    if isinstance(hint, type) and hint not in (int, float, bool, str) and isinstance(value, hint):
+        return value  # any other class: TrainConfig, nn.Module, Path
+    raise error(f"{name} must be {hint_name(hint)}, got {_kind(value)}")
+
+
+def _conform_abstract(
+    name: str, value: Any, origin: Any, args: tuple[Any, ...], error: type[Exception]
+) -> Any:
+    """``Callable[...]``, ``Sequence[X]``, ``Mapping[K, V]``, ``os.PathLike[str]``: checked
+    as such, and returned as given (a tuple stays a tuple)."""
+    if origin is typing.Literal:
+        if value not in args:
+            raise error(f"{name} must be one of {', '.join(map(repr, args))}, got {_kind(value)}")
+        return value
+    what = hint_name(origin[args] if args and origin is not abc.Callable else origin)
+    if origin is abc.Callable:
+        if not callable(value):
+            raise error(f"{name} must be a function, got {_kind(value)}")
+        return value
+    if origin is abc.Sequence and isinstance(value, list | tuple) and len(value) <= MAX_ITEMS:
+        for i, item in enumerate(value):
+            conform(f"{name}[{i}]", item, args[0] if args else Any, error)
+        return value
+    if origin is abc.Mapping and isinstance(value, abc.Mapping):
+        key_hint, value_hint = args if len(args) == 2 else (Any, Any)
+        for key, item in value.items():
+            conform(f"{name} key", key, key_hint, error)
+            conform(f"{name}[{shown(key, 30)}]", item, value_hint, error)
+        return value
+    if origin not in (abc.Sequence, abc.Mapping) and isinstance(value, origin):
+        return value
+    raise error(f"{name} must be {what}, got {_kind(value)}")
+
+
+def hint_name(hint: Any) -> str:
+    """An annotation as a message names it: ``TrainConfig``, ``None``, ``Sequence[int]``."""
+    if hint is type(None) or hint is None:
+        return "None"
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("collections.abc.", "")
 
 
 def check_names(values: Mapping[str, Any], paths: tuple[str, ...], prefix: str = "") -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from reslab.report.schema import new_results, write_results
 from reslab.train import (
     NonFiniteLoss,
     RunFolder,
+    RunLock,
     TrainConfig,
     fit,
     fit_pack,
@@ -63,30 +66,55 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = say) -> dict[str
         raise ConfigError(
             f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot use {out} as a study folder ({exc.strerror}); choose another --out"
-        ) from exc
-    log(f"{study.name}: {len(specs)} runs on {config.dataset} -> {out}")
-    records = execute(config, specs, log)
-    results = new_results(study.name, study.format_title(config), config.to_json())
-    results.update(study.analyse(config, records))
-    # What guessing scores: a verdict whose nets have not beaten it by a margin is
-    # inconclusive (reslab.experiments.verdicts.not_learned).
+    # The data before any folder: a data error (missing, corrupt, no network) then leaves
+    # nothing behind, as every bad input must (issue 20); the runs reuse what this loads.
     classes = load_dataset(config.dataset, data_dir=config.data_dir).num_classes
-    results["chance_error"] = round(chance_error(classes), 4)
-    results["verdict"] = study.verdict(results, config)
-    views = study.look()
-    write_results(out, results, check=views.results)
-    path = build_report(out)
+    with _study_folder(out):
+        log(f"{study.name}: {len(specs)} runs on {config.dataset} -> {out}")
+        records = execute(config, specs, log)
+        results = new_results(study.name, study.format_title(config), config.to_json())
+        results.update(study.analyse(config, records))
+        # What guessing scores: a verdict whose nets have not beaten it by a margin is
+        # inconclusive (reslab.experiments.verdicts.not_learned).
+        results["chance_error"] = round(chance_error(classes), 4)
+        results["verdict"] = study.verdict(results, config)
+        views = study.look()
+        write_results(out, results, check=views.results)
+        path = build_report(out)
     log("")
     log((views.text_table or summary_table)(results))
     log("")
     log(results["verdict"]["text"])
     log(f"report: {path}")
     return results
+
+
+@contextlib.contextmanager
+def _study_folder(out: Path) -> Iterator[None]:
+    """Hold the study folder; on a user's error before any run was made, remove what this
+    study created (a --weights file refused by lesion or landscape left its --out behind).
+
+    One study a folder: a second one would train the same runs beside it (issue 20: the first
+    died after 6 of 8 runs and neither wrote results.json). It is refused in one line by the
+    lock (:class:`~reslab.train.RunLock`), held until results.json and the report are written.
+    """
+    made = out.absolute()  # the outermost folder the lock's mkdir will create, if any
+    while not made.parent.exists() and made.parent != made:
+        made = made.parent
+    made_folder, made_lock = not made.exists(), not os.path.lexists(out / ".lock")
+    lock = RunLock(out, "study")
+    lock.acquire()
+    try:
+        yield
+    except ReslabError:
+        if not (out / "runs").exists():
+            if made_folder:
+                shutil.rmtree(made, ignore_errors=True)
+            elif made_lock:
+                (out / ".lock").unlink(missing_ok=True)
+        raise
+    finally:
+        lock.release()
 
 
 def train_config(study: StudyConfig, spec: RunSpec, threads: int | None) -> TrainConfig:

@@ -10,6 +10,7 @@ and the checkpoint's tensors, written by :mod:`reslab.train.run_folder`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import random
 import time
@@ -21,11 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from reslab.checks import shown
 from reslab.data.mix import MixDraw, MixSettings, apply_mix, draw_mix
 from reslab.errors import ConfigError
 from reslab.models import count_params
 from reslab.output import say
-from reslab.train.config import RESUME_OVERRIDABLE, TrainConfig, flag_name, resolve
+from reslab.train.config import FIELDS, RESUME_OVERRIDABLE, TrainConfig, flag_name, resolve
 from reslab.train.console import Reporter, fmt, tensorboard_writer
 from reslab.train.distributed import Dist, init_distributed
 from reslab.train.evaluate import dataset_normalization
@@ -73,6 +75,8 @@ def fit(
       config must match ``config``), else starts it; a finished run is returned as it is.
     * ``fit(resume_from=run_dir)`` continues the run saved there, with its saved config;
       ``overrides`` may change only :data:`RESUME_OVERRIDABLE` fields.
+    * Without ``resume_from``, ``overrides`` replace fields of ``config``. A key that names no
+      field is refused, with the closest one.
 
     ``explicit`` names the fields the user set (recorded in ``config.json``). Under torchrun
     (``WORLD_SIZE`` > 1) every rank calls this; rank 0 alone writes files and prints.
@@ -116,8 +120,8 @@ def run_config(
     """
     if resume_from is not None:
         folder = RunFolder(Path(resume_from))
+        changes = _overrides(overrides, RESUME_OVERRIDABLE)
         saved = folder.read_config()
-        changes = dict(overrides or {})
         bad = sorted(set(changes) - RESUME_OVERRIDABLE)
         if bad:
             raise ConfigError(
@@ -126,9 +130,12 @@ def run_config(
                 f"{folder.config_path} --out NEW_FOLDER instead)"
             )
         return dataclasses.replace(saved, **changes, out=str(folder.path)), True
+    changes = _overrides(overrides, frozenset(FIELDS))
     if config is None:
-        config = resolve({})
-    elif resume:
+        config = resolve(changes)
+    elif changes:
+        config = dataclasses.replace(config, **changes)
+    if resume:
         folder = RunFolder(config.run_dir())
         if folder.config_path.is_file():
             saved = folder.read_config()
@@ -148,6 +155,21 @@ def run_config(
     if config.out is None:
         config = dataclasses.replace(config, out=str(config.run_dir()))
     return config, resume
+
+
+def _overrides(overrides: Mapping[str, Any] | None, allowed: frozenset[str]) -> dict[str, Any]:
+    """``fit(overrides=...)`` as a dict; a key that names no setting is refused with the
+    closest one (it was ignored, issue 20). ``allowed`` are the settings this call may change."""
+    changes = dict(overrides or {})
+    for key in changes:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            valid = ", ".join(sorted(allowed)) if len(allowed) < 10 else "TrainConfig's fields"
+            raise ConfigError(
+                f"overrides has an unknown setting {shown(key)}; {hint}valid keys: {valid}"
+            )
+    return changes
 
 
 def build_run(

@@ -9,6 +9,7 @@ member's folder is an ordinary run's.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reslab.errors import CheckpointError, ReslabError
+from reslab.checks import shown
+from reslab.errors import CheckpointError, ConfigError, ReslabError
 from reslab.models import count_params
-from reslab.train.config import TrainConfig
+from reslab.train.config import RESUME_OVERRIDABLE, TrainConfig
 from reslab.train.console import Reporter, fmt
 from reslab.train.distributed import Dist, param_checksum, sync_buffers
 from reslab.train.evaluate import evaluate
@@ -34,6 +36,7 @@ __all__ = [
     "History",
     "NonFiniteLoss",
     "Run",
+    "check_agreement",
     "check_finite",
     "end_epoch",
     "finish",
@@ -41,6 +44,7 @@ __all__ = [
     "resume_run",
     "save_checkpoint",
     "snapshot",
+    "trained_settings",
 ]
 
 
@@ -132,6 +136,7 @@ def resume_run(run: Run) -> None:
             folder.drop_metrics()
         return
     saved, weights_path, tensors = checkpoint
+    check_agreement(run, saved)
     # The step must be where the loader stands: an edited step would train on from the wrong
     # place (the step files' own step is checked by the run folder).
     loader = saved["loader"]
@@ -154,6 +159,37 @@ def resume_run(run: Run) -> None:
         folder.rewrite_metrics(run.state.records, run.columns())
         run.report.line(
             f"resuming {folder.path} at step {run.state.step} of {run.data.total_steps}"
+        )
+
+
+def trained_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that decide what a run trains, as JSON: every field a resume may not
+    change. Each checkpoint records them; a resume compares config.json's with them."""
+    values = json.loads(json.dumps(config.to_dict()))
+    return {k: v for k, v in values.items() if k not in RESUME_OVERRIDABLE | {"out"}}
+
+
+def check_agreement(run: Run, saved: dict[str, Any]) -> None:
+    """Refuse a resume whose config.json disagrees with the checkpoint it continues.
+
+    config.json is the run's one source of settings; an edit after a checkpoint would train on
+    from it with another schedule, model or data, and write a result that contradicts both
+    (issue 20: epochs lowered from 3 to 1 resumed "at step 36 of 11" and finished).
+    Checkpoints from before the settings were recorded are checked for the step alone.
+    """
+    path, step, total = run.folder.config_path, saved["step"], run.data.total_steps
+    fix = f"restore it, or start a new run with --config {path} --out NEW_FOLDER"
+    recorded, now = saved.get("config") or {}, trained_settings(run.config)
+    differ = [k for k in sorted(recorded) if k in now and recorded[k] != now[k]]
+    if differ:
+        edits = ", ".join(f"{k} {shown(recorded[k], 30)} -> {shown(now[k], 30)}" for k in differ)
+        raise ConfigError(
+            f"{path} was edited after the checkpoint at step {step} was written ({edits}); {fix}"
+        )
+    if step > total:
+        raise ConfigError(
+            f"{path} asks for {total} steps ({run.data.num_epochs} epochs of "
+            f"{len(run.data.loader)}) but the run's checkpoint stands at step {step}; {fix}"
         )
 
 
@@ -182,7 +218,8 @@ def save_checkpoint(run: Run) -> None:
             tensors[f"optim.{i}"] = buf
     if run.ema is not None:
         tensors.update({f"ema.{k}": v for k, v in run.ema.state_dict().items()})
-    run.folder.save_checkpoint(run.state.step, run.raw, tensors, run.state.state_dict())
+    state = {**run.state.state_dict(), "config": trained_settings(run.config)}
+    run.folder.save_checkpoint(run.state.step, run.raw, tensors, state)
 
 
 def check_finite(run: Run) -> tuple[float, int, int]:

@@ -255,6 +255,11 @@ def _inside(v: Any) -> bool:
 
 SCALAR = Is(_scalar, f"must be a number, a string of at most {MAX_SHORT} characters, a boolean "
             "or null, not {value}")  # fmt: skip
+#: config.json's values: every one a scalar or a short list of them (milestones, snapshot steps)
+SETTING = Is(
+    lambda v: _scalar(v) or (isinstance(v, list) and len(v) <= 1 << 16 and all(map(_scalar, v))),
+    "must be a number, a short string, a boolean, null or a list of them, not {value}",
+)
 RECORD = Object({"epoch": InRange(integer(1, MAX_STEP)), "step": STEP}, others=SCALAR)
 LAST_JSON = Object({
     "format": Is(lambda v: is_int(v) and v == CHECKPOINT_FORMAT,
@@ -278,6 +283,8 @@ LAST_JSON = Object({
     }),
     "wall_time": AT_LEAST_0,
     "saved": text(MAX_SHORT),
+    # the settings the run trained with (absent before issue 20), checked against config.json
+    "config": Maybe(MapOf(SETTING)),
 }, "must be a JSON object")  # fmt: skip
 _RESULT_NUMBERS = "clean_train_error test_error val_error best_error images_per_s wall_time"
 _RESULT_INTS = "params epochs steps world_size warmup_end_step"
@@ -298,11 +305,6 @@ RESULT = Object({
         "must be a list of up to 65,536 checksums",
     ), null=False),
 }, "must be a JSON object")  # fmt: skip
-#: config.json's values: every one a scalar or a short list of them (milestones, snapshot steps)
-SETTING = Is(
-    lambda v: _scalar(v) or (isinstance(v, list) and len(v) <= 1 << 16 and all(map(_scalar, v))),
-    "must be a number, a short string, a boolean, null or a list of them, not {value}",
-)
 
 
 def _check(spec: Spec, value: Any, where: str = "") -> None:
