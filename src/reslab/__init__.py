@@ -59,8 +59,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         if name not in _SELF_CHECKED:
             value = _checked(value)
-        if not isinstance(value, type):  # fit, run_study, load_dataset (see _checked above)
-            value = _checked(value)
         globals()[name] = value  # later reads skip this function
         return value
     raise AttributeError(f"module 'reslab' has no attribute {name!r}")
