@@ -23,6 +23,9 @@ from reslab.export import ExportError, export_model, run_onnx, sample_input
 from reslab.models import create_model
 from reslab.weights import save_weights
 
+# torch 2.13 marks TorchScript deprecated, for torch.export; it still scripts every net.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(
     not HAS_ONNX, reason="onnx, onnxscript or onnxruntime missing: pip install 'reslab[onnx]'"

@@ -104,14 +104,12 @@ class _Block(nn.Module):
             raise ModelError(f"shortcut_mode={mode!r} needs a shortcut, and a plain block has none")
         if mode == "conv":
             option = "C"  # Fig. 2e: a 1×1 convolution on every shortcut is option C
-        # Annotated here, not on the class: TorchScript reads class annotations, and cannot
-        # resolve `nn.Module | None`.
-        self.downsample: nn.Module | None = (
+        # Not annotated: TorchScript reads annotations, on the class and on a None in
+        # __init__, and cannot resolve `nn.Module | None`; type checkers infer it.
+        self.downsample = (
             None if plain else make_shortcut(option, in_planes, out_planes, stride, norm=norm)
         )
-        self.join: nn.Module = (
-            SkipInitAdd() if skipinit else variant.join(in_planes, out_planes, stride)
-        )
+        self.join = SkipInitAdd() if skipinit else variant.join(in_planes, out_planes, stride)
         self.drop_path: nn.Module = nn.Identity()
         # A pre-activation block's projection reads the pre-activated input (_PreActBlock).
         self.shortcut_reads_pre = isinstance(self.downsample, Projection)

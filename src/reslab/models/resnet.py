@@ -241,13 +241,12 @@ class ResNet(TimmApi):
         self.relu = nn.Identity() if self.preact else activation_layer(layout.nonlinearity)
 
         self.in_planes = stem_width
-        self.stage_names: list[str] = []
+        # A list built first: TorchScript warns on an annotated empty list set in __init__.
+        self.stage_names = [f"layer{i + 1}" for i in range(len(layers))]
         for i, (n_blocks, width) in enumerate(zip(layers, widths, strict=True)):
-            name = f"layer{i + 1}"
             stride = 1 if i == 0 else 2
             stage = self._make_stage(block, width, n_blocks, stride, shortcut, plain)
-            setattr(self, name, stage)
-            self.stage_names.append(name)
+            setattr(self, self.stage_names[i], stage)
         self.feature_info = _feature_info(layout)
 
         self.num_features = out_planes = self.in_planes
