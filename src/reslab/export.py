@@ -123,16 +123,23 @@ def _to_onnx(model: nn.Module, x: Tensor) -> tuple[bytes, Tensor]:
             f"ONNX export needs onnx, onnxscript and onnxruntime ({exc.name} is missing): "
             "pip install 'reslab[onnx]'"
         ) from None
+    import logging
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on torchvision ops it skips
-        try:
+    # The exporter logs a warning per torchvision op it cannot register; reslab uses none.
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model, (x,), dynamo=True, dynamic_shapes=_dynamic_batch(x), verbose=False
             )
-        except Exception as exc:
-            raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        log.setLevel(level)
     assert program is not None  # dynamo=True always returns the program
     data = program.model_proto.SerializeToString()
     return data, torch.from_numpy(run_onnx(data, x.numpy()))

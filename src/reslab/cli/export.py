@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError(f"{weights} holds a features_only backbone; export takes a whole net")
     done = export_model(model, out, fmt)
     norm = read_normalization(weights)
-    inputs = f"inputs normalised with {norm.name} statistics" if norm else "inputs as trained"
+    inputs = (
+        f"inputs normalised with {norm.name} statistics"
+        if norm
+        else "the file records no input normalisation"
+    )
     print(
         f"wrote {done.path} ({done.format}; max |export - eager| = {done.max_abs_diff:.2g} "
         f"on a sample batch, tolerance {done.tolerance:.2g}; {inputs})"
