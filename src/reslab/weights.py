@@ -338,7 +338,8 @@ def load_model(path: str | Path) -> nn.Module:
     """Rebuild the model a :func:`save_weights` file describes and load its weights.
 
     The header's input normalisation, if any, is kept on the model as
-    ``model.reslab_normalization``, so saving it again keeps it.
+    ``model.reslab_normalization``, so saving it again keeps it, and is the mean and std of
+    its ``pretrained_cfg``.
     """
     kwargs = read_model_config(path)
     if kwargs is None:
@@ -350,6 +351,9 @@ def load_model(path: str | Path) -> nn.Module:
     model = build_for_weights(path, kwargs.pop("name"), **kwargs)
     if norm is not None:
         model.reslab_normalization = norm  # type: ignore[assignment]
+        cfg = getattr(model, "pretrained_cfg", None)
+        if isinstance(cfg, dict):  # timm's per-model config: the input this net was trained on
+            cfg.update(mean=norm.mean, std=norm.std)
     return model
 
 

@@ -167,7 +167,7 @@ def test_any_valid_cifar_depth_by_name() -> None:
         ("resnet20", {"shortcut": "Z"}, "not one of A, B, C"),
         ("resnet20", {"colour": "red"}, "no option colour"),
         ("resnet50", {"block": "basic"}, "resnet50 has no option block: valid options are"),
-        ("resnet20", {"num_classes": 0}, "num_classes must be a positive integer"),
+        ("resnet20", {"num_classes": -1}, "num_classes must be an integer, zero or positive"),
         ("resnet20", {"width": -1}, "width must be a positive number"),
     ],
 )
@@ -191,7 +191,7 @@ def test_bad_names_and_options_raise_value_errors(
         (
             "resnet20",
             {"num_classes": 2.0},
-            "num_classes must be a positive integer, at most 100,000, got 2.0",
+            "num_classes must be an integer, zero or positive, at most 100,000, got 2.0",
         ),
         ("resnet20", {"shortcut": 5}, "shortcut must be a string, got 5"),
         ("resnet20", {"block": 3}, "block must be a string, got 3"),

@@ -23,12 +23,12 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("resnet20", {"shortcut_mode": "scale", "shortcut_scale": 0.5, "branch_scale": 1}),
     ("resnet20", {"shortcut_mode": "exclusive_gate", "gate_bias": -6.0}),
     ("resnet20", {"shortcut_mode": "dropout", "shortcut_dropout": 0.5}),
-    ("wrn16_8", {"drop_rate": 0.3}),
+    ("wrn16_8", {"drop_rate": 0.3, "drop_path_rate": 0.1}),
     ("plain20", {"norm": "none", "init": "delta_orthogonal", "nonlinearity": "tanh"}),
 ]
 # The options `reslab train` has no flag for: the dataset sets the first two, and the rest
 # were never trainer flags (a run folder's config.json has no such field).
-NOT_FLAGS = {"num_classes", "in_channels", "preact", "block", "drop_rate"}
+NOT_FLAGS = {"num_classes", "in_channels", "preact", "block"}
 
 
 def test_every_option_is_accepted_by_create_model() -> None:
@@ -42,8 +42,8 @@ def test_every_option_is_accepted_by_create_model() -> None:
 def test_every_factory_takes_the_shared_options_and_its_own() -> None:
     shared = [k for k, f in FIELDS.items() if not f.metadata["only"]]
     assert names("cifar_resnext_layout") == shared == names("my_layout")
-    assert set(names("cifar_layout")) == set(FIELDS) - {"drop_rate"}
-    assert set(names("wrn_layout")) == {*shared, "drop_rate"}
+    assert set(names("cifar_layout")) == set(FIELDS)
+    assert set(names("wrn_layout")) == set(shared)
     assert set(names("imagenet_layout")) == {*shared, "preact"}
 
 
@@ -92,8 +92,8 @@ def test_an_unknown_option_or_a_wrong_type_is_one_line(
 def test_a_factory_called_directly_checks_its_options_too() -> None:
     from reslab.models import cifar_layout, wrn_layout
 
-    with pytest.raises(ModelError, match="cifar_layout has no option drop_rate"):
-        cifar_layout(20, drop_rate=0.3)
+    with pytest.raises(ModelError, match="wrn_layout has no option preact"):
+        wrn_layout(16, 8, preact=True)
     with pytest.raises(ModelError, match="width must be a positive number"):
         wrn_layout(16, 8, width=0)
     assert cifar_layout(20, shortcut=None) == cifar_layout(20)

@@ -179,7 +179,7 @@ def test_preact_factory_follows_he_et_al_2016() -> None:
     ("kwargs", "message"),
     [
         ({"stem": "tiny"}, "stem 'tiny' is not one of 'cifar', 'imagenet'"),
-        ({"num_classes": 0}, "num_classes must be a positive integer, got 0"),
+        ({"num_classes": -1}, "num_classes must be an integer ≥ 0 .0: no classifier., got -1"),
         ({"in_channels": True}, "in_channels must be a positive integer, got True"),
         ({"shortcut": "D"}, "shortcut option 'D' is not one of A, B, C"),
     ],

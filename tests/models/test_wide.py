@@ -201,7 +201,7 @@ def test_generic_names(name: str, expected: dict[str, Any]) -> None:
         ("resnext29_8x0d", {}, "bottleneck_width must be a positive integer, got 0"),
         ("wrn28_10", {"drop_rate": 1.0}, r"drop_rate must be a number in \[0, 1\), got 1.0"),
         ("wrn28_10", {"drop_rate": "0.3"}, "drop_rate must be a number"),
-        ("resnet20", {"drop_rate": 0.3}, "resnet20 has no option drop_rate"),
+        ("plain_wrn16_8", {"drop_path_rate": 0.2}, "a plain net has none"),
         ("wrn28_10", {"preact": True}, "wrn28_10 has no option preact"),
         ("wrn28_10", {"widen_factor": 4}, "wrn28_10 has no option widen_factor"),
         ("resnext29_8x64d", {"zero_init_residual": True, "plain": True}, "zero_init_residual"),
@@ -220,8 +220,8 @@ def test_a_block_refuses_options_it_does_not_have() -> None:
 
     with pytest.raises(ModelError, match="groups=4 needs a block that has it"):
         ResNetLayout(PreActBasicBlock, (1, 1, 1), (16, 32, 64), groups=4)
-    with pytest.raises(ModelError, match=r"drop_rate=0\.5 needs a block that has it"):
-        ResNetLayout(Bottleneck, (1, 1, 1), (16, 32, 64), drop_rate=0.5)
+    with pytest.raises(ModelError, match="norm='none' needs a block that has it"):
+        ResNetLayout(Bottleneck, (1, 1, 1), (16, 32, 64), norm="none")
 
 
 @pytest.mark.parametrize("name", ["wrn16_8", "plain_wrn16_8", "resnext29_8x64d"])

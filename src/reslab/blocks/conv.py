@@ -11,11 +11,12 @@ File order follows torchvision's ``resnet.py``: helpers, then blocks.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reslab.blocks.drop import DropPath
 from reslab.blocks.layers import DiracConv2d, activation_layer, norm_layer, zero_bias
 from reslab.blocks.shortcuts import Projection, ShortcutVariant, SkipInitAdd, conv1x1, make_shortcut
 from reslab.errors import ModelError
@@ -70,8 +71,9 @@ class _Block(nn.Module):
     activation = "original"  # where the activations sit: one of ACTIVATIONS (Fig. 4)
     # Keyword options of the constructor beyond the shared ones, as ResNetLayout fields.
     options: ClassVar[tuple[str, ...]] = ()
-    downsample: nn.Module | None
-    join: nn.Module
+    # TorchScript compiles properties, and cannot call a module a property returns: forward
+    # reads the shortcut as `downsample`, its registered name.
+    __jit_unused_properties__: ClassVar[list[str]] = ["shortcut"]
 
     @property
     def shortcut(self) -> nn.Module | None:
@@ -92,7 +94,9 @@ class _Block(nn.Module):
         """Register the shortcut as ``downsample`` (None for the plain twin) and the ``join``.
 
         ``norm=False``: a projection has no BN, nor a bias (the branch's last layer has one);
-        ``skipinit``: the join is ``shortcut(x) + α·F(x)``, α = 0 at first.
+        ``skipinit``: the join is ``shortcut(x) + α·F(x)``, α = 0 at first. ``drop_path`` is
+        stochastic depth on the branch (:mod:`reslab.blocks.drop`), the identity until the
+        net sets a rate.
         """
         variant = variant or ShortcutVariant()
         mode = variant.shortcut_mode
@@ -100,13 +104,26 @@ class _Block(nn.Module):
             raise ModelError(f"shortcut_mode={mode!r} needs a shortcut, and a plain block has none")
         if mode == "conv":
             option = "C"  # Fig. 2e: a 1×1 convolution on every shortcut is option C
+        # Not annotated: TorchScript reads annotations, on the class and on a None in
+        # __init__, and cannot resolve `nn.Module | None`; type checkers infer it.
         self.downsample = (
             None if plain else make_shortcut(option, in_planes, out_planes, stride, norm=norm)
         )
         self.join = SkipInitAdd() if skipinit else variant.join(in_planes, out_planes, stride)
+        self.drop_path: nn.Module = nn.Identity()
+        # A pre-activation block's projection reads the pre-activated input (_PreActBlock).
+        self.shortcut_reads_pre = isinstance(self.downsample, Projection)
+
+    def set_drop_path(self, p: float) -> None:
+        """Drop the branch with probability ``p`` while training (stochastic depth)."""
+        self.drop_path = DropPath(p) if p > 0 else nn.Identity()
 
     def branch(self, x: Tensor) -> Tensor:
         """The residual function F(x), before the addition."""
+        raise NotImplementedError
+
+    def original_branch(self, x: Tensor) -> Tensor:
+        """The original block's F (Fig. 4a), for the placements that wrap it."""
         raise NotImplementedError
 
     def after_addition(self, out: Tensor) -> Tensor:
@@ -163,13 +180,18 @@ class BasicBlock(_Block):
         )
 
     def branch(self, x: Tensor) -> Tensor:
+        return self.original_branch(x)
+
+    def original_branch(self, x: Tensor) -> Tensor:
+        """F of Fig. 4a, which placements (c) and (d) wrap (TorchScript has no ``super()``)."""
         out = self.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.branch(x)
-        if self.shortcut is not None:
-            out = self.join(x, self.shortcut(x), out)  # shortcut(x) + F(x)
+        out = self.drop_path(self.branch(x))
+        shortcut = self.downsample  # the shortcut, under torchvision's name
+        if shortcut is not None:
+            out = self.join(x, shortcut(x), out)  # shortcut(x) + F(x)
         return self.after_addition(out)
 
     def after_addition(self, out: Tensor) -> Tensor:
@@ -217,14 +239,19 @@ class Bottleneck(_Block):
         self._attach_shortcut(shortcut, in_planes, out_planes, stride, plain=plain, variant=variant)
 
     def branch(self, x: Tensor) -> Tensor:
+        return self.original_branch(x)
+
+    def original_branch(self, x: Tensor) -> Tensor:
+        """F of Fig. 4a, which placements (c) and (d) wrap (TorchScript has no ``super()``)."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.branch(x)
-        if self.shortcut is not None:
-            out = self.join(x, self.shortcut(x), out)  # shortcut(x) + F(x)
+        out = self.drop_path(self.branch(x))
+        shortcut = self.downsample  # the shortcut, under torchvision's name
+        if shortcut is not None:
+            out = self.join(x, shortcut(x), out)  # shortcut(x) + F(x)
         return self.after_addition(out)
 
     def after_addition(self, out: Tensor) -> Tensor:
@@ -284,7 +311,7 @@ class _ReLUBeforeAdd(_Block):
     activation = "relu_before_add"
 
     def branch(self, x: Tensor) -> Tensor:
-        return F.relu(super().branch(x))
+        return F.relu(self.original_branch(x))
 
     def after_addition(self, out: Tensor) -> Tensor:
         return out
@@ -300,7 +327,7 @@ class _ReLUPreAct(_Block):
     activation = "relu_preact"
 
     def branch(self, x: Tensor) -> Tensor:
-        return super().branch(F.relu(x))
+        return self.original_branch(F.relu(x))
 
     def after_addition(self, out: Tensor) -> Tensor:
         return out
@@ -335,11 +362,12 @@ class _PreActBlock(_Block):
     """
 
     activation = "full_preact"
-    bn1: nn.BatchNorm2d
-    relu: nn.ReLU
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads class annotations
+        bn1: nn.BatchNorm2d
+        relu: nn.ReLU
 
     def _shortcut_input(self, x: Tensor, pre: Tensor) -> Tensor:
-        return pre if isinstance(self.downsample, Projection) else x
+        return pre if self.shortcut_reads_pre else x
 
     def branch(self, x: Tensor) -> Tensor:
         return self._branch(self.relu(self.bn1(x)))
@@ -349,9 +377,10 @@ class _PreActBlock(_Block):
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.relu(self.bn1(x))
-        out = self._branch(pre)
-        if self.shortcut is not None:
-            out = self.join(x, self.shortcut(self._shortcut_input(x, pre)), out)
+        out = self.drop_path(self._branch(pre))
+        shortcut = self.downsample  # the shortcut, under torchvision's name
+        if shortcut is not None:
+            out = self.join(x, shortcut(self._shortcut_input(x, pre)), out)
         return out
 
     def after_addition(self, out: Tensor) -> Tensor:

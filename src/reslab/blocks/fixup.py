@@ -58,9 +58,10 @@ class FixupBasicBlock(_Block):
         return self.conv2(out + self.bias2a) * self.scale + self.bias2b
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.branch(x)
-        if self.shortcut is not None:
-            out = self.join(x, self.shortcut(x), out)  # shortcut(x) + F(x)
+        out = self.drop_path(self.branch(x))
+        shortcut = self.downsample  # the shortcut, under torchvision's name
+        if shortcut is not None:
+            out = self.join(x, shortcut(x), out)  # shortcut(x) + F(x)
         return self.after_addition(out)
 
     def after_addition(self, out: Tensor) -> Tensor:

@@ -14,6 +14,8 @@ Each option of :class:`~reslab.models.options.ModelOptions` that changes a block
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,7 +52,8 @@ class DiracConv2d(nn.Conv2d):
     a plain net lacks, folded into its weights.
     """
 
-    delta: Tensor
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads class annotations
+        delta: Tensor
 
     def __init__(
         self, in_planes: int, out_planes: int, stride: int = 1, *, bias: bool = False

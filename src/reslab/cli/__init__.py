@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "reslab.cli.train",
     "reslab.cli.models",
     "reslab.cli.bench",
+    "reslab.cli.export",
 )
 
 

@@ -129,7 +129,8 @@ def init_variant(net: ResNet, layout: ResNetLayout) -> None:
         for m in net.modules():
             if isinstance(m, nn.Conv2d):
                 mirror_(m.weight, pairs_in=m is not net.conv1)
-        mirror_classifier_(net.fc)
+        if isinstance(net.fc, nn.Linear):  # num_classes=0 has no classifier
+            mirror_classifier_(net.fc)
     elif layout.init == "delta_orthogonal":
         for m in net.modules():
             if isinstance(m, nn.Conv2d):
@@ -177,8 +178,9 @@ def fixup_(net: ResNet, nonlinearity: str = "relu") -> None:
         conv = block.conv1
         nn.init.normal_(conv.weight, 0.0, fixup_std(conv, len(blocks), 2, nonlinearity))
         nn.init.zeros_(block.conv2.weight)
-    nn.init.zeros_(net.fc.weight)
-    nn.init.zeros_(net.fc.bias)
+    if isinstance(net.fc, nn.Linear):  # num_classes=0 has no classifier
+        nn.init.zeros_(net.fc.weight)
+        nn.init.zeros_(net.fc.bias)
 
 
 def fixup_std(conv: nn.Conv2d, branches: int, layers: int, nonlinearity: str = "relu") -> float:

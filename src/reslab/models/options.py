@@ -61,8 +61,9 @@ NONLINEARITIES = ("relu", "tanh")
 class ModelOptions:
     """The options of :func:`~reslab.models.create_model`; ``None`` keeps the name's default."""
 
-    # classes of the head [10 for CIFAR nets, 1000 for ImageNet]
-    num_classes: int | None = _option(Bounds(int, 1, checks.MAX_CLASSES))
+    # classes of the head; 0: no classifier, the net returns its pooled features, as timm's
+    # num_classes=0 [10 for CIFAR nets, 1000 for ImageNet]
+    num_classes: int | None = _option(Bounds(int, 0, checks.MAX_CLASSES))
     # channels of the input [3]
     in_channels: int | None = _option(Bounds(int, 1, checks.MAX_IN_CHANNELS))
     # a multiplier on every stage's channels [1.0]
@@ -121,8 +122,6 @@ class ModelOptions:
         _CIFAR,
         (None, "drop rate on the shortcut (dropout mode; 0.5)"),
     )
-    # dropout between a wide block's convolutions (WRN §2.3; the paper uses 0.3) [0]
-    drop_rate: float | None = _option(Bounds(float, 0, 1, hi_open=True), ("wrn_layout",))
     # BN after every convolution, or none: each conv then has a bias for BN's shift [batch]
     norm: str | None = _option(
         only=_CIFAR,
@@ -138,6 +137,18 @@ class ModelOptions:
     # the activation of every block and the stem [relu]
     nonlinearity: str | None = _option(
         only=_CIFAR, flag=(None, "relu or tanh; default relu"), choices=NONLINEARITIES
+    )
+    # dropout before the classifier, timm's drop_rate; in a wide ResNet, the paper's dropout
+    # between each block's convolutions instead (WRN §2.3; the paper uses 0.3) [0]
+    drop_rate: float | None = _option(
+        Bounds(float, 0, 1, hi_open=True),
+        flag=(0.0, "dropout before the classifier (a wide ResNet's: inside each block, WRN §2.3)"),
+    )
+    # stochastic depth (Huang et al. 2016, arXiv:1603.09382): the last block's branch drop
+    # probability, linearly less for earlier blocks (reslab.blocks.drop); residual nets only [0]
+    drop_path_rate: float | None = _option(
+        Bounds(float, 0, 1, hi_open=True),
+        flag=(0.0, "stochastic depth: the last block's drop rate, linear in depth (0.5: paper)"),
     )
 
     @classmethod

@@ -264,6 +264,7 @@ def create_model(
     # In the record's order, whatever the caller's, so a weights file's header keeps its keys'.
     given = {k: options[k] for k in OPTION_FIELDS if options.get(k) is not None}
     model.reslab_config = config = {"name": name, **given}  # type: ignore[assignment]
+    model.pretrained_cfg["architecture"] = name
     return _headless(model, config, features_only, out_indices)
 
 

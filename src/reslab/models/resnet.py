@@ -23,8 +23,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from reslab.blocks import (
@@ -41,12 +42,14 @@ from reslab.blocks import (
     is_block,
     norm_layer,
 )
+from reslab.blocks.drop import linear_decay
 from reslab.blocks.layers import zero_bias
 from reslab.errors import ModelError
 from reslab.models.features import feature_take_indices
 from reslab.models.inits import check_trainability, init_variant
 from reslab.models.options import FIELDS as OPTION_FIELDS
 from reslab.models.options import ModelOptions
+from reslab.models.timm_api import TimmApi, make_classifier, pretrained_cfg
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 PREACT_CIFAR_DEPTHS = (110, 164, 1001)
@@ -80,14 +83,19 @@ class ResNetLayout:
     stem_width: int | None = None  # None: the first stage's width; a wide ResNet's stem is 16
     groups: int = 1  # bottlenecks: ResNeXt's cardinality C (Xie et al. 2017)
     base_width: int = 64  # bottlenecks: each group's width in the first stage, ResNeXt's d
-    drop_rate: float = 0.0  # wide blocks: dropout between the convolutions (WRN, §2.3)
+    # A wide block's dropout between its convolutions (WRN, §2.3); every other net's before
+    # the classifier (timm's drop_rate).
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth, the last block's (reslab.blocks.drop)
     # The trainability options (reslab.models.inits): CIFAR basic blocks only.
     norm: str = "batch"  # batch, or none: no BN anywhere
     init: str = "kaiming"  # kaiming, dirac, looks_linear, delta_orthogonal, skipinit, fixup
     nonlinearity: str = "relu"  # relu or tanh
 
     def __post_init__(self) -> None:
-        _check_positive_int("num_classes", self.num_classes)
+        _check_positive_int("num_classes", self.num_classes, headless=True)
+        if len(self.layers) not in (3, 4):  # ResNet.forward_features names its stages
+            raise ModelError(f"a ResNet has 3 or 4 stages, got {len(self.layers)}")
         _check_positive_int("in_channels", self.in_channels)
         if self.zero_init_residual and self.plain:
             raise ModelError(
@@ -115,14 +123,20 @@ class ResNetLayout:
             _check_positive_int("stem_width", self.stem_width)
         _check_positive_int("groups", self.groups)
         _check_positive_int("base_width", self.base_width)
-        rate = self.drop_rate
-        number = isinstance(rate, int | float) and not isinstance(rate, bool)
-        if not (number and math.isfinite(rate) and 0 <= rate < 1):
-            raise ModelError(f"drop_rate must be a number in [0, 1), got {rate!r}")
+        for option in ("drop_rate", "drop_path_rate"):
+            rate = getattr(self, option)
+            number = isinstance(rate, int | float) and not isinstance(rate, bool)
+            if not (number and math.isfinite(rate) and 0 <= rate < 1):
+                raise ModelError(f"{option} must be a number in [0, 1), got {rate!r}")
+        if self.drop_path_rate and self.plain:
+            raise ModelError(
+                "drop_path_rate drops residual branches and keeps the shortcut (stochastic "
+                "depth, arXiv:1603.09382); a plain net has none, so a dropped block would zero "
+                "the signal: drop plain=True or drop_path_rate"
+            )
         defaults = {
             "groups": 1,
             "base_width": 64,
-            "drop_rate": 0.0,
             "norm": "batch",
             "init": "kaiming",
             "nonlinearity": "relu",
@@ -133,6 +147,11 @@ class ResNetLayout:
                     f"{option}={getattr(self, option)!r} needs a block that has it: "
                     f"{self.block.__name__} takes {', '.join(self.block.options) or 'none'}"
                 )
+
+    @property
+    def head_drop_rate(self) -> float:
+        """The dropout before the classifier: ``drop_rate``, unless the block takes it."""
+        return 0.0 if "drop_rate" in self.block.options else self.drop_rate
 
     @property
     def stem_planes(self) -> int:
@@ -167,7 +186,7 @@ class ResNetLayout:
 # --- the network -------------------------------------------------------------------------------
 
 
-class ResNet(nn.Module):
+class ResNet(TimmApi):
     """Stem, stages of residual (or plain) blocks, global average pool, fully connected.
 
     Attribute names follow torchvision (``conv1, bn1, layer1..4, fc``). Pre-activation nets
@@ -179,7 +198,15 @@ class ResNet(nn.Module):
 
     ``feature_info`` lists, as timm does, each feature map :meth:`forward_intermediates` can
     return: the stem's output, then each stage's (``num_chs``, ``reduction``, ``module``).
+    timm's model API (``forward_head``, ``reset_classifier``, ``set_grad_checkpointing``,
+    ``pretrained_cfg``, ...) is :class:`~reslab.models.timm_api.TimmApi`'s.
     """
+
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads class annotations
+        layer1: nn.Sequential
+        layer2: nn.Sequential
+        layer3: nn.Sequential
+        layer4: nn.Sequential
 
     def __init__(
         self, block: type[_Block], layers: Sequence[int], widths: Sequence[int], **options: Any
@@ -214,16 +241,15 @@ class ResNet(nn.Module):
         self.relu = nn.Identity() if self.preact else activation_layer(layout.nonlinearity)
 
         self.in_planes = stem_width
-        self.stage_names: list[str] = []
+        # A list built first: TorchScript warns on an annotated empty list set in __init__.
+        self.stage_names = [f"layer{i + 1}" for i in range(len(layers))]
         for i, (n_blocks, width) in enumerate(zip(layers, widths, strict=True)):
-            name = f"layer{i + 1}"
             stride = 1 if i == 0 else 2
             stage = self._make_stage(block, width, n_blocks, stride, shortcut, plain)
-            setattr(self, name, stage)
-            self.stage_names.append(name)
+            setattr(self, self.stage_names[i], stage)
         self.feature_info = _feature_info(layout)
 
-        out_planes = self.in_planes
+        self.num_features = out_planes = self.in_planes
         self.bn_final: nn.Module = nn.Identity()
         if self.preact:
             self.bn_final = nn.Sequential(nn.BatchNorm2d(out_planes), nn.ReLU(inplace=True))
@@ -232,8 +258,14 @@ class ResNet(nn.Module):
         elif fixup:
             # Fixup's bias before the classifier, here before the pool: a mean keeps a constant.
             self.bn_final = ScalarBias()
-        self.fc = nn.Linear(out_planes, layout.num_classes)
+        self.num_classes, self.drop_rate = layout.num_classes, layout.head_drop_rate
+        self.fc = make_classifier(out_planes, layout.num_classes)
+        self.grad_checkpointing = False
+        self.pretrained_cfg = pretrained_cfg(layout)
         self._init_weights(layout)
+        blocks = self.blocks()
+        for b, p in zip(blocks, linear_decay(layout.drop_path_rate, len(blocks)), strict=True):
+            b.set_drop_path(p)
 
     def _init_weights(self, layout: ResNetLayout) -> None:
         for m in self.modules():
@@ -283,12 +315,24 @@ class ResNet(nn.Module):
         """Every residual (or plain) block, input to output."""
         return [m for m in self.modules() if is_block(m)]  # type: ignore[misc]
 
-    def features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature map, before the pool: stem, stages, ``bn_final``."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.maxpool(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            stages = [getattr(self, name) for name in self.stage_names]
+            x = self._checkpointed(stages, x)
+        else:  # by name, for TorchScript: CIFAR nets have three stages, ImageNet nets four
+            x = self.layer1(x)
+            x = self.layer2(x)
+            x = self.layer3(x)
+            if hasattr(self, "layer4"):
+                x = self.layer4(x)
         return self.bn_final(x)
+
+    def features(self, x: Tensor) -> Tensor:
+        """:meth:`forward_features`, under reslab's older name."""
+        return self.forward_features(x)
 
     @property
     def depth(self) -> int:
@@ -297,9 +341,7 @@ class ResNet(nn.Module):
         return 2 + (blocks[0].branch_convs if blocks else 2) * len(blocks)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)
-        # Global average pool as a mean: CUDA's adaptive-pool backward is not deterministic.
-        return self.fc(x.mean((2, 3)))
+        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,
@@ -361,9 +403,11 @@ def _feature_info(layout: ResNetLayout) -> list[dict[str, Any]]:
     return info
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ModelError(f"{name} must be a positive integer, got {value!r}")
+def _check_positive_int(name: str, value: object, headless: bool = False) -> None:
+    """``headless``: 0 is allowed too, timm's ``num_classes=0`` (no classifier)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if headless else 1):
+        what = "an integer ≥ 0 (0: no classifier)" if headless else "a positive integer"
+        raise ModelError(f"{name} must be {what}, got {value!r}")
 
 
 def _scaled(widths: Sequence[int], width: float | None) -> tuple[int, ...]:

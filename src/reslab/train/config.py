@@ -104,6 +104,9 @@ class TrainConfig:
     norm: str | None = model_knob("norm")
     init: str | None = model_knob("init")
     nonlinearity: str | None = model_knob("nonlinearity")
+    # timm's regularisers (reslab.models.timm_api, reslab.blocks.drop)
+    drop_rate: float = model_knob("drop_rate")
+    drop_path_rate: float = model_knob("drop_path_rate")
     # data
     dataset: str = knob(
         "digits",
