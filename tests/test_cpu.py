@@ -366,3 +366,13 @@ def test_wait_policy_does_not_change_weights(tmp_path: Path) -> None:
     assert outs["passive"].keys() == outs["spin"].keys()
     for key, tensor in outs["passive"].items():
         assert tensor.equal(outs["spin"][key]), key
+
+
+def test_cpu_flags_read_the_flags_line(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"
+        "\nprocessor\t: 1\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"
+    )
+    assert cpu.cpu_flags(info) == {"fpu", "sse", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu.cpu_flags(tmp_path / "missing") == frozenset()

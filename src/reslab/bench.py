@@ -1,7 +1,8 @@
-"""Training and inference throughput: reslab's pipeline next to a peer-style baseline.
+"""Training and inference throughput: reslab's pipeline next to two peers.
 
-Both pipelines train the same network on the same CIFAR-shaped synthetic data with the same
-augmentation (pad-4 random crop and horizontal flip), in one invocation:
+The three pipelines train the same network on the same CIFAR-shaped synthetic data with the
+same augmentation (pad-4 random crop and horizontal flip; ``augment=False`` leaves it out of
+reslab's and the hand-written loop alike), with the same thread count, in one invocation:
 
 * **reslab** — exactly what ``reslab train`` does on the device: the uint8 data lives on the
   device (:class:`reslab.data.DeviceLoader`), augmentation runs per batch as tensor ops, and the
@@ -20,6 +21,7 @@ process's peak RSS on CPU) belongs to it alone. Warm-up steps — where ``torch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import resource
@@ -31,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reslab.errors import ConfigError
@@ -39,7 +40,7 @@ from reslab.errors import ConfigError
 if TYPE_CHECKING:
     from reslab.train import Runtime, TrainConfig
 
-PIPELINES = ("reslab", "baseline")
+PIPELINES = ("reslab", "hand-written", "baseline")
 # Per-channel statistics used by both pipelines (any fixed values do; these are CIFAR-10's).
 _MEAN = (0.4914, 0.4822, 0.4465)
 _STD = (0.2470, 0.2435, 0.2616)
@@ -65,8 +66,11 @@ class BenchConfig:
     workers: int = 2  # baseline DataLoader workers (what peer repositories use)
     eval_batch_size: int = 1024  # inference batch, both pipelines
     eval_batches: int = 5  # timed inference batches
-    threads: int | None = None  # torch.set_num_threads in each pipeline process
-    baseline: bool = True  # also time the baseline
+    threads: int | None = None  # torch threads in every pipeline (None: reslab's default, once)
+    baseline: bool = True  # also time the DataLoader baseline
+    hand_written: bool = True  # also time the hand-written in-memory loop
+    augment: bool = True  # crop+flip in reslab's and the hand-written pipeline (baseline: always)
+    rounds: int = 1  # each pipeline this many times, alternating; the table gives medians
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +83,8 @@ class BenchConfig:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
         if self.dataset_size < self.batch_size:
             self.dataset_size = self.batch_size
 
@@ -87,7 +93,7 @@ class BenchConfig:
 class Measurement:
     """What one pipeline achieved."""
 
-    pipeline: str  # reslab | baseline
+    pipeline: str  # reslab | hand-written | baseline
     settings: str  # e.g. "bf16, channels_last, compile"
     images_per_s: float  # steady-state training throughput
     step_ms: float  # steady-state time per step
@@ -95,6 +101,10 @@ class Measurement:
     peak_memory_mb: float  # training's CUDA allocator peak, or the process's peak RSS on CPU
     inference_images_per_s: float  # eval-mode forward throughput
     device: str  # what ran it
+    # CPU time of the pipeline's process per steady-state step, all its threads (not the
+    # baseline's DataLoader workers): what a step cost whatever else the machine runs.
+    step_cpu_ms: float = 0.0
+    rounds_images_per_s: list[float] = dataclasses.field(default_factory=list)  # each round's
 
 
 def _synthetic(cfg: BenchConfig) -> tuple[Tensor, Tensor]:
@@ -128,18 +138,19 @@ def _forever(loader: Iterable[tuple[Tensor, Tensor]]) -> Iterator[tuple[Tensor, 
 
 def _time_steps(
     step: Callable[[], None], cfg: BenchConfig, device: torch.device
-) -> tuple[float, float]:
-    """(warm-up seconds, steady-state seconds) of ``cfg.warmup`` then ``cfg.steps`` steps."""
+) -> tuple[float, float, float]:
+    """(warm-up seconds, steady-state seconds, steady-state CPU seconds of this process) of
+    ``cfg.warmup`` then ``cfg.steps`` steps."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for n in (cfg.warmup, cfg.steps):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
             step()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return times[0], times[1]
+    return times[0], times[1], time.process_time() - cpu
 
 
 def _inference(
@@ -213,7 +224,7 @@ def _reslab_steps(
         mean=mean,
         std=std,
         device=device,
-        augment="cifar",
+        augment="cifar" if cfg.augment else "none",
         seed=cfg.seed,
         channels_last=fast.channels_last,
     )
@@ -236,7 +247,7 @@ def _reslab_steps(
         loss, _ = train_step(model, optimizer, x, y, autocast, cuda_graphs=fast.cuda_graphs)
         total.add_(loss.detach())  # on the device: no host sync inside the loop
 
-    warmup_s, elapsed = _time_steps(step, cfg, device)
+    warmup_s, elapsed, cpu_s = _time_steps(step, cfg, device)
     peak_mb = _peak_memory_mb(device)  # training's peak, before the inference pass
     if not torch.isfinite(total):
         raise RuntimeError("the benchmark's loss became non-finite")
@@ -249,77 +260,10 @@ def _reslab_steps(
     infer = _inference(
         raw, images, cfg, device, channels_last=fast.channels_last, amp_dtype=fast.amp_dtype
     )
-    settings_text = ", ".join(settings) + ", device-resident data"
-    return _measurement("reslab", settings_text, cfg, device, warmup_s, elapsed, peak_mb, infer)
-
-
-# --- the baseline ------------------------------------------------------------------------------
-
-
-class PerSampleCifar(torch.utils.data.Dataset[tuple[Tensor, int]]):
-    """A dataset that augments one image at a time, as torchvision-style transforms do."""
-
-    def __init__(self, images: Tensor, labels: Tensor, seed: int) -> None:
-        self.images = images.permute(0, 2, 3, 1).numpy()  # HWC uint8, as PIL/ndarray data
-        self.labels = labels.tolist()
-        self.mean = np.array(_MEAN * 2, dtype=np.float32)[: self.images.shape[-1]]
-        self.std = np.array(_STD * 2, dtype=np.float32)[: self.images.shape[-1]]
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        img = self.images[i]
-        h, w = img.shape[:2]
-        padded = np.pad(img, ((4, 4), (4, 4), (0, 0)))  # RandomCrop(size, padding=4)
-        top, left = self.rng.integers(0, 9, size=2)
-        img = padded[top : top + h, left : left + w]
-        if self.rng.random() < 0.5:  # RandomHorizontalFlip()
-            img = img[:, ::-1]
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255  # ToTensor
-        return (x - torch.from_numpy(self.mean)[:, None, None]) / torch.from_numpy(self.std)[
-            :, None, None
-        ], self.labels[i]  # Normalize
-
-
-def _baseline(cfg: BenchConfig) -> Measurement:
-    from reslab.models import create_model
-    from reslab.train import pick_device
-
-    device = pick_device(cfg.device, 0)
-    images, labels = _synthetic(cfg)
-    data = PerSampleCifar(images, labels, cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        num_workers=cfg.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        persistent_workers=cfg.workers > 0,
+    settings_text = ", ".join(settings) + ", device-resident data" + _augment_note(cfg)
+    return _measurement(
+        "reslab", settings_text, cfg, device, (warmup_s, elapsed, cpu_s), peak_mb, infer
     )
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=cfg.num_classes, in_channels=cfg.channels)
-    model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-
-    stream = _forever(loader)
-
-    def step() -> None:
-        x, y = next(stream)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss.item()  # the per-step logging read most training loops do
-
-    warmup_s, elapsed = _time_steps(step, cfg, device)
-    peak_mb = _peak_memory_mb(device)  # training's peak, before the inference pass
-    infer = _inference(model, images, cfg, device, channels_last=False, amp_dtype=None)
-    settings = f"fp32, NCHW, eager, DataLoader per-sample ({cfg.workers} workers)"
-    return _measurement("baseline", settings, cfg, device, warmup_s, elapsed, peak_mb, infer)
 
 
 def _measurement(
@@ -327,11 +271,11 @@ def _measurement(
     settings: str,
     cfg: BenchConfig,
     device: torch.device,
-    warmup_s: float,
-    elapsed: float,
+    times: tuple[float, float, float],
     peak_mb: float,
     inference: float,
 ) -> Measurement:
+    warmup_s, elapsed, cpu_s = times
     return Measurement(
         pipeline=pipeline,
         settings=settings,
@@ -341,6 +285,7 @@ def _measurement(
         peak_memory_mb=peak_mb,
         inference_images_per_s=inference,
         device=_device_name(device),
+        step_cpu_ms=1000 * cpu_s / cfg.steps,
     )
 
 
@@ -350,49 +295,129 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+def _augment_note(cfg: BenchConfig) -> str:
+    return ", crop+flip" if cfg.augment else ", no augmentation"
+
+
 # --- running -----------------------------------------------------------------------------------
 
 
 def _measure(pipeline: str, cfg: BenchConfig) -> Measurement:
     """Run one pipeline (in a fresh process when called through :func:`run_bench`)."""
+    from reslab.bench_peers import baseline, hand_written
+
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    return _reslab(cfg) if pipeline == "reslab" else _baseline(cfg)
+    if pipeline == "reslab":
+        return _reslab(cfg)
+    return hand_written(cfg) if pipeline == "hand-written" else baseline(cfg)
+
+
+def pipelines_of(cfg: BenchConfig) -> list[str]:
+    """The pipelines ``cfg`` times, reslab first."""
+    on = {"reslab": True, "hand-written": cfg.hand_written, "baseline": cfg.baseline}
+    return [p for p in PIPELINES if on[p]]
+
+
+def resolved_threads(cfg: BenchConfig) -> BenchConfig:
+    """``cfg`` with the thread count every pipeline uses: the one asked for, else the count
+    reslab's own setup picks on a CPU (torch's, cut to the cores free now), read once here so
+    no pipeline gets more threads than another."""
+    from reslab.cpu import available_cores, default_threads
+    from reslab.train import pick_device
+
+    if cfg.threads is not None or pick_device(cfg.device, 0).type != "cpu":
+        return cfg
+    threads = default_threads(torch.get_num_threads(), available_cores())
+    return dataclasses.replace(cfg, threads=threads)
 
 
 def run_bench(cfg: BenchConfig, *, isolate: bool = True) -> list[Measurement]:
-    """Measure reslab's pipeline (and the baseline); each in its own process when isolated."""
+    """Measure reslab's pipeline and its peers, ``cfg.rounds`` times each, alternating.
+
+    Isolated, each pipeline has its own spawned process for all its rounds (its peak memory is
+    its own, and imports are paid once); round r runs the pipelines in reverse order when r is
+    odd, so a drift in the machine's load does not favour whichever runs first.
+    """
     from reslab.train import pick_device
 
     pick_device(cfg.device, 0)  # a clear error for --device cuda without CUDA, before spawning
-    pipelines = PIPELINES if cfg.baseline else PIPELINES[:1]
-    if not isolate:
-        return [_measure(p, cfg) for p in pipelines]
-    results = []
-    for pipeline in pipelines:
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-            results.append(pool.submit(_measure, pipeline, cfg).result())
-    return results
+    cfg = resolved_threads(cfg)
+    names = pipelines_of(cfg)
+    runs: dict[str, list[Measurement]] = {p: [] for p in names}
+    with contextlib.ExitStack() as stack:
+        pools = {
+            p: stack.enter_context(ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")))
+            for p in (names if isolate else [])
+        }
+        for r in range(cfg.rounds):
+            for p in names if r % 2 == 0 else names[::-1]:
+                if isolate:
+                    runs[p].append(pools[p].submit(_measure, p, cfg).result())
+                else:
+                    runs[p].append(_measure(p, cfg))
+    return [combine(runs[p]) for p in names]
+
+
+def combine(rounds: list[Measurement]) -> Measurement:
+    """One row for a pipeline's rounds: median throughputs, the first (coldest) warm-up, the
+    highest peak memory, and every round's training throughput."""
+    train = [m.images_per_s for m in rounds]
+    mid = sorted(rounds, key=lambda m: m.images_per_s)[len(rounds) // 2]
+    return dataclasses.replace(
+        mid,
+        warmup_s=rounds[0].warmup_s,
+        peak_memory_mb=max(m.peak_memory_mb for m in rounds),
+        inference_images_per_s=float(np.median([m.inference_images_per_s for m in rounds])),
+        step_cpu_ms=float(np.median([m.step_cpu_ms for m in rounds])),
+        rounds_images_per_s=train,
+    )
+
+
+def ratios(results: list[Measurement]) -> dict[str, dict[str, Any]]:
+    """reslab over each peer: training (the medians' ratio, each round's pair's, and the peer's
+    CPU time per step over reslab's, which a busy machine disturbs less) and inference."""
+    by = {r.pipeline: r for r in results}
+    ours = by.get("reslab")
+    out: dict[str, dict[str, Any]] = {}
+    for name, peer in by.items():
+        if ours is None or name == "reslab":
+            continue
+        pairs = zip(ours.rounds_images_per_s, peer.rounds_images_per_s, strict=False)
+        out[name] = {
+            "training": ours.images_per_s / peer.images_per_s,
+            "training_rounds": [a / b for a, b in pairs],
+            "inference": ours.inference_images_per_s / peer.inference_images_per_s,
+        }
+        if name != "baseline" and ours.step_cpu_ms > 0:  # its loader workers' CPU is not seen
+            out[name]["training_cpu"] = peer.step_cpu_ms / ours.step_cpu_ms
+    return out
 
 
 def format_results(cfg: BenchConfig, results: list[Measurement]) -> str:
-    """The table ``reslab bench`` prints, with the reslab/baseline ratios."""
+    """The table ``reslab bench`` prints, with reslab's ratios to each peer."""
+    rounds = f", median of {cfg.rounds} alternating rounds" if cfg.rounds > 1 else ""
     lines = [
         f"{cfg.model}, batch {cfg.batch_size}, {cfg.channels}x{cfg.image_size}x{cfg.image_size}, "
-        f"{results[0].device}, torch {torch.__version__}",
-        f"{'pipeline':<10}{'train img/s':>13}{'step ms':>10}{'warm-up s':>11}"
-        f"{'peak MB':>10}{'infer img/s':>13}  settings",
+        f"{results[0].device}, torch {torch.__version__}{rounds}",
+        f"{'pipeline':<13}{'train img/s':>12}{'step ms':>10}{'cpu ms':>9}{'warm-up s':>10}"
+        f"{'peak MB':>9}{'infer img/s':>12}  settings",
     ]
     for r in results:
         lines.append(
-            f"{r.pipeline:<10}{r.images_per_s:>13,.0f}{r.step_ms:>10.1f}{r.warmup_s:>11.1f}"
-            f"{r.peak_memory_mb:>10,.0f}{r.inference_images_per_s:>13,.0f}  {r.settings}"
+            f"{r.pipeline:<13}{r.images_per_s:>12,.0f}{r.step_ms:>10.1f}{r.step_cpu_ms:>9.1f}"
+            f"{r.warmup_s:>10.1f}{r.peak_memory_mb:>9,.0f}{r.inference_images_per_s:>12,.0f}  "
+            f"{r.settings}"
         )
-    if len(results) == 2:
-        ours, base = results
+    for name, ratio in ratios(results).items():
+        each = ""
+        if len(ratio["training_rounds"]) > 1:
+            each = " (rounds: " + " ".join(f"{x:.2f}" for x in ratio["training_rounds"]) + ")"
+        cpu = ratio.get("training_cpu")
+        by_cpu = f", by CPU time per step {cpu:.2f}x" if cpu is not None else ""
         lines.append(
-            f"reslab / baseline: training {ours.images_per_s / base.images_per_s:.2f}x, "
-            f"inference {ours.inference_images_per_s / base.inference_images_per_s:.2f}x"
+            f"reslab / {name}: training {ratio['training']:.2f}x{each}{by_cpu}, "
+            f"inference {ratio['inference']:.2f}x"
         )
     return "\n".join(lines)
 
@@ -403,4 +428,5 @@ def as_dict(cfg: BenchConfig, results: list[Measurement]) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "torch_version": str(torch.__version__),
         "results": [dataclasses.asdict(r) for r in results],
+        "ratios": ratios(results),
     }

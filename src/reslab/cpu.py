@@ -40,6 +40,7 @@ __all__ = [
     "busy_cores",
     "configure_openmp",
     "core_queue",
+    "cpu_flags",
     "default_threads",
     "pin_to",
     "pin_worker",
@@ -58,6 +59,20 @@ def configure_openmp() -> bool:
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags the kernel lists for this CPU (``avx2``, ``avx512_bf16``,
+    ``amx_bf16``, ...), or an empty set where there is no ``/proc/cpuinfo`` to read."""
+    try:
+        with cpuinfo.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def _affinity() -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,112 @@ def test_the_probes_of_a_digits_study_run_on_one_thread(monkeypatch: pytest.Monk
     finally:
         torch.set_num_threads(before)
         torch.set_flush_denormal(False)  # probe_runs turns it on for the study's process
+
+
+AVX2 = {"sse4_2", "avx", "avx2", "fma"}  # this project's EPYC VM (lscpu)
+ZEN4 = AVX2 | {"avx512f", "avx512_bf16"}  # the issue author's EPYC: AVX-512-bf16, no AMX
+SAPPHIRE = AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
+
+
+def _probe(ratio: float, calls: list[int]) -> Callable[[], float]:
+    def speedup() -> float:
+        calls.append(1)
+        return ratio
+
+    return speedup
+
+
+def test_auto_precision_is_fp32_without_native_bf16_and_never_probes() -> None:
+    from reslab.train.runtime import choose_cpu_precision
+
+    calls: list[int] = []
+    choice = choose_cpu_precision(AVX2, _probe(9.0, calls))
+    assert not choice.bf16 and choice.why.startswith("fp32") and "no native bf16" in choice.why
+    assert calls == []  # the probe costs time: not where the flags rule bf16 out
+
+
+@pytest.mark.parametrize(("flags", "native"), [(ZEN4, "avx512_bf16"), (SAPPHIRE, "amx_bf16")])
+@pytest.mark.parametrize("ratio", [0.7, 1.0, 1.6])
+def test_auto_precision_with_native_bf16_follows_the_probe(
+    flags: set[str], native: str, ratio: float
+) -> None:
+    from reslab.train.runtime import choose_cpu_precision
+
+    calls: list[int] = []
+    choice = choose_cpu_precision(flags, _probe(ratio, calls))
+    assert calls == [1]
+    assert choice.bf16 == (ratio > 1.0)
+    assert choice.why.startswith("bf16" if ratio > 1.0 else "fp32") and native in choice.why
+
+
+def test_resolve_runtime_auto_on_cpu_reads_the_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reslab.train import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "_cpu_features", lambda: frozenset(AVX2))
+    fast = runtime.resolve_runtime(TrainConfig(), cpu)
+    assert fast.amp_dtype is None and "no native bf16" in fast.precision_note
+    monkeypatch.setattr(runtime, "_cpu_features", lambda: frozenset(ZEN4))
+    monkeypatch.setattr(runtime, "bf16_speedup", lambda threads: 1.5)
+    fast = runtime.resolve_runtime(TrainConfig(), cpu)
+    assert fast.amp_dtype is torch.bfloat16 and "1.5x fp32" in fast.precision_note
+    asked = runtime.resolve_runtime(TrainConfig(precision="fp32"), cpu)
+    assert asked.amp_dtype is None and asked.precision_note == ""  # asked for: no reason shown
+
+
+def test_this_machines_auto_precision_matches_its_flags() -> None:
+    from reslab.cpu import cpu_flags
+    from reslab.train.runtime import NATIVE_BF16_FLAGS, resolve_runtime
+
+    if set(NATIVE_BF16_FLAGS) & cpu_flags():
+        pytest.skip("this CPU runs bf16 natively: the choice depends on the probe")
+    assert resolve_runtime(TrainConfig(), torch.device("cpu")).amp_dtype is None
+
+
+def test_the_bf16_probe_measures_a_ratio_once_per_thread_count() -> None:
+    from reslab.train.runtime import bf16_speedup
+
+    bf16_speedup.cache_clear()
+    ratio = bf16_speedup(1, batch=4)  # small: this test's CPU may emulate bf16
+    assert math.isfinite(ratio) and ratio > 0
+    assert bf16_speedup(1, batch=4) == ratio and bf16_speedup.cache_info().hits == 1
+
+
+def test_the_compile_note_says_what_it_costs_and_when_it_pays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reslab.train import runtime
+
+    monkeypatch.setattr(runtime, "CPU_COMPILE_COST", {8: (30.0, 50.0, 50.0), 56: (100.0, 300, 200)})
+    never = runtime.compile_cost_note("resnet8", 1000)
+    assert "about 30 s" in never and "never pays off" in never and "depth-8" in never
+    pays = runtime.compile_cost_note("plain110", 500)  # nearest measured depth: 56
+    assert "about 100 s" in pays and "depth-56" in pays
+    assert "after about 1,000 steps (more than this run's 500)" in pays
+    assert "(within this run's 5,000)" in runtime.compile_cost_note("resnet56", 5000)
+
+
+def test_a_cpu_run_with_compile_prints_the_cost_before_compiling(
+    small: Callable[..., TrainConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[str] = []
+
+    def lazy_compile(model: Any, **kw: Any) -> Any:
+        """torch.compile's contract, without its minutes on a CPU: it compiles at the first
+        call, which is when the real one would start."""
+
+        def first_call(*args: Any) -> Any:
+            if not calls:
+                print("compiling now")
+            calls.append(kw["mode"])
+            return model(*args)
+
+        return first_call
+
+    monkeypatch.setattr(torch, "compile", lazy_compile)
+    fit(small(epochs=1, steps=2, compile=True, quiet=False))
+    out = capsys.readouterr().out
+    assert calls and "--compile on a CPU: about" in out
+    assert out.index("--compile on a CPU: about") < out.index("compiling now")

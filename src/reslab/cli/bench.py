@@ -1,4 +1,5 @@
-"""``reslab bench``: training and inference throughput, reslab vs a peer-style baseline."""
+"""``reslab bench``: training and inference throughput, reslab vs two peers (a hand-written
+in-memory loop and a per-sample DataLoader baseline)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from reslab.checks import Bounds, conform, max_threads
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="training/inference images/s, step time and peak memory, next to a baseline",
-        description="Time reslab's training pipeline and a peer-style baseline (per-sample "
-        "DataLoader, eager fp32) on the same model, batch and device, in one run.",
+        help="training/inference images/s, step time and peak memory, next to two peers",
+        description="Time reslab's training pipeline, a hand-written eager loop over an "
+        "in-memory tensor (channels_last, reslab's precision) and a peer-style baseline "
+        "(per-sample DataLoader, eager fp32) on the same model, batch, threads and device, in "
+        "one run.",
     )
     p.add_argument("--model", default="resnet20", help="registry name (default resnet20)")
     p.add_argument("--batch-size", type=int, default=128, help="training batch (default 128)")
@@ -47,7 +50,25 @@ def register(sub: Any) -> None:
         "--baseline",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also time the baseline (default on)",
+        help="also time the DataLoader baseline (default on)",
+    )
+    p.add_argument(
+        "--hand-written",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the hand-written in-memory loop (default on)",
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="crop+flip in reslab's and the hand-written loop (default on; the baseline always)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time each pipeline this many times, alternating; report medians (default 1)",
     )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=_cmd_bench)
@@ -61,6 +82,7 @@ _BOUNDS = {
     "warmup": Bounds(int, 0, 100_000),
     "workers": Bounds(int, 0, max_threads),
     "threads": Bounds(int, 1, max_threads),
+    "rounds": Bounds(int, 1, 100),
 }
 
 
@@ -91,6 +113,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         baseline=args.baseline,
+        hand_written=args.hand_written,
+        augment=args.augment,
+        rounds=args.rounds,
     )
     results = run_bench(cfg)
     print(format_results(cfg, results))

@@ -47,6 +47,7 @@ from reslab.train.run_folder import RunFolder
 from reslab.train.runtime import (
     Runtime,
     autocast_context,
+    compile_cost_note,
     pick_device,
     record_threads,
     setup,
@@ -216,9 +217,12 @@ def _fit(
             f"{config.model} ({count_params(raw):,} params) on {data.ds.name}: "
             f"{data.total_steps} steps ({data.num_epochs} epochs of {len(data.loader)}), batch "
             f"{config.batch_size}, {dist.world_size} × {device}{_threads_note(device)}, "
-            f"{'bf16' if fast.amp_dtype else 'fp32'}, recipe {config.recipe or '-'} -> "
+            f"{fast.precision_note or ('bf16' if fast.amp_dtype else 'fp32')}, recipe "
+            f"{config.recipe or '-'} -> "
             f"{folder.path}"
         )
+        if fast.compile and device.type == "cpu":
+            report.line(compile_cost_note(config.model, data.total_steps - state.step))
         report.start(data.total_steps, state.step)
         _run_epochs(run)
         return finish(run)

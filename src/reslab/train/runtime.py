@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from reslab.cpu import available_cores, default_threads
+from reslab.cpu import available_cores, cpu_flags, default_threads
 from reslab.errors import ConfigError, ReslabError
 from reslab.train.config import DEVICES, TrainConfig
 
 __all__ = [
+    "PrecisionChoice",
     "Runtime",
     "autocast_context",
+    "bf16_speedup",
+    "choose_cpu_precision",
+    "compile_cost_note",
     "compile_mode",
     "one_cpu_thread",
     "pick_device",
@@ -45,12 +51,76 @@ class Runtime:
     compile: bool  # torch.compile the model
     cuda_graphs: bool  # compile with CUDA graphs (mode reduce-overhead)
     amp_dtype: torch.dtype | None  # autocast dtype, None for fp32
+    precision_note: str = ""  # why this precision, for the start banner ("" = asked for)
 
 
-def _cpu_has_bf16_matmul() -> bool:
-    """AMX tiles (Sapphire Rapids and later): oneDNN runs bf16 convolutions on them."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
+#: CPU flags with which oneDNN runs bf16 convolutions natively: AMX tiles (Sapphire Rapids and
+#: later) and AVX-512-bf16 (Cooper Lake, Zen 4 and later). Without them it converts bf16 to fp32
+#: and back around fp32 arithmetic, which is slower than fp32 alone.
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The automatic CPU precision and the one-line reason the start banner shows."""
+
+    bf16: bool
+    why: str
+
+
+@functools.cache
+def _cpu_features() -> frozenset[str]:
+    """/proc/cpuinfo's flags, or torch's own probes where that file is missing."""
+    flags = cpu_flags()
+    if flags:
+        return flags
+    probes = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    return frozenset(f for f, probe in probes.items() if getattr(torch.cpu, probe, lambda: 0)())
+
+
+@functools.cache
+def bf16_speedup(threads: int, batch: int = 64) -> float:
+    """fp32 time over bf16-autocast time of a small conv's forward and backward (32 channels,
+    3x3, ``batch`` at 16x16, channels_last: a CIFAR ResNet's first stage), best of 3 each, on
+    the ``threads`` torch uses now (the argument keys the cache).
+
+    Well under 0.2 s where bf16 is native, once per process and thread count;
+    :func:`choose_cpu_precision` calls it only where the CPU's flags make bf16 plausible."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 32, 16, 16, generator=gen).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1)
+    conv.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def best(bf16: bool) -> float:
+        times = []
+        for _ in range(4):  # the first creates oneDNN's primitives: left out
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                conv(x).float().sum().backward()
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    return best(False) / best(True)
+
+
+def choose_cpu_precision(
+    flags: Collection[str] | None = None, speedup: Callable[[], float] | None = None
+) -> PrecisionChoice:
+    """bf16 autocast where the CPU runs bf16 natively *and* a probe measures it faster than
+    fp32 (:func:`bf16_speedup`); fp32 elsewhere, without probing (AVX2 CPUs emulate bf16)."""
+    have = _cpu_features() if flags is None else frozenset(flags)
+    native = [f for f in NATIVE_BF16_FLAGS if f in have]
+    if not native:
+        return PrecisionChoice(False, "fp32 (auto: this CPU has no native bf16, no AVX-512-bf16 "
+                               "or AMX)")  # fmt: skip
+    ratio = speedup() if speedup is not None else bf16_speedup(torch.get_num_threads())
+    if ratio > 1.0:
+        return PrecisionChoice(
+            True, f"bf16 (auto: {native[0]} on this CPU, {ratio:.1f}x fp32 in a conv probe)"
+        )
+    return PrecisionChoice(
+        False, f"fp32 (auto: {native[0]} on this CPU, but bf16 measured {ratio:.2f}x fp32)"
+    )
 
 
 def resolve_runtime(config: TrainConfig, device: torch.device) -> Runtime:
@@ -64,24 +134,59 @@ def resolve_runtime(config: TrainConfig, device: torch.device) -> Runtime:
       ~0.1 ms of arithmetic, so replaying one captured graph removes the launch-bound time.
       Off with ``accum_steps`` > 1: cudagraph trees hand the first micro-batch's gradient to
       ``.grad`` from the graph pool and later replays overwrite it (pytorch/pytorch#169545).
-    * bf16 autocast: on CUDA devices that support it, and on CPUs with AMX tiles, where
-      oneDNN's bf16 convolutions measured 2.6x faster for resnet20 at 32x32.
+    * bf16 autocast: on CUDA devices that support it, and on CPUs that run bf16 natively
+      (AMX, AVX-512-bf16) where a quick probe measures it faster than fp32
+      (:func:`choose_cpu_precision`); with AMX tiles oneDNN's bf16 convolutions measured 2.6x
+      faster for resnet20 at 32x32.
     """
     cuda = device.type == "cuda"
     use_compile = config.compile if config.compile is not None else cuda
     graphs = config.cuda_graphs if config.cuda_graphs is not None else config.accum_steps == 1
-    if config.precision == "auto":
-        # Native bf16 tensor cores from compute capability 8.0 (Ampere); older cards emulate.
-        bf16 = (
-            torch.cuda.get_device_capability(device) >= (8, 0) if cuda else _cpu_has_bf16_matmul()
-        )
-    else:
+    note = ""
+    if config.precision != "auto":
         bf16 = config.precision == "bf16"
+    elif cuda:
+        # Native bf16 tensor cores from compute capability 8.0 (Ampere); older cards emulate.
+        bf16 = torch.cuda.get_device_capability(device) >= (8, 0)
+    else:
+        choice = choose_cpu_precision()
+        bf16, note = choice.bf16, choice.why
     return Runtime(
         channels_last=config.channels_last if config.channels_last is not None else True,
         compile=use_compile,
         cuda_graphs=graphs and cuda and use_compile,
         amp_dtype=torch.bfloat16 if bf16 else None,
+        precision_note=note,
+    )
+
+
+#: ``torch.compile`` on a CPU, measured by benchmarks/bench_compile.py on the digits' 1x8x8 at
+#: batch 128, one thread, fp32 (docs/PERFORMANCE.md, "--compile on a CPU"): depth -> (a cold
+#: compile's CPU seconds, eager ms per step, compiled ms per step). Approximate: one 2-core AVX2
+#: EPYC, busy with other jobs (the compile took 644 s of wall time there); only resnet8 finished,
+#: so deeper nets are looked up at the nearest measured depth and the note says which.
+CPU_COMPILE_COST = {8: (41.0, 31.2, 35.8)}
+
+
+def compile_cost_note(model: str, total_steps: int) -> str:
+    """The line a CPU run prints before it compiles: what the compile will cost and after how
+    many steps it pays off, if ever (:data:`CPU_COMPILE_COST`)."""
+    digits = re.search(r"(\d+)$", model)
+    depth = int(digits.group(1)) if digits else 20
+    nearest = min(CPU_COMPILE_COST, key=lambda d: abs(d - depth))
+    seconds, eager_ms, compiled_ms = CPU_COMPILE_COST[nearest]
+    head = (
+        f"--compile on a CPU: about {seconds:.0f} s of compiling (CPU time) before the first step "
+        f"(approximate: measured for a depth-{nearest} net on 8x8 inputs, one thread, "
+        "docs/PERFORMANCE.md)"
+    )
+    if compiled_ms >= eager_ms:
+        return head + "; compiled steps measured no faster than eager there: it never pays off"
+    payoff = 1000 * seconds / (eager_ms - compiled_ms)
+    within = "more than" if payoff > total_steps else "within"
+    return (
+        f"{head}; it saved {eager_ms - compiled_ms:.0f} ms a step there, so it pays off only "
+        f"after about {payoff:,.0f} steps ({within} this run's {total_steps:,})"
     )
 
 
