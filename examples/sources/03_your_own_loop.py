@@ -16,7 +16,6 @@ import reslab  # first: it sets OpenMP's passive waiting, which must happen befo
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 _ = torch.manual_seed(0)  # the same nets and batches on every run
 
@@ -107,30 +106,37 @@ with torch.no_grad():
 for info, fmap in zip(backbone.feature_info, maps):
     print(f"{info['module']:>8}: {tuple(fmap.shape)}  (reduction {info['reduction']})")
 
-# The full net gives its last map itself, before pooling and the classifier:
+# The full net splits as timm's nets do: `forward_features` gives the last map, before pooling
+# and the classifier; `forward_head(..., pre_logits=True)` pools it into the feature vector the
+# classifier reads (`net.num_features` of them); `num_classes=0` builds the net without a head.
 with torch.no_grad():
-    final = net.features(x_test[:4])  # the last stage's map, before pooling and the classifier
-print("net.features:", tuple(final.shape), "equal to the last map:", torch.equal(final, maps[-1]))
+    final = net.forward_features(x_test[:4])
+    pooled = net.forward_head(final, pre_logits=True)
+print("forward_features:", tuple(final.shape), "equal to the last map:", torch.equal(final, maps[-1]))
+print("pre-logits:", tuple(pooled.shape), "num_features:", net.num_features)
+headless = reslab.create_model("resnet14", num_classes=0, in_channels=1, width=0.5)
+print("num_classes=0 returns the pooled features:", tuple(headless(x_test[:4]).shape))
 
 # %% [markdown]
 # ## 3.4 A new head
 #
 # Transfer the trained net to a new task — is the digit even or odd? — by swapping its
-# classifier for a fresh 2-way one and training only that (a *linear probe*): the features
-# learned for ten classes already separate the two.
+# classifier for a fresh 2-way one (`reset_classifier(2)`, as in timm) and training only that
+# (a *linear probe*, `get_classifier()`'s parameters): the features learned for ten classes
+# already separate the two.
 
 # %%
 probe = reslab.create_model("resnet14", num_classes=10, in_channels=1, width=0.5)
 probe.load_state_dict(net.state_dict())
-probe.fc = nn.Linear(probe.fc.in_features, 2)  # the new head
+probe.reset_classifier(2)  # the new head
 for p in probe.parameters():
     p.requires_grad_(False)
-for p in probe.fc.parameters():
+for p in probe.get_classifier().parameters():
     p.requires_grad_(True)
 
 y_train_10, y_test_10 = y_train, y_test
 y_train, y_test = y_train_10 % 2, y_test_10 % 2  # 0: even, 1: odd
-train(probe, epochs=3, lr=0.05, params=list(probe.fc.parameters()))
+train(probe, epochs=3, lr=0.05, params=list(probe.get_classifier().parameters()))
 y_train, y_test = y_train_10, y_test_10
 
 # %% [markdown]
@@ -138,7 +144,8 @@ y_train, y_test = y_train_10, y_test_10
 #
 # The nets are plain modules, so the usual tools apply: `torch.export` gives a graph that
 # runs without reslab (and feeds ExecuTorch, AOTInductor, ONNX's dynamo exporter), and
-# `torch.jit.trace` a TorchScript module you can save and load in C++. `reslab.save_weights`
+# `torch.jit.script` (or `trace`) a TorchScript module you can save and load in C++
+# (`reslab export WEIGHTS --out net.onnx` writes ONNX from the command line, checked first). `reslab.save_weights`
 # writes safetensors with the model's config in the header, so `reslab.load_model` rebuilds it.
 
 # %%
@@ -150,10 +157,10 @@ with torch.no_grad():
 exported = torch.export.export(net, (example,))
 print("torch.export:", torch.allclose(exported.module()(example), expected, atol=1e-5))
 
-traced = torch.jit.trace(net, example)
-traced.save("resnet14_digits.pt")
+scripted = torch.jit.script(net)
+scripted.save("resnet14_digits.pt")
 loaded = torch.jit.load("resnet14_digits.pt")
-print("torch.jit.trace:", torch.allclose(loaded(example), expected, atol=1e-5))
+print("torch.jit.script:", torch.allclose(loaded(example), expected, atol=1e-5))
 
 reslab.save_weights(net, "resnet14_digits.safetensors")
 again = reslab.load_model("resnet14_digits.safetensors").eval()
