@@ -113,12 +113,14 @@ def _one_depth(flag: str, value: Any) -> Exception:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    from reslab import stop
     from reslab.experiments import run_study
 
     config = study_config(args)
     if args.print_config:
         print(json.dumps(config.to_json(), indent=2))
         return 0
+    stop.resume_with()  # Ctrl-C's line: the same command again (finished runs are skipped)
     run_study(config)
     return 0
 
