@@ -113,6 +113,14 @@ def _exit(signum: int) -> None:
     if not _quiet:
         with contextlib.suppress(OSError):
             os.write(2, (message(Interrupted(signum)) + "\n").encode("utf-8", "replace"))
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        # A study's queues hold named semaphores, unlinked by finalizers os._exit skips; the
+        # resource tracker would unlink them after us, with a warning on the user's terminal.
+        # The first stage of multiprocessing's own exit, bounded: it must not hang here.
+        done = threading.Thread(target=util._run_finalizers, args=(0,), daemon=True)
+        done.start()
+        done.join(1.0)
     os._exit(128 + signum)
 
 
