@@ -22,8 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 SMALL = ["--width", "0.25", "--dataset", "digits"]
 COMMANDS = {
-    "train": ["train", "--model", "resnet8", *SMALL, "--epochs", "30", "--threads", "1"],
-    "study": ["degradation", "--depths", "8,14", "--seeds", "0", *SMALL, "--steps", "300"],
+    "train": ["train", "--model", "resnet8", *SMALL, "--epochs", "10", "--threads", "1"],
+    "study": ["degradation", "--depths", "8,14", "--seeds", "0", *SMALL, "--steps", "100"],
 }
 
 

@@ -66,6 +66,7 @@ def _signal_at(monkeypatch: pytest.MonkeyPatch, signum: int, step: int) -> None:
         wrap("snapshot", lambda args: args[0].state.step == step)
 
 
+@pytest.mark.slow  # 6 examples of two real runs each: about 20 s on 2 idle cores
 @settings(max_examples=6)
 @given(signum=st.sampled_from([signal.SIGINT, signal.SIGTERM]), step=st.integers(0, STEPS))
 def test_a_signal_at_any_step_stops_with_one_line_and_the_resume_is_identical(
