@@ -13,7 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from reslab import stop
 from reslab.cpu import configure_openmp
+
+# The `reslab` command stops on Ctrl-C with one line even while torch loads (reslab.stop).
+stop.install_for_command()
 
 # Before anything imports torch: libgomp reads its wait policy once, when it is loaded, and a
 # spinning OpenMP thread on a busy machine made training 40x slower (reslab.cpu).

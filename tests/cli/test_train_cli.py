@@ -393,25 +393,29 @@ def test_a_recorded_thread_count_too_big_for_this_machine_is_left_out(
 
 
 _RANKS_SCRIPT = """
-import json, os, sys
+import json, os, runpy, sys
 import torch
 import reslab.train.loop as loop
 import reslab.train.runtime as runtime
-from reslab.train import fit, resolve
 
 rank = int(os.environ["RANK"])
+out = sys.argv[1]
 # Each rank's own look at the load says something else: rank 0 one thread, rank 1 two.
 runtime.default_threads = lambda requested, cores: rank + 1
-seen = []
 record = loop.record_threads
-loop.record_threads = lambda config, device: seen.append(torch.get_num_threads()) or record(
-    config, device
-)
-out = sys.argv[1]
-fit(resolve({"model": "resnet8", "width": 0.25, "dataset": "digits", "steps": 2,
-             "batch_size": 64, "quiet": True, "out": out}))
-with open(os.path.join(out, f"threads-{rank}.json"), "w") as f:
-    json.dump(seen, f)
+
+
+def recorded(config, device):
+    with open(f"{out}.threads-{rank}.json", "w") as f:
+        json.dump([torch.get_num_threads()], f)
+    return record(config, device)
+
+
+loop.record_threads = recorded
+# The command a user runs under torchrun (`torchrun -m reslab train ...`), to its exit.
+sys.argv = ["reslab", "train", "--model", "resnet8", "--width", "0.25", "--dataset", "digits",
+            "--steps", "2", "--batch-size", "64", "--quiet", "--out", out]
+runpy.run_module("reslab", run_name="__main__")
 """
 
 
@@ -430,6 +434,6 @@ def test_torchrun_ranks_train_with_rank_0s_thread_count(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((out / "threads-0.json").read_text()) == [1]
-    assert json.loads((out / "threads-1.json").read_text()) == [1]  # not its own 2
+    assert json.loads(Path(f"{out}.threads-0.json").read_text()) == [1]
+    assert json.loads(Path(f"{out}.threads-1.json").read_text()) == [1]  # not its own 2
     assert json.loads((out / "config.json").read_text())["threads"] == 1

@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from reslab import stop
 from reslab.checks import MAX_ECHO, one_line, shown
 from reslab.cli import index
 from reslab.errors import ReslabError
@@ -81,15 +82,17 @@ def _run(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(index.handler(args.func)(args) or 0)
+        # Ctrl-C and SIGTERM: one line saying how to resume, exit 130/143 (reslab.stop).
+        with stop.handling(sys.argv[1:] if argv is None else argv):
+            return int(index.handler(args.func)(args) or 0)
     except ReslabError as exc:
         # One line even when a message quotes a multi-line library error (tarfile, TOML...),
         # and a bounded one (reslab.checks.MAX_LINE) whatever text it quotes.
         print(f"reslab: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("reslab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(stop.message(exc), file=sys.stderr)
+        return stop.exit_code(exc)
 
 
 if __name__ == "__main__":

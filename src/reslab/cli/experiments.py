@@ -122,6 +122,7 @@ def _one_depth(flag: str, value: Any) -> Exception:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    from reslab import stop
     from reslab.checks import allowing_large
     from reslab.experiments import run_study
 
@@ -129,6 +130,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config.to_json(), indent=2))
         return 0
+    stop.resume_with()  # Ctrl-C's line: the same command again (finished runs are skipped)
     with allowing_large(args.allow_large):
         run_study(config)
     return 0

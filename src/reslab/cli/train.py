@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import types
 import typing
@@ -136,6 +137,7 @@ def _run_train(args: argparse.Namespace) -> int:
             config, _ = run_config(None, True, args.resume_dir, given)
             print(json.dumps(config.to_dict(), indent=2))
             return 0
+        _resume_hint(Path(args.resume_dir))
         fit(resume_from=args.resume_dir, overrides=given)
         return 0
     explicit = load_config_file(args.config_file) if args.config_file else {}
@@ -149,8 +151,22 @@ def _run_train(args: argparse.Namespace) -> int:
         config, _ = run_config(config, False, None, None)
         print(json.dumps(config.to_dict(), indent=2))
         return 0
+    _resume_hint(config.run_dir())
     fit(config, explicit=sorted(explicit))
     return 0
+
+
+def _resume_hint(folder: Path) -> None:
+    """Ctrl-C's line names ``--resume FOLDER`` once the run has a folder (reslab.stop)."""
+    from reslab import stop
+
+    stop.resume_with(
+        lambda: (
+            f"reslab train --resume {shlex.quote(str(folder))}"
+            if (folder / "config.json").is_file()
+            else None
+        )
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -19,19 +19,23 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
+from reslab import stop
 from reslab.cpu import available_cores, core_queue, pin_worker, worker_threads
 from reslab.output import say
 
 __all__ = ["Workers", "die_with_parent", "measure_all", "measuring", "run_tasks", "workers_for"]
 
 R = TypeVar("R")
+
+POLL_S = 0.2  # how often the study looks at its stop flag while its workers train
+GRACE_S = 10.0  # how long stopped workers may take to commit their runs before they are killed
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,12 @@ def run_tasks(
     tasks: Sequence[tuple[Any, ...]],
     workers: Workers,
     done: Callable[[int, R], None] | None = None,
+    grace: float = GRACE_S,
 ) -> list[R]:
     """``[fn(*task) for task in tasks]``, in ``workers.jobs`` worker processes when more than
     one; ``done(i, result)`` is called here as each task finishes. ``fn`` must be importable
-    (a module-level function). The first failure cancels the queued tasks and is raised."""
+    (a module-level function). The first failure, or Ctrl-C/SIGTERM, cancels the queued tasks,
+    gives the running ones ``grace`` seconds to commit, kills the workers, and is raised."""
     results: dict[int, R] = {}
 
     def finish(i: int, result: R) -> None:
@@ -89,8 +95,9 @@ def run_tasks(
             done(i, result)
 
     if workers.jobs <= 1 or len(tasks) <= 1:
-        for i, task in enumerate(tasks):
-            finish(i, fn(*task))
+        with stop.deferring():
+            for i, task in enumerate(tasks):
+                finish(i, _task(fn, *task))
         return [results[i] for i in range(len(tasks))]
     context = mp.get_context("spawn")
     gpu_queue = cores = None
@@ -100,25 +107,83 @@ def run_tasks(
             gpu_queue.put(gpu)
     elif workers.device == "cpu":
         cores = core_queue(context, workers.jobs)
-    with (
-        _workers_skip_main(),
-        ProcessPoolExecutor(
-            workers.jobs,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(gpu_queue, cores, os.getpid()),
-        ) as pool,
-    ):
-        futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+    futures: dict[Future[R], int] = {}
+    busy = context.Value("i", 0)  # the tasks running in workers now
+    with stop.deferring():  # Ctrl-C/SIGTERM: stop the workers at their next step (reslab.stop)
+        with _workers_skip_main(), _signals_blocked():
+            pool = ProcessPoolExecutor(
+                workers.jobs,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(gpu_queue, cores, os.getpid(), busy),
+            )
+            futures = {pool.submit(_task, fn, *task): i for i, task in enumerate(tasks)}
         try:
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
+            pending: set[Future[R]] = set(futures)
+            while pending:
+                finished, pending = wait(pending, POLL_S, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=futures.__getitem__):
+                    finish(futures[future], future.result())
+                stop.check()
         except BaseException:
             # Fail now rather than after every queued task; finished runs stay on disk and a
             # rerun of the study skips them.
-            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_workers(pool, futures, grace, busy)
             raise
+        pool.shutdown()
     return [results[i] for i in range(len(tasks))]
+
+
+_busy: Any = None  # in a worker: the pool's count of running tasks
+
+
+def _task(fn: Callable[..., R], *args: Any) -> R:
+    stop.check()  # a task the pool had queued before the stop starts no run
+    if _busy is None:
+        return fn(*args)
+    with _busy.get_lock():
+        _busy.value += 1
+    try:
+        return fn(*args)
+    finally:
+        with _busy.get_lock():
+            _busy.value -= 1
+
+
+def _stop_workers(
+    pool: ProcessPoolExecutor, futures: Iterable[Future[Any]], grace: float, busy: Any
+) -> None:
+    """Cancel the queued tasks, ask each worker once to stop (SIGTERM: its run commits a
+    checkpoint at its next step and ends, :mod:`reslab.stop`), wait until no task runs, at most
+    ``grace`` seconds, then kill the workers: a killed run resumes from its last checkpoint."""
+    for future in futures:
+        future.cancel()
+    processes = list(getattr(pool, "_processes", {}).values())  # the pool's only handle
+    for process in processes:
+        with contextlib.suppress(OSError):
+            process.terminate()
+    deadline = time.monotonic() + grace
+    while busy.value > 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for process in processes:
+        with contextlib.suppress(OSError):
+            process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Spawned workers inherit the blocked mask, so a Ctrl-C while they import torch reaches
+    none of them (no traceback); :func:`_init_worker` unblocks it once the worker ignores
+    SIGINT. Here a signal waits until the workers are started, then is handled."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stop.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def measure_all(
@@ -133,7 +198,8 @@ def measure_all(
     workers = workers_for(device, jobs, len(tasks), log)
     if workers.device != "cpu":
         workers = Workers(1, workers.device)
-    return run_tasks(_measured, [(fn, workers.threads, *task) for task in tasks], workers)
+    tasks = [(fn, workers.threads, *task) for task in tasks]
+    return run_tasks(_measured, tasks, workers, grace=0)  # a measurement has nothing to commit
 
 
 def _measured(fn: Callable[..., R], threads: int | None, *args: Any) -> R:
@@ -184,9 +250,15 @@ def _workers_skip_main() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
-def _init_worker(gpus: Any, cores: Any, parent: int | None = None) -> None:
+def _init_worker(gpus: Any, cores: Any, parent: int | None = None, busy: Any = None) -> None:
     """Give a worker process its own GPU (its tasks' device "cuda" then means that one), or on
-    the CPU its own set of cores; and tie it to the study's process ``parent``."""
+    the CPU its own set of cores; tie it to the study's process ``parent``; count its running
+    tasks in ``busy``; and let the study decide when it stops (:mod:`reslab.stop`)."""
+    global _busy
+    _busy = busy
+    stop.in_worker()
+    if hasattr(signal, "pthread_sigmask"):  # blocked while it started (_signals_blocked)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop.SIGNALS)
     if parent is not None:
         die_with_parent(parent)
     if gpus is not None:

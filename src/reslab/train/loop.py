@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from reslab import stop
 from reslab.checks import shown
 from reslab.data.mix import MixDraw, MixSettings, apply_mix, draw_mix
 from reslab.errors import ConfigError
@@ -97,7 +99,10 @@ def fit(
                 # Each rank read its own load; all train with rank 0's count, the one saved.
                 torch.set_num_threads(dist.from_main(torch.get_num_threads()))
             config = record_threads(config, device)
-            history = _fit(config, dist, device, fast, resume=resume, explicit=explicit)
+            # Ctrl-C/SIGTERM (reslab.stop): torchrun's ranks cannot agree cheaply on a step to
+            # stop at, so they end at once, resumable from the last checkpoint.
+            with stop.at_once(quiet=not dist.main) if dist.enabled else nullcontext():
+                history = _fit(config, dist, device, fast, resume=resume, explicit=explicit)
         if dist.enabled:
             # Every rank reaches the end before any tears the group down: a gloo rank whose
             # peer destroyed the group (and its connections) while it was still finishing its
@@ -224,8 +229,11 @@ def _fit(
         if fast.compile and device.type == "cpu":
             report.line(compile_cost_note(config.model, data.total_steps - state.step))
         report.start(data.total_steps, state.step)
-        _run_epochs(run)
-        return finish(run)
+        # Ctrl-C/SIGTERM: until here the run stops at once (the folder survives a kill at any
+        # point); from here at the next step, with a checkpoint (reslab.stop).
+        with stop.deferring():
+            _run_epochs(run)
+            return finish(run)
     finally:
         report.close()
         lock.release()
@@ -328,4 +336,15 @@ def _run_epochs(run: Run) -> None:
             ):
                 check_finite(run)
                 save_checkpoint(run)
+            if stop.requested() and loader.state_dict()["batch"] < len(loader):
+                _stop_here(run)
         end_epoch(run, epoch, epoch_start, images, lr)
+        stop.check()  # the epoch's checkpoint is the one a resume starts from
+
+
+def _stop_here(run: Run) -> None:
+    """Ctrl-C or SIGTERM (:mod:`reslab.stop`): commit this step and stop. A resume replays
+    nothing; with ``deterministic=True`` it ends with the weights the whole run would have."""
+    check_finite(run)
+    save_checkpoint(run)
+    stop.check()

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reslab import stop
 from reslab.models import count_params, create_model
 from reslab.train.config import TrainConfig
 from reslab.train.console import Reporter
@@ -416,6 +417,10 @@ def _run_pack(members: list[_Member], fast: Runtime) -> list[History | None]:
             if every and step % every == 0 and loader.state_dict()["batch"] < len(loader):
                 pack.copy_back()
                 pack = _each(pack, histories, _checkpoint)
+            if stop.requested() and loader.state_dict()["batch"] < len(loader):
+                pack.copy_back()  # Ctrl-C/SIGTERM: every member commits this step (reslab.stop)
+                pack = _each(pack, histories, _checkpoint)
+                stop.check()
         pack.copy_back()
         trained = time.perf_counter() - epoch_start
 
@@ -431,6 +436,7 @@ def _run_pack(members: list[_Member], fast: Runtime) -> list[History | None]:
             end_epoch(member.run, epoch, time.perf_counter() - trained, images, lr)
 
         pack = _each(pack, histories, end)
+        stop.check()
     for member in pack.members:
         with _as_member(member):
             histories[id(member)] = finish(member.run)
