@@ -56,7 +56,10 @@ def test_every_planned_run_trains_its_variant(key: str, tmp_path: Path) -> None:
     config = _config(depths=(8,), out=str(tmp_path), options={"ablation_variants": (key,)})
     (spec,) = get_study("ablation").plan(config)
     train = train_config(config, spec, None)
-    fake = SimpleNamespace(num_classes=10, in_channels=1, enabled=False, channels_last=False)
+    fake = SimpleNamespace(
+        num_classes=10, in_channels=1, enabled=False, channels_last=False, world_size=1,
+        train_images=torch.zeros(1, 1, 8, 8, dtype=torch.uint8),  # the memory budget's shape
+    )  # fmt: skip
     net = build_model(train, fake, fake, torch.device("cpu"), fake)  # type: ignore[arg-type]
     options = VARIANTS[key].options
     for option, value in options.items():

@@ -26,5 +26,12 @@ def test_the_toolkit_imports_only_errors_fileio_and_itself() -> None:
     assert {f.stem for f in files} >= {"schema", "stats", "figures", "html"}
     for path in files:
         own = {n for n in _imports(path) if n.split(".")[0] == "reslab"}
-        outside = {n for n in own if not n.startswith("reslab.report")} - ALLOWED
+        # A leaf's own modules count as the leaf (reslab.checks.document is reslab.checks).
+        outside = {
+            n for n in own if not n.startswith("reslab.report") and not _within(n, ALLOWED)
+        }
         assert not outside, f"{path.name} imports {sorted(outside)}"
+
+
+def _within(name: str, packages: set[str]) -> bool:
+    return any(name == p or name.startswith(f"{p}.") for p in packages)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -71,8 +72,10 @@ def _hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, An
     namespace = getattr(fn, "__globals__", {})
     for name, p in signature.parameters.items():
         if isinstance(p.annotation, str):
+            # One annotation at a time, resolved as typing resolves any: no eval of our own.
+            holder = types.SimpleNamespace(__annotations__={name: p.annotation})
             try:
-                found[name] = eval(p.annotation, namespace)  # our own annotations, our own module
+                found[name] = typing.get_type_hints(holder, globalns=namespace)[name]
             except Exception:
                 continue
     return found

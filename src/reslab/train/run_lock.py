@@ -6,7 +6,6 @@ import contextlib
 import datetime
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -130,7 +129,7 @@ class RunLock:
 
 def _me() -> dict[str, object]:
     since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return {"pid": os.getpid(), "host": socket.gethostname(), "pidns": _pid_namespace(),
+    return {"pid": os.getpid(), "host": _host(), "pidns": _pid_namespace(),
             "since": since}  # fmt: skip
 
 
@@ -156,7 +155,7 @@ def _read_owner(fd: int) -> dict[str, object]:
 def _describe(owner: dict[str, object]) -> str:
     pid, host, since = owner.get("pid"), owner.get("host"), owner.get("since")
     words = f"(pid {pid})" if isinstance(pid, int) else "(pid unknown)"
-    if isinstance(host, str) and host != socket.gethostname():
+    if isinstance(host, str) and host != _host():
         words += f" on host {host[:64]}"
     if isinstance(since, str):
         words += f" since {since[:32]}"
@@ -168,7 +167,7 @@ def _orphan_here(owner: dict[str, object]) -> bool:
     pid = owner.get("pid")
     if not isinstance(pid, int) or pid <= 1 or pid == os.getpid():
         return False
-    if owner.get("host") != socket.gethostname() or owner.get("pidns") != _pid_namespace():
+    if owner.get("host") != _host() or owner.get("pidns") != _pid_namespace():
         return False
     fields = _stat_fields(pid)
     return fields is not None and len(fields) > 1 and fields[1] == "1"
@@ -180,3 +179,9 @@ def _stat_fields(pid: int) -> list[str] | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _host() -> str:
+    """This machine's name, for the refusal message and the same-host check (``uname``: the
+    lock needs no network module, tests/test_security.py)."""
+    return os.uname().nodename
