@@ -184,7 +184,7 @@ def in_process_bench(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reslab.bench, "run_bench", lambda cfg: run_bench(cfg, isolate=False))
 
 
-@settings(max_examples=max(6, settings.default.max_examples // 4))
+@settings(max_examples=max(4, settings.default.max_examples // 10))  # 14 s an example
 @given(
     command=st.sampled_from(["train", "resume", "eval", "bench", "explain", "models"]),
     fault=st.sampled_from(FAULTS),
