@@ -431,32 +431,35 @@ def _per_block(sites: Sequence[BlockSite], errors: Sequence[float]) -> list[floa
     return [next(measured) if s.deletable else None for s in sites]
 
 
-def _deletion_rows(
-    ks: Sequence[int], lesions: Sequence[Lesion], errors: Sequence[float]
+def _rows(
+    ks: Sequence[int],
+    lesions: Sequence[Lesion],
+    errors: Sequence[float],
+    name: str,
+    drawn: Callable[[Lesion], Any],
 ) -> list[dict[str, Any]]:
-    draws = len(lesions) // max(1, len(ks))
+    """One row per k, ``{"k", "errors", name}``, from lesions and errors in k-major order."""
+    n = len(lesions) // max(1, len(ks))  # draws per k
     return [
         {
             "k": k,
-            "errors": list(errors[i * draws : (i + 1) * draws]),
-            "blocks": [list(x.deleted) for x in lesions[i * draws : (i + 1) * draws]],
+            "errors": list(errors[i * n : (i + 1) * n]),
+            name: [drawn(x) for x in lesions[i * n : (i + 1) * n]],
         }
         for i, k in enumerate(ks)
     ]
+
+
+def _deletion_rows(
+    ks: Sequence[int], lesions: Sequence[Lesion], errors: Sequence[float]
+) -> list[dict[str, Any]]:
+    return _rows(ks, lesions, errors, "blocks", lambda x: list(x.deleted))
 
 
 def _swap_rows(
     ks: Sequence[int], lesions: Sequence[Lesion], errors: Sequence[float]
 ) -> list[dict[str, Any]]:
-    draws = len(lesions) // max(1, len(ks))
-    return [
-        {
-            "k": k,
-            "errors": list(errors[i * draws : (i + 1) * draws]),
-            "pairs": [[list(p) for p in x.swapped] for x in lesions[i * draws : (i + 1) * draws]],
-        }
-        for i, k in enumerate(ks)
-    ]
+    return _rows(ks, lesions, errors, "pairs", lambda x: [list(p) for p in x.swapped])
 
 
 def error_per_deleted_block(
