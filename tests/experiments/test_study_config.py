@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from reslab.errors import ReslabError
-from reslab.experiments import StudyConfig
+from reslab.experiments import StudyConfig, get_study
+from reslab.experiments.runner import precision_line, train_config
 
 
 @pytest.mark.parametrize(
@@ -22,6 +23,7 @@ from reslab.experiments import StudyConfig
         ({"probe_steps": (0, -5)}, r"--probe-steps\[1\] must be an integer, zero or positive"),
         ({"families": ("plain", "deep")}, "family 'deep' is not one of plain, residual"),
         ({"experiment": "shortcuts", "depths": (20,), "variants": ("plain", "D")}, "variant 'D'"),
+        ({"precision": "fp16"}, "--precision must be one of auto, fp32, bf16, got 'fp16'"),
     ],
 )
 def test_bad_study_configs(kwargs: dict[str, object], message: str) -> None:
@@ -44,3 +46,15 @@ def test_to_json_is_every_field_with_options_flat() -> None:
     assert list(saved) == [*fields, "grid"]
     assert saved["grid"] == 21 and saved["depths"] == (20, 32, 56)
     assert "options" not in StudyConfig().to_json()  # results.json's config as before
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_the_precision_reaches_every_run_and_the_banner_says_it(precision: str) -> None:
+    # One setting for every run of a study (issue 22: bf16 where the CPU runs it natively):
+    # each run's trainer config carries it, and the banner says what it resolves to here.
+    config = StudyConfig(precision=precision, device="cpu")
+    specs = get_study("degradation").plan(config)
+    assert {train_config(config, spec, 1).precision for spec in specs} == {precision}
+    line = precision_line(config)
+    assert line.startswith(precision if precision != "auto" else ("fp32", "bf16"))
+    assert ("(auto: " in line) == (precision == "auto")

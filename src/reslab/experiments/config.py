@@ -17,7 +17,7 @@ from reslab.errors import ConfigError
 from reslab.experiments.cluster import CLUSTERS
 from reslab.experiments.registry import Flag, Study, get_study, names
 from reslab.models import cifar_model_name
-from reslab.train.config import TrainConfig
+from reslab.train.config import PRECISIONS, TrainConfig
 
 __all__ = ["ALWAYS", "SETTINGS", "VARIANTS", "RunSpec", "StudyConfig"]
 
@@ -46,6 +46,9 @@ class StudyConfig:
     batch_size: int | None = None  # override the recipe's batch size
     lr: float | None = None  # override the recipe's peak learning rate
     width: float = 1.0  # channel multiplier of every net
+    # The runs' arithmetic: auto | fp32 | bf16; auto is the trainer's (bf16 on CUDA and on CPUs
+    # that run bf16 natively and measure it faster, else fp32), resolved by each run.
+    precision: str = "auto"
     data_dir: str | None = None  # where datasets live (default ~/.cache/reslab)
     device: str = "auto"  # auto | cpu | cuda
     jobs: int | None = None  # parallel runs; None: one per GPU, or one per CPU core
@@ -89,6 +92,10 @@ class StudyConfig:
         for variant in self.variants:
             if variant not in VARIANTS:
                 raise ConfigError(f"variant {shown(variant)} is not one of {', '.join(VARIANTS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {shown(self.precision)}"
+            )
         if self.cluster not in CLUSTERS:
             raise ConfigError(
                 f"--cluster must be one of {', '.join(CLUSTERS)}, got {shown(self.cluster)}"
@@ -166,6 +173,8 @@ SETTINGS: dict[str, Flag] = {
         Flag("--recipe", None, "trainer recipe (default: the dataset's)"),
         *(Flag(f"--{n.replace('_', '-')}", None, h, BOUNDS[n]) for n, h in _OVERRIDES),
         Flag("--width", None, "channel multiplier", BOUNDS["width"]),
+        Flag("--precision", None, "auto (bf16 where the device runs it natively and faster, "
+             "else fp32) | fp32 | bf16"),
         Flag("--device", None, "auto | cpu | cuda"),
         Flag("--jobs", None, "parallel runs (default: one per CPU core, or one per GPU)",
              BOUNDS["jobs"]),

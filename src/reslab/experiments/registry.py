@@ -85,7 +85,17 @@ class Flag:
 
 
 #: The common settings a study that trains nets takes (StudyConfig fields, and their flags).
-TRAINING = ("recipe", "epochs", "steps", "batch_size", "lr", "width", "cluster", "ray_address")
+TRAINING = (
+    "recipe",
+    "epochs",
+    "steps",
+    "batch_size",
+    "lr",
+    "width",
+    "precision",
+    "cluster",
+    "ray_address",
+)
 
 
 def _no_check(config: StudyConfig) -> None:

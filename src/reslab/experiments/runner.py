@@ -41,9 +41,17 @@ from reslab.train import (
     pack_groups,
     pick_device,
     resolve,
+    resolve_runtime,
 )
 
-__all__ = ["execute", "plan_packs", "run_study", "summary_table", "train_config"]
+__all__ = [
+    "execute",
+    "plan_packs",
+    "precision_line",
+    "run_study",
+    "summary_table",
+    "train_config",
+]
 
 
 def run_study(config: StudyConfig, log: Callable[[str], None] = say) -> dict[str, Any]:
@@ -71,6 +79,8 @@ def run_study(config: StudyConfig, log: Callable[[str], None] = say) -> dict[str
     classes = load_dataset(config.dataset, data_dir=config.data_dir).num_classes
     with _study_folder(out):
         log(f"{study.name}: {len(specs)} runs on {config.dataset} -> {out}")
+        if specs and "precision" in study.takes:
+            log(f"precision: {precision_line(config)}")
         records = execute(config, specs, log)
         results = new_results(study.name, study.format_title(config), config.to_json())
         results.update(study.analyse(config, records))
@@ -126,6 +136,7 @@ def train_config(study: StudyConfig, spec: RunSpec, threads: int | None) -> Trai
         "recipe": study.recipe,
         "seed": spec.seed,
         "width": study.width,
+        "precision": study.precision,
         "device": study.device,
         "threads": threads,
         "quiet": True,
@@ -139,6 +150,14 @@ def train_config(study: StudyConfig, spec: RunSpec, threads: int | None) -> Trai
         if value is not None:
             fields[key] = value
     return resolve({k: v for k, v in fields.items() if v is not None})
+
+
+def precision_line(study: StudyConfig) -> str:
+    """What the runs' precision resolves to here, and why when it was left to ``auto``: the
+    trainer's own rule (:func:`reslab.train.resolve_runtime`), which each run applies again."""
+    device = pick_device(study.device, 0)
+    fast = resolve_runtime(TrainConfig(precision=study.precision, device=str(device)), device)
+    return fast.precision_note or ("bf16" if fast.amp_dtype is not None else "fp32")
 
 
 def summary_table(results: dict[str, Any]) -> str:

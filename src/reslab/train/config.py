@@ -232,7 +232,11 @@ class TrainConfig:
     )
     # system
     device: str = knob("auto", "auto (default: cuda if available), cpu, cuda or cuda:N")
-    precision: str = knob("auto", "auto (bf16 on CUDA and on AMX CPUs, else fp32), fp32 or bf16")
+    precision: str = knob(
+        "auto",
+        "auto (bf16 on CUDA and where the CPU runs it natively and faster, else fp32), "
+        "fp32 or bf16",
+    )
     channels_last: bool | None = knob(
         None, "NHWC activations (default: on; measured faster on CPU too)"
     )
