@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from reslab.cpu import cpu_summary
 
 #: The studies that train nets (``shattering`` measures nets at initialisation only).
 TRAINING_STUDIES = (
@@ -49,19 +50,23 @@ def run(study: str, precision: str, out: Path, extra: list[str]) -> tuple[dict[s
     return json.loads((folder / "results.json").read_text()), elapsed
 
 
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
 def compare(study: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Print the two verdicts field by field; True when every true/false field agrees."""
     same = True
-    for key in a["verdict"]:
-        x, y = a["verdict"][key], b["verdict"].get(key)
+    for key in dict.fromkeys([*a["verdict"], *b["verdict"]]):  # a declined verdict has fewer
+        x, y = a["verdict"].get(key), b["verdict"].get(key)
         if key == "text":
             continue
         if isinstance(x, bool) or x is None:
             mark = "same" if x == y else "DIFFERENT"
             same &= x == y
             print(f"  {key:<28} {x!s:>10} | {y!s:<10} {mark}")
-        elif isinstance(x, int | float):
-            print(f"  {key:<28} {x:>10.4g} | {y:<10.4g}")
+        elif isinstance(x, int | float) or isinstance(y, int | float):
+            print(f"  {key:<28} {_num(x):>10} | {_num(y):<10}")
     print(f"  fp32: {a['verdict']['text']}")
     print(f"  bf16: {b['verdict']['text']}")
     return same
@@ -76,7 +81,7 @@ def main() -> None:
     out = Path(args.out)
     load = Path("/proc/loadavg").read_text().split()[:3] if os.path.exists("/proc/loadavg") else []
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_summary()} "
         f"x{os.cpu_count()}, load {' '.join(load)}, extra flags: {' '.join(args.extra) or '-'}"
     )
     all_same = True

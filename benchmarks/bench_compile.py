@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import resource
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+from reslab.cpu import cpu_summary
 
 
 def measure(model_name: str, args: dict[str, Any]) -> dict[str, float]:
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps, best of 2 passes")
     args = parser.parse_args()
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_summary()} "
         f"x{os.cpu_count()}, load {os.getloadavg()[0]:.1f}; batch {args.batch}, "
         f"{args.channels}x{args.size}x{args.size}, {args.threads} thread(s), fp32"
     )

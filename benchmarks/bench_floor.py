@@ -27,7 +27,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from reslab.cpu import cpu_summary
 from reslab.data import load_dataset
 from reslab.experiments.config import StudyConfig
 from reslab.experiments.registry import get_study
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--skip-main-job", action="store_true")
     args = parser.parse_args()
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_summary()} "
         f"x{os.cpu_count()}, torch {torch.__version__}, the default degradation study (12 runs)"
     )
     print(f"{'round':>5} {'what':<10} {'load':>5} {'wall s':>8} {'CPU s':>8}  note")

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from reslab.cpu import cpu_summary
 from reslab.measure.lesion import Top1Error, lesion_net
 from reslab.models import create_model
 
@@ -71,7 +71,7 @@ def main() -> None:
     x, y = _images(args.images, args.side, args.channels_last)
     n = min(args.before_images, args.images)
     print(
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{cpu_summary()}, torch {torch.__version__}, "
         f"{args.threads} threads, load {os.getloadavg()[0]:.2f}, {args.model} "
         f"{args.side}x{args.side}, draws {args.draws}",
         flush=True,

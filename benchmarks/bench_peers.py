@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 from reslab.bench import BenchConfig, as_dict, format_results, run_bench
+from reslab.cpu import cpu_summary
 
 SHAPES = (("resnet20", 3, 32), ("resnet56", 3, 32), ("resnet56", 1, 8))
 
@@ -36,8 +36,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write every table's record here")
     args = parser.parse_args()
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
-        f"x{os.cpu_count()}\n"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_summary()} x{os.cpu_count()}\n"
     )
     records = []
     for precision in args.precisions.split(","):

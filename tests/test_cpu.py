@@ -376,3 +376,21 @@ def test_cpu_flags_read_the_flags_line(tmp_path: Path) -> None:
     )
     assert cpu.cpu_flags(info) == {"fpu", "sse", "avx2", "avx512f", "avx512_bf16"}
     assert cpu.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("name", "flags", "expected"),
+    [
+        ("AMD EPYC", "fpu sse avx2", "AMD EPYC (AVX2)"),
+        ("Intel(R)   Xeon(R) 8480+", "avx2 avx512f avx512_bf16 amx_bf16 amx_tile",
+         "Intel(R) Xeon(R) 8480+ (AMX-bf16, AVX-512-bf16, AVX-512, AVX2)"),
+        ("", "sse sse2", "CPU (no AVX2)"),
+    ],
+)  # fmt: skip
+def test_cpu_summary_names_the_model_and_its_widest_extensions(
+    tmp_path: Path, name: str, flags: str, expected: str
+) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: {name}\nflags\t\t: {flags}\n")
+    assert cpu.cpu_summary(info) == expected
+    assert cpu.cpu_name(tmp_path / "missing") == "CPU"

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from reslab.cpu import cpu_summary
 from reslab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ def _measurement(
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return f"{cpu_summary()}, {torch.get_num_threads()} threads"
 
 
 def _augment_note(cfg: BenchConfig) -> str:

@@ -41,6 +41,8 @@ __all__ = [
     "configure_openmp",
     "core_queue",
     "cpu_flags",
+    "cpu_name",
+    "cpu_summary",
     "default_threads",
     "pin_to",
     "pin_worker",
@@ -73,6 +75,34 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name as ``lscpu`` shows it (``platform.processor()`` is empty on most
+    Linux systems), or ``"CPU"`` where there is no ``/proc/cpuinfo`` to read."""
+    try:
+        with cpuinfo.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return "CPU"
+
+
+#: The vector and matrix extensions that decide CPU speed figures, widest first: figures from
+#: an AVX2 machine and an AMX machine are not comparable, so every benchmark names them.
+_ISA_NAMES = (("amx_bf16", "AMX-bf16"), ("avx512_bf16", "AVX-512-bf16"), ("avx512f", "AVX-512"),
+              ("avx2", "AVX2"))  # fmt: skip
+
+
+def cpu_summary(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The model name and its widest vector extensions, e.g. ``"AMD EPYC (AVX2)"`` or
+    ``"Intel Xeon Platinum 8480+ (AMX-bf16, AVX-512-bf16, AVX-512, AVX2)"``."""
+    flags = cpu_flags(cpuinfo)
+    isa = [name for flag, name in _ISA_NAMES if flag in flags]
+    return f"{cpu_name(cpuinfo)} ({', '.join(isa) or 'no AVX2'})"
 
 
 def _affinity() -> list[int]:
