@@ -20,7 +20,10 @@ def test_bench_prints_every_pipeline_and_the_ratios(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["bench", "--model", "resnet8", "--batch-size", "16", "--steps", "2", "--warmup", "1"]
-    assert main([*args, "--workers", "0", "--json", str(tmp_path / "b.json")]) == 0
+    # Each pipeline in its own spawned process, as a user runs it; 8x8 images keep each one's
+    # inference pass (6 batches of 1,024 images) short.
+    args += ["--image-size", "8", "--workers", "0"]
+    assert main([*args, "--json", str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^reslab\s+[\d,]+\s+[\d.]+", out, re.M)
     assert re.search(r"^hand-written\s+[\d,]+\s+[\d.]+.*in-memory float tensor", out, re.M)

@@ -33,17 +33,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _reslab(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reslab", *args],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-        **kw,  # type: ignore[call-overload]
-    )
-
-
 # --- the real command on the real net -----------------------------------------------------------
 
 
@@ -105,39 +94,69 @@ def test_eval_of_missing_file_is_one_line(
 # --- torchrun -----------------------------------------------------------------------------------
 
 
+_RANKS_SCRIPT = """
+import json, os, runpy, sys
+import torch
+import reslab.train.loop as loop
+import reslab.train.runtime as runtime
+
+rank = int(os.environ["RANK"])
+out = sys.argv[1]
+# Each rank's own look at the load says something else: rank 0 one thread, rank 1 two.
+runtime.default_threads = lambda requested, cores: rank + 1
+record = loop.record_threads
+
+
+def recorded(config, device):
+    with open(f"{out}.threads-{rank}.json", "w") as f:
+        json.dump([torch.get_num_threads()], f)
+    return record(config, device)
+
+
+loop.record_threads = recorded
+# The command a user runs under torchrun (`torchrun -m reslab train ...`), to its exit.
+sys.argv = ["reslab", *sys.argv[2:], "--out", out]
+runpy.run_module("reslab", run_name="__main__")
+"""
+
+
 @pytest.mark.slow
-def test_torchrun_two_cpu_ranks_agree(tmp_path: Path) -> None:
-    common = [*SMALL, "--epochs", "2", "--batch-size", "64", "--quiet"]
+def test_torchrun_two_cpu_ranks_agree_on_weights_and_rank_0s_thread_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One launch, two properties: DDP keeps both ranks' weights identical, and with no
+    --threads every rank trains with rank 0's count, whatever its own look at the load says."""
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANKS_SCRIPT)
+    common = ["--model", "resnet20", "--width", "0.25", "--dataset", "digits"]
+    common += ["--epochs", "2", "--batch-size", "64", "--quiet"]
+    out = tmp_path / "ddp"
+    env = {**_env(), "OMP_NUM_THREADS": "2"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "reslab",
-            "train",
-            *common,
-            "--out",
-            str(tmp_path / "ddp"),
-        ],
+        [*launch, str(script), str(out), "train", *common],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=env,
         timeout=300,
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    one = _reslab("train", *common, "--out", str(tmp_path / "single"))
-    assert one.returncode == 0, one.stderr
+    assert json.loads(Path(f"{out}.threads-0.json").read_text()) == [1]
+    assert json.loads(Path(f"{out}.threads-1.json").read_text()) == [1]  # not its own 2
+    assert json.loads((out / "config.json").read_text())["threads"] == 1
+    # The single-process twin, with the ranks' thread count (here: no process to isolate).
+    single = tmp_path / "single"
+    assert main(["train", *common, "--threads", "1", "--out", str(single)]) == 0, (
+        capsys.readouterr().err
+    )
 
-    ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    ddp = json.loads((out / "result.json").read_text())
     assert ddp["world_size"] == 2
     sums = ddp["rank_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]  # DDP kept both ranks' weights identical
     # Same global batch and data order; only BN statistics differ (32 vs 64 images per batch).
-    rec_ddp = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
-    rec_one = json.loads((tmp_path / "single" / "metrics.jsonl").read_text().splitlines()[0])
+    rec_ddp = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    rec_one = json.loads((single / "metrics.jsonl").read_text().splitlines()[0])
     assert rec_ddp["step"] == rec_one["step"] == 1437 // 64
     assert rec_ddp["train_loss"] == pytest.approx(rec_one["train_loss"], rel=0.15)
     assert rec_ddp["lr"] == pytest.approx(rec_one["lr"])
@@ -390,50 +409,3 @@ def test_a_recorded_thread_count_too_big_for_this_machine_is_left_out(
     assert main(["train", "--config", str(asked), "--out", str(tmp_path / "no"), "--quiet"]) == 2
     assert "at most" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
-
-
-_RANKS_SCRIPT = """
-import json, os, runpy, sys
-import torch
-import reslab.train.loop as loop
-import reslab.train.runtime as runtime
-
-rank = int(os.environ["RANK"])
-out = sys.argv[1]
-# Each rank's own look at the load says something else: rank 0 one thread, rank 1 two.
-runtime.default_threads = lambda requested, cores: rank + 1
-record = loop.record_threads
-
-
-def recorded(config, device):
-    with open(f"{out}.threads-{rank}.json", "w") as f:
-        json.dump([torch.get_num_threads()], f)
-    return record(config, device)
-
-
-loop.record_threads = recorded
-# The command a user runs under torchrun (`torchrun -m reslab train ...`), to its exit.
-sys.argv = ["reslab", "train", "--model", "resnet8", "--width", "0.25", "--dataset", "digits",
-            "--steps", "2", "--batch-size", "64", "--quiet", "--out", out]
-runpy.run_module("reslab", run_name="__main__")
-"""
-
-
-@pytest.mark.slow
-def test_torchrun_ranks_train_with_rank_0s_thread_count(tmp_path: Path) -> None:
-    script = tmp_path / "ranks.py"
-    script.write_text(_RANKS_SCRIPT)
-    out = tmp_path / "ddp"
-    env = {**_env(), "OMP_NUM_THREADS": "2"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*launch, str(script), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(Path(f"{out}.threads-0.json").read_text()) == [1]
-    assert json.loads(Path(f"{out}.threads-1.json").read_text()) == [1]  # not its own 2
-    assert json.loads((out / "config.json").read_text())["threads"] == 1

@@ -74,7 +74,7 @@ def test_a_script_without_a_main_guard_runs_a_study(tmp_path: Path) -> None:
             print("banner")
             config = reslab.StudyConfig(
                 experiment="degradation", depths=(8, 14), seeds=(0,), steps=2, jobs=2,
-                device="cpu", out={str(tmp_path / "deg")!r},
+                width=0.25, device="cpu", out={str(tmp_path / "deg")!r},
             )
             results = reslab.run_study(config, log=lambda line: None)
             print("runs", len(results["runs"]))

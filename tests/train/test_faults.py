@@ -3,6 +3,9 @@
 Every test here starts real subprocesses on a tiny deterministic run (resnet8 at a quarter
 width on the bundled digits, 3 epochs = 33 steps, a checkpoint every 2 steps: about 3 s) and
 checks that nothing is lost: the run resumes to weights bit-identical to an uninterrupted run.
+The process that is killed, stopped or limited is a real one; the resume that follows runs in
+this process (:func:`_resume`), on one thread as the reference did: a fresh process would add
+only torch's import.
 
 ``RESLAB_FAULT_POINTS`` sets how many kill points :func:`test_kill9_then_resume_is_bit_identical`
 tries (default 3, one of them in the middle of a checkpoint write, one that also kills the
@@ -90,6 +93,13 @@ def _reslab(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         timeout=300,
         **kw,  # type: ignore[call-overload]
     )
+
+
+def _resume(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``reslab`` with ``args`` in this process (what a user runs after a fault), to success."""
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 0, err
 
 
 def _tmp_files(folder: Path) -> set[str]:
@@ -241,7 +251,7 @@ def _restart_args(run: Path) -> list[str]:
 
 @pytest.mark.parametrize("point", _points())
 def test_kill9_then_resume_is_bit_identical(
-    reference: Reference, tmp_path: Path, point: KillPoint
+    reference: Reference, tmp_path: Path, point: KillPoint, capsys: pytest.CaptureFixture[str]
 ) -> None:
     began = time.monotonic()
     run = tmp_path / "run"
@@ -285,8 +295,7 @@ def test_kill9_then_resume_is_bit_identical(
         resumes += 1
     while not (run / "result.json").exists():
         assert resumes < 4, "the run did not finish after repeated resumes"
-        done = _reslab(_restart_args(run))
-        assert done.returncode == 0, done.stderr
+        _resume(_restart_args(run), capsys)
         resumes += 1
 
     _assert_same_weights(reference.run, run)
@@ -340,7 +349,7 @@ def _assert_checkpoint_intact(run: Path, step: int) -> None:
 
 @pytest.mark.slow
 def test_full_disk_mid_checkpoint_keeps_previous_and_resumes(
-    reference: Reference, tmp_path: Path
+    reference: Reference, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A file-size limit (RLIMIT_FSIZE) makes the first checkpoint after epoch 1 fail: its
     last.json carries one more history record than the mid-epoch checkpoints before it."""
@@ -360,8 +369,7 @@ def test_full_disk_mid_checkpoint_keeps_previous_and_resumes(
     _assert_checkpoint_intact(run, (steps_per_epoch - 1) // 2 * 2)  # the last mid-epoch one
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
-    resumed = _reslab(["train", "--resume", str(run), "--quiet"])  # the limit lifted
-    assert resumed.returncode == 0, resumed.stderr
+    _resume(["train", "--resume", str(run), "--quiet"], capsys)  # the limit lifted
     _assert_same_weights(reference.run, run)
 
 
@@ -396,7 +404,7 @@ def _fill(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_disk_filling_up_mid_run_stops_cleanly_and_resumes(
-    reference: Reference, tmp_path: Path
+    reference: Reference, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A real ENOSPC: the run's tmpfs fills up just after a committed checkpoint."""
     with _tmpfs(tmp_path / "disk", "4m") as disk:
@@ -416,8 +424,7 @@ def test_disk_filling_up_mid_run_stops_cleanly_and_resumes(
         _assert_checkpoint_intact(run, step)
 
         filler.unlink()  # free some space, as the message says
-        resumed = _reslab(["train", "--resume", str(run), "--quiet"])
-        assert resumed.returncode == 0, resumed.stderr
+        _resume(["train", "--resume", str(run), "--quiet"], capsys)
         _assert_same_weights(reference.run, run)
 
 
@@ -467,11 +474,11 @@ def test_second_process_on_a_run_folder_is_refused(
         first.send_signal(signal.SIGSTOP)  # hold it mid-run, lock taken, while others try
         config = (run / "config.json").read_bytes()
 
-        second = _reslab([*ARGS, "--out", str(run)])  # the same command, started again
-        assert second.returncode == 2
-        line = _one_line(second.stderr)
+        # The same command, started again (from this process: another one than the first).
+        assert main([*ARGS, "--out", str(run)]) == 2
+        line = _one_line(capsys.readouterr().err)
         assert f"in use by another process (pid {first.pid})" in line and "--out" in line
-        # --resume from this process is refused the same way.
+        # --resume is refused the same way.
         code = main(["train", "--resume", str(run), "--quiet"])
         assert code == 2
         line = _one_line(capsys.readouterr().err)
