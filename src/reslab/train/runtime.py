@@ -162,10 +162,11 @@ def resolve_runtime(config: TrainConfig, device: torch.device) -> Runtime:
 
 #: ``torch.compile`` on a CPU, measured by benchmarks/bench_compile.py on the digits' 1x8x8 at
 #: batch 128, one thread, fp32 (docs/PERFORMANCE.md, "--compile on a CPU"): depth -> (a cold
-#: compile's CPU seconds, eager ms per step, compiled ms per step). Approximate: one 2-core AVX2
-#: EPYC, busy with other jobs (the compile took 644 s of wall time there); only resnet8 finished,
-#: so deeper nets are looked up at the nearest measured depth and the note says which.
-CPU_COMPILE_COST = {8: (41.0, 31.2, 35.8)}
+#: compile's CPU seconds, eager ms per step, compiled ms per step, both CPU time). Approximate:
+#: one 2-core AVX2 EPYC, busy with other jobs (the compiles took 644 s and 1,787 s of wall time
+#: there); resnet56 did not finish, so other depths are looked up at the nearest measured one
+#: and the note says which.
+CPU_COMPILE_COST = {8: (41.0, 31.2, 35.8), 20: (64.8, 104.2, 70.1)}
 
 
 def compile_cost_note(model: str, total_steps: int) -> str:
