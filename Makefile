@@ -18,17 +18,27 @@ $(BIN)/reslab: pyproject.toml
 demo: $(BIN)/reslab
 	$(BIN)/reslab degradation
 
+# The tests in parallel, one pytest-xdist worker per CPU this process may use (tests/conftest.py
+# counts them under an affinity mask or a cgroup quota): each test process keeps torch to one
+# intra-op thread, so serial `pytest` leaves all but one core idle, and a worker per core fills
+# them without oversubscribing much — many tests start subprocesses (studies, torchrun, fault
+# injection) that take a core or two of their own for a while, and a second worker per core
+# would only add memory and contention. `loadgroup` keeps the Ray tests together in one worker
+# (see tests/conftest.py). 2 cores: -n 2; 16 cores: -n 16, the longest tests then set the time.
+# PYTEST_XDIST_AUTO_NUM_WORKERS=N picks another count; `pytest -q` alone still runs serially.
+XDIST := -n auto --dist loadgroup
+
 test: $(BIN)/reslab lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
 
 # For while you work: the unit tests of the rooms below the trainer and the studies (blocks,
-# models, measure, data, report, weights, ...), none marked slow, no lint: about 80 s on two
-# cores against about 10 minutes for everything. `make test`, which CI runs, runs everything.
+# models, measure, data, report, weights, ...), none marked slow, no lint, in parallel as
+# above. `make test`, which CI runs, runs everything.
 QUICK := tests/blocks tests/models tests/measure tests/data tests/report tests/scripts \
 	tests/test_package.py tests/test_fileio.py tests/test_weights.py tests/test_explain.py \
 	tests/test_security.py
 test-quick: $(BIN)/reslab
-	$(BIN)/pytest -q -m "not slow" $(QUICK)
+	$(BIN)/pytest -q $(XDIST) -m "not slow" $(QUICK)
 
 lint: $(BIN)/reslab
 	$(BIN)/ruff check src tests benchmarks scripts

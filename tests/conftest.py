@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import io
 import os
 import pickle
 import re
+import shutil
 import struct
 import tarfile
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,96 @@ os.environ.setdefault("RESLAB_QUIET", "1")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# --- pytest-xdist: what may not run beside what ---------------------------------------------
+# `make test` runs the suite in one worker process per usable CPU (`-n auto --dist loadgroup`).
+# Tests are independent and each has its own tmp_path; what they share is the machine.
+
+# Every test of these modules runs in one worker, one after another: they start real local Ray
+# clusters (`ray start --head`, a module-scoped head), and two heads at once would fight over
+# Ray's fixed default ports (the client server's 10001, the dashboard agent's 52365...) and the
+# two cores. Grouped here, not in the files, so that the test files stay free of xdist.
+RAY_MODULES = ("tests/experiments/test_cluster.py",)
+
+# The notebooks run one after another in one worker too: jupyter_client picks a kernel's five
+# ports by binding port 0 and letting go before the kernel binds them, so two kernels started
+# at once can pick the same port ("ZMQError: Address already in use", jupyter/nbconvert#1066,
+# nteract/papermill#511, treebeardtech/nbmake#129 under xdist).
+NOTEBOOKS = ("tests/test_examples.py::test_notebook_runs_top_to_bottom",)
+
+# Tests that measure the whole machine: no other test runs while they do. A niced process's
+# time must count as free (cpu.busy_cores): with another worker's training on the hog's core the
+# core is busy, truly, and the test could not see the difference it proves. (The same test with
+# an un-niced hog, and every other test of the load, pass beside anything.)
+ALONE = ("tests/test_cpu.py::test_busy_cores_sees_another_process[19]",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per CPU this process may use (affinity and cgroup quota), each
+    with one intra-op thread; PYTEST_XDIST_AUTO_NUM_WORKERS overrides, as in pytest-xdist."""
+    from reslab.cpu import available_cores
+
+    return int(os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or len(available_cores()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # only an xdist worker's collection is scheduled
+        return
+    for item in items:
+        if item.nodeid.startswith(RAY_MODULES):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif item.nodeid.startswith(NOTEBOOKS):
+            item.add_marker(pytest.mark.xdist_group("notebooks"))
+    # The alone tests last: then the other worker's current test, which they wait for, is one
+    # of the suite's last, and the wait short.
+    items.sort(key=lambda item: item.nodeid in ALONE)
+
+
+_LOCKS = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """In the xdist controller: every worker gets the run's folder of machine locks."""
+    config = node.config
+    if _LOCKS not in config.stash:
+        config.stash[_LOCKS] = tempfile.mkdtemp(prefix="reslab-pytest-")
+    node.workerinput["reslab_locks"] = config.stash[_LOCKS]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _LOCKS in config.stash:
+        shutil.rmtree(config.stash[_LOCKS], ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _machine(folder: Path, alone: bool) -> Iterator[None]:
+    """A readers-writer lock across the workers: every test holds ``machine`` shared, an alone
+    test exclusive. Whoever asks passes ``turnstile`` first, which an alone test holds until it
+    is done, so a worker that ends one test and starts the next cannot starve it (flock itself
+    favours no one)."""
+    with open(folder / "turnstile", "a") as turnstile, open(folder / "machine", "a") as machine:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(machine, fcntl.LOCK_SH)
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+            yield
+            return
+        fcntl.flock(machine, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    folder = getattr(item.config, "workerinput", {}).get("reslab_locks")
+    if folder is None:  # not under xdist: one test at a time anyway
+        return (yield)
+    with _machine(Path(folder), item.nodeid in ALONE):
+        return (yield)
 
 
 # --- hypothesis: one profile for every fuzz test ----------------------------------------------
