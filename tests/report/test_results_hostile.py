@@ -201,6 +201,26 @@ def test_a_hostile_number_or_nesting_is_one_line_and_writes_nothing(
     check_outcome(code, err, before, after)
 
 
+@pytest.mark.parametrize(
+    ("field", "hostile"),
+    [
+        ("test_error_std", "-1e99"),  # matplotlib: "'yerr' must not contain negative values"
+        ("clean_train_error_std", "-1"),
+        ("test_error_std", "2**63"),  # OverflowError: Python int too large to convert to C long
+        ("test_error_mean", "2**63"),
+    ],
+)
+def test_a_negative_spread_or_an_int_past_2_53_is_one_line(
+    field: str, hostile: str, report: Report
+) -> None:
+    """Found by the property test below: both drew half a report, then raised."""
+    text = mutated(BASES["shortcuts"], ("summary", 0, field), HOSTILE[hostile])
+    code, err, before, after = report(text)
+    assert code == 2, err
+    assert field in err
+    check_outcome(code, err, before, after)
+
+
 @settings(max_examples=max(8, settings.default.max_examples // 4))
 @given(case=st.sampled_from(CASES))
 def test_report_is_whole_or_nothing_for_any_mutation(

@@ -35,6 +35,7 @@ __all__ = [
     "NUMBER",
     "NUMBERS",
     "NUMBER_OR_NULL",
+    "SPREAD",
     "TEXT",
     "InRange",
     "Invalid",
@@ -220,8 +221,19 @@ def text(limit: int) -> Is:
     )
 
 
-NUMBER = Is(is_number, "must be a number, not {value}")
-NUMBER_OR_NULL = Is(lambda v: v is None or is_number(v), "must be a number or null")
+#: The largest int a declared number may be: a float holds every int up to 2**53 exactly, and
+#: what draws the report converts ints to a C long (2**63 in an error bar raised OverflowError).
+MAX_INT = 2**53
+
+
+def _number(v: Any) -> bool:
+    return is_number(v) and (not isinstance(v, int) or -MAX_INT <= v <= MAX_INT)
+
+
+NUMBER = Is(_number, "must be a number (an integer at most 2**53 in size), not {value}")
+NUMBER_OR_NULL = Is(lambda v: v is None or _number(v), "must be a number or null")
+#: A standard deviation over seeds: never negative (an error bar of -1 is no spread).
+SPREAD = Is(lambda v: v is None or (_number(v) and v >= 0), "must be a number ≥ 0 or null")
 NUMBERS = ListOf(NUMBER_OR_NULL, "must be a list of numbers")
 TEXT = Is(lambda v: isinstance(v, str), "must be a string")
 

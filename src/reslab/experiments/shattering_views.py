@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from reslab.checks import NUMBER, NUMBERS, Object, at_least, maybe, objects, one_of
+from reslab.checks import NUMBER, NUMBERS, SPREAD, Object, at_least, maybe, objects, one_of
 from reslab.experiments.registry import Views
 from reslab.experiments.shattering import KIND_NAMES, KINDS
 from reslab.report import html
@@ -231,7 +231,8 @@ RESULTS = Object({"shattering": maybe(Object({
         "kind": one_of(KINDS),
         **LABELLED,
         "n_seeds": at_least(1),
-        **{key: maybe(NUMBER) for key in ("lag1_mean", "lag1_std")},
+        "lag1_mean": maybe(NUMBER),
+        "lag1_std": SPREAD,
         "correlation_mean": NUMBERS,
     }),
 }))})  # fmt: skip

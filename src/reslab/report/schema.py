@@ -122,6 +122,7 @@ from typing import Any, NoReturn
 from reslab.checks import (
     NUMBER,
     NUMBERS,
+    SPREAD,
     TEXT,
     Invalid,
     Is,
@@ -182,7 +183,8 @@ _PROBE_LISTS = (
     "input_grad_norm weight_grad_norm ratio f_norm shortcut_norm std std_sorted squared_mean "
     "variance residual_variance"
 )
-_SUMMARY = "n_seeds clean_train_error_mean clean_train_error_std test_error_mean test_error_std"
+_SUMMARY = "n_seeds clean_train_error_mean test_error_mean"
+_SPREADS = "clean_train_error_std test_error_std"  # over seeds: ≥ 0
 _TEXTS = "title reslab_version torch_version python_version created machine"
 #: The common parts of results.json that the report reads (after ``schema`` and ``experiment``).
 RESULTS = Object({
@@ -196,7 +198,8 @@ RESULTS = Object({
         **{key: maybe(NUMBER) for key in ("wall_time", "params")},
         "curves": maybe(MapOf(NUMBERS, "must be an object of lists")),
     }),
-    "summary": objects({**FAMILY_DEPTH, **{key: maybe(NUMBER) for key in _SUMMARY.split()}}),
+    "summary": objects({**FAMILY_DEPTH, **{key: maybe(NUMBER) for key in _SUMMARY.split()},
+                        **{key: SPREAD for key in _SPREADS.split()}}),
     "probes": maybe(Object({
         kind: objects({**FAMILY_DEPTH, **{k: maybe(NUMBERS) for k in _PROBE_LISTS.split()},
                        key: NUMBERS})
