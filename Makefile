@@ -23,10 +23,11 @@ demo: $(BIN)/reslab
 # intra-op thread, so serial `pytest` leaves all but one core idle, and a worker per core fills
 # them without oversubscribing much — many tests start subprocesses (studies, torchrun, fault
 # injection) that take a core or two of their own for a while, and a second worker per core
-# would only add memory and contention. `loadgroup` keeps the Ray tests together in one worker
-# (see tests/conftest.py). 2 cores: -n 2; 16 cores: -n 16, the longest tests then set the time.
+# would only add memory and contention. `loadscope` runs each test module in one worker, so its
+# module-scoped fixtures are built once and the Ray and notebook modules stay serial
+# (tests/conftest.py). 2 cores: -n 2; 16 cores: -n 16, the longest tests then set the time.
 # PYTEST_XDIST_AUTO_NUM_WORKERS=N picks another count; `pytest -q` alone still runs serially.
-XDIST := -n auto --dist loadgroup
+XDIST := -n auto --dist loadscope
 
 test: $(BIN)/reslab lint
 	$(BIN)/pytest -q $(XDIST)

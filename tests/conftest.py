@@ -17,6 +17,13 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+# reslab before torch: its import asks OpenMP to wait passively (reslab.cpu), which it can do
+# only before torch loads the runtime. A test training with two threads while another xdist
+# worker kept the other core busy took 328 s instead of 7 s with torch's spinning default.
+import reslab  # noqa: F401
+
+# isort: split
+
 import numpy as np
 import pytest
 import torch
@@ -36,20 +43,17 @@ def _seed() -> None:
 
 
 # --- pytest-xdist: what may not run beside what ---------------------------------------------
-# `make test` runs the suite in one worker process per usable CPU (`-n auto --dist loadgroup`).
+# `make test` runs the suite in one worker process per usable CPU (`-n auto --dist loadscope`).
 # Tests are independent and each has its own tmp_path; what they share is the machine.
-
-# Every test of these modules runs in one worker, one after another: they start real local Ray
-# clusters (`ray start --head`, a module-scoped head), and two heads at once would fight over
-# Ray's fixed default ports (the client server's 10001, the dashboard agent's 52365...) and the
-# two cores. Grouped here, not in the files, so that the test files stay free of xdist.
+# `loadscope` sends each test module to one worker whole: its module-scoped fixtures (a trained
+# net, a finished study) are built once, not once per worker; and the modules that must not run
+# beside themselves stay serial: test_cluster.py's local Ray heads (Ray's fixed default ports:
+# the client server's 10001, the dashboard agent's 52365...) and test_examples.py's notebook
+# kernels (jupyter_client picks a kernel's ports by binding port 0 and letting go before the
+# kernel binds them: jupyter/nbconvert#1066, nteract/papermill#511 under xdist).
+# tests/test_parallel.py holds both kinds to one module each.
 RAY_MODULES = ("tests/experiments/test_cluster.py",)
-
-# The notebooks run one after another in one worker too: jupyter_client picks a kernel's five
-# ports by binding port 0 and letting go before the kernel binds them, so two kernels started
-# at once can pick the same port ("ZMQError: Address already in use", jupyter/nbconvert#1066,
-# nteract/papermill#511, treebeardtech/nbmake#129 under xdist).
-NOTEBOOKS = ("tests/test_examples.py::test_notebook_runs_top_to_bottom",)
+NOTEBOOKS = ("tests/test_examples.py",)
 
 # Tests that measure the whole machine: no other test runs while they do. A niced process's
 # time must count as free (cpu.busy_cores): with another worker's training on the hog's core the
@@ -70,13 +74,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not hasattr(config, "workerinput"):  # only an xdist worker's collection is scheduled
         return
-    for item in items:
-        if item.nodeid.startswith(RAY_MODULES):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif item.nodeid.startswith(NOTEBOOKS):
-            item.add_marker(pytest.mark.xdist_group("notebooks"))
-    # The alone tests last: then the other worker's current test, which they wait for, is one
-    # of the suite's last, and the wait short.
+    # The alone tests last in their module (loadscope keeps a module together): the other
+    # worker's current test, which they wait for, is then likely one of the suite's last.
     items.sort(key=lambda item: item.nodeid in ALONE)
 
 
