@@ -14,12 +14,15 @@ from conftest import write_cifar
 from reslab.checks import Invalid
 from reslab.errors import ConfigError, ReslabError
 from reslab.experiments import StudyConfig, build_report, run_study
+from reslab.experiments import lesion as lesion_study
 from reslab.experiments.lesion import STUDY, lesion_verdict
 from reslab.experiments.lesion_views import RESULTS
+from reslab.experiments.runner import resolved_precision
 from reslab.measure.lesion import lesion_net, top1_error
 from reslab.models import create_model
 from reslab.report.schema import load_results, new_results, write_results
-from reslab.train import RunFolder
+from reslab.train import RunFolder, runtime
+from reslab.train.runtime import PrecisionChoice
 from reslab.weights import save_weights
 
 
@@ -156,6 +159,43 @@ def test_the_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="--draws must be a positive integer"):
         StudyConfig(experiment="lesion", depths=(20,), options={"draws": 0})
     assert STUDY.depths == (32,) and STUDY.seeds == (0, 1)
+    # One --precision, the common one (the trainer's and the lesion passes'), one validator.
+    assert "precision" in STUDY.takes and "precision" not in {f.name for f in STUDY.flags}
+    with pytest.raises(ConfigError, match="--precision must be one of auto, fp32, bf16"):
+        StudyConfig(experiment="lesion", depths=(20,), precision="fp16")
+
+
+def test_the_lesion_passes_run_in_the_studys_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """auto is the trainer's rule (here made to say bf16), resolved once: the passes run in it,
+    results.json records it, and the banner says it once."""
+    why = "bf16 (auto: amx_bf16 on this CPU, 2.6x fp32 in a conv probe)"
+    monkeypatch.setattr(runtime, "choose_cpu_precision", lambda: PrecisionChoice(True, why))
+    weights = save_weights(_net("resnet14", 0), tmp_path / "w.safetensors")
+    asked = []
+    real = lesion_study.lesion.top1_error
+    monkeypatch.setattr(
+        lesion_study.lesion,
+        "top1_error",
+        lambda x, y, precision: asked.append(precision) or real(x, y, precision=precision),
+    )
+    config = StudyConfig(
+        experiment="lesion",
+        depths=(14,),
+        seeds=(0,),
+        device="cpu",
+        jobs=1,
+        out=str(tmp_path / "lesion"),
+        options={"weights": str(weights), "draws": 1, "ks": (1,), "eval_images": 8},
+    )
+    assert resolved_precision(config) == ("bf16", why)
+    results = run_study(config, log=print)
+    assert asked == ["bf16"] and results["lesion"]["precision"] == "bf16"
+    assert results["config"]["precision"] == "auto"
+    out = capsys.readouterr().out
+    assert "lesion: 1 net, each BN after a convolution folded into it\n" in out
+    assert out.count("precision: ") == 1 and f"precision: {why}\n" in out
 
 
 # --- end to end, on nets another study trained ---------------------------------------------------
@@ -188,6 +228,8 @@ def test_a_study_from_another_studys_nets_and_its_report(tmp_path: Path) -> None
     results = run_study(config, log=lambda line: None)
     section = results["lesion"]
     assert section["chance_error"] == pytest.approx(90.0) and section["images"] == 40
+    assert results["config"]["precision"] == "auto"
+    assert section["precision"] in ("fp32", "bf16")  # what auto chose on this machine
     assert [(n["label"], n["seed"]) for n in section["nets"]] == [
         ("plain-14", 0),
         ("plain-14", 1),
@@ -208,10 +250,14 @@ def test_a_study_from_another_studys_nets_and_its_report(tmp_path: Path) -> None
     page = (out / "report.html").read_text()
     assert "Lesions" in page and "increase per block" in page
     first = (out / "figures" / "lesion_vs_k.png").read_bytes()
+    # From results.json alone, one written before the study had a precision (an old folder).
+    old = load_results(out)
+    del old["lesion"]["precision"], old["config"]["precision"]
+    write_results(out, old)
     (out / "report.html").unlink()
-    build_report(out)  # from results.json alone
+    build_report(out)
     assert (out / "figures" / "lesion_vs_k.png").read_bytes() == first
-    assert load_results(out)["lesion"] == section
+    assert load_results(out)["lesion"] == {k: v for k, v in section.items() if k != "precision"}
 
 
 @pytest.mark.slow

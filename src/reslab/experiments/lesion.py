@@ -28,9 +28,11 @@ from reslab.experiments import degradation
 from reslab.experiments.config import RunSpec, StudyConfig
 from reslab.experiments.pool import measure_all
 from reslab.experiments.registry import TRAINING, Flag, Study
+from reslab.experiments.runner import resolved_precision
 from reslab.experiments.trained import SOURCE_FLAGS, check_sources, own_runs, trained_nets
 from reslab.experiments.verdicts import Gap, gap_of_values, not_learned
 from reslab.measure import lesion
+from reslab.output import say
 from reslab.report.stats import group, group_key, label, mean_std, several_shortcuts, summarize_runs
 from reslab.train import pick_device
 
@@ -130,8 +132,15 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
     worker; a small net's forward pass gains little from a second thread and loses 15x when
     the cores are shared, measured on this project's 2-core machines)."""
     nets = trained_nets(config, records)
+    # The study's one --precision, as its runs trained: the runner's banner said it before
+    # them; with no runs of its own (--from, --weights) this says it.
+    precision, line = resolved_precision(config)
+    plural = "s" if len(nets) != 1 else ""
+    say(f"lesion: {len(nets)} net{plural}, each BN after a convolution folded into it")
+    if not records:
+        say(f"precision: {line}")
     measured = measure_all(
-        _lesion_one, [(config, n.model) for n in nets], config.device, config.jobs
+        _lesion_one, [(config, n.model, precision) for n in nets], config.device, config.jobs
     )
     entries = []
     for net, (measures, _, _) in zip(nets, measured, strict=True):
@@ -141,18 +150,21 @@ def analyse(config: StudyConfig, records: list[dict[str, Any]]) -> dict[str, Any
         entries.append({**meta, **measures})
     (_, images, classes), draws = measured[0], config.options["draws"]
     section = {"chance_error": 100.0 * (1 - 1 / classes), "draws": draws, "images": images}
+    section["precision"] = precision
     out: dict[str, Any] = {SECTION: {**section, "nets": entries}}
     if records:
         out.update(runs=records, summary=summarize_runs(records))
     return out
 
 
-def _lesion_one(config: StudyConfig, model: nn.Module) -> tuple[dict[str, Any], int, int]:
+def _lesion_one(
+    config: StudyConfig, model: nn.Module, precision: str
+) -> tuple[dict[str, Any], int, int]:
     """One net's lesions, its test images and classes."""
     device = pick_device(config.device, 0)
     x, y, classes = _test_data(config, device, model)
     draws, ks = config.options["draws"], tuple(config.options["ks"])
-    error = lesion.top1_error(x, y)
+    error = lesion.top1_error(x, y, precision=precision)
     measured = lesion.lesion_net(model.to(device), error, x[:1], draws=draws, ks=ks)
     return measured, len(y), classes
 

@@ -298,6 +298,7 @@ VERDICT_FORMATS: dict[str, html.ItemFormat] = {
 #: The ``lesion`` section, as the report reads it (documented in the README).
 RESULTS = Object({"lesion": maybe(Object({
     "chance_error": maybe(NUMBER),
+    "precision": maybe(Is(lambda v: v in ("fp32", "bf16"), "must be fp32 or bf16")),
     "nets": objects({
         **LABELLED,
         "intact_error": maybe(NUMBER),

@@ -48,6 +48,7 @@ __all__ = [
     "execute",
     "plan_packs",
     "precision_line",
+    "resolved_precision",
     "run_study",
     "summary_table",
     "train_config",
@@ -155,9 +156,16 @@ def train_config(study: StudyConfig, spec: RunSpec, threads: int | None) -> Trai
 def precision_line(study: StudyConfig) -> str:
     """What the runs' precision resolves to here, and why when it was left to ``auto``: the
     trainer's own rule (:func:`reslab.train.resolve_runtime`), which each run applies again."""
+    return resolved_precision(study)[1]
+
+
+def resolved_precision(study: StudyConfig) -> tuple[str, str]:
+    """``study.precision`` resolved here by the trainer's rule: fp32 or bf16, and the banner's
+    line (:func:`precision_line`); a study's own passes (the lesion's) run in the first."""
     device = pick_device(study.device, 0)
     fast = resolve_runtime(TrainConfig(precision=study.precision, device=str(device)), device)
-    return fast.precision_note or ("bf16" if fast.amp_dtype is not None else "fp32")
+    name = "bf16" if fast.amp_dtype is not None else "fp32"
+    return name, fast.precision_note or name
 
 
 def summary_table(results: dict[str, Any]) -> str:

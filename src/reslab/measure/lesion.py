@@ -1,4 +1,4 @@
-"""Lesions of a trained network at test time: delete blocks, or swap blocks within a stage.
+"""Lesions of a trained network at test time: their errors, and the curves of §4.
 
 Veit, Wilber & Belongie 2016, "Residual networks behave like ensembles of relatively shallow
 networks" (arXiv:1605.06431), §4: deleting one block of a trained ResNet, keeping its shortcut,
@@ -7,42 +7,39 @@ a subsample or a projection, not the identity); a VGG-style plain net falls to c
 grows smoothly with the number of blocks deleted (their Fig. 4a) and with the number of pairs
 of blocks swapped within a stage (Fig. 4b), as an ensemble's would.
 
-What a deletion computes. A deleted block is the block with its residual function ``F``
-forced to zero: ``y = post(shortcut(x))``, where ``post`` is what the block's own forward does
-after the addition (the ReLU of a post-activation block, nothing for a pre-activation one).
-Inside a CIFAR or ImageNet net every block's input is the output of a ReLU, so for an identity
-or option-A shortcut this is exactly ``y = shortcut(x)``; for a B/C projection it is the
-projection the trained block would have passed on. A plain block has no shortcut: it can only
-be replaced by the identity, which is possible where its input and output shapes match; its
-shape-changing blocks cannot be deleted and are marked so (:attr:`BlockSite.deletable`).
-
-How, without touching the weights. A deletion shadows the block's branch (``branch``, and the
-``_branch`` a pre-activation block's forward calls) with a function that returns a scalar zero,
-through the instance ``__dict__``; a plain block's ``forward`` is shadowed by the identity. The
-modules and their parameters stay where they are, so ``state_dict`` is the same during and
-after a lesion. A swap exchanges two entries of the stage container's ``_modules``. Both are
-context managers that put everything back on exit, exceptions included.
+Where a lesion goes and what a deletion or a swap computes: :mod:`reslab.measure.lesion_sites`
+(its names are exported here too). How a net's many lesions are measured fast: shared prefixes
+(:mod:`reslab.measure.prefix`) on a copy with every BN folded into its convolution
+(:mod:`reslab.measure.inference`), in :class:`Top1Error`.
 
 This module sits at the models layer: it imports only :mod:`reslab.blocks` and torch.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from reslab.blocks import ConvBlock as _Block
-from reslab.blocks import Residual
 from reslab.errors import ModelError
 from reslab.measure import prefix
+from reslab.measure.inference import PRECISIONS, autocast, fold_batchnorm
+from reslab.measure.lesion_sites import (
+    BlockSite,
+    Lesion,
+    block_sites,
+    delete_blocks,
+    draw_deletions,
+    draw_swaps,
+    named_blocks,
+    swap_blocks,
+    swappable_pairs,
+)
 
 __all__ = [
     "MAX_KS",
@@ -59,248 +56,14 @@ __all__ = [
     "k_grid",
     "lesion_net",
     "measure_lesions",
+    "study_lesions",
     "swap_blocks",
     "swap_curve",
     "swappable_pairs",
     "top1_error",
 ]
 
-# Names a block's forward calls for F(x): _Block.branch (post-activation), _PreActBlock._branch,
-# Residual.branch (a submodule, which the instance __dict__ shadows the same way).
-_BRANCH_NAMES = ("branch", "_branch")
-_LESIONED = "_reslab_lesioned"  # instance flag: a block already deleted in an open lesion
 MAX_KS = 12  # k values measured when there are more blocks than that: spread evenly
-
-
-@dataclass(frozen=True)
-class BlockSite:
-    """One block of a network as the lesions see it."""
-
-    index: int  # position among all blocks, input to output
-    name: str  # qualified module name, e.g. "layer2.0"
-    stage: int  # 0-based stage: blocks in the same container share one
-    position: int  # position inside its stage
-    residual: bool  # the block has a shortcut
-    in_shape: tuple[int, ...]  # one sample's input shape, e.g. (16, 32, 32)
-    out_shape: tuple[int, ...]
-
-    @property
-    def shape_preserving(self) -> bool:
-        return self.in_shape == self.out_shape
-
-    @property
-    def deletable(self) -> bool:
-        """A residual block always (its shortcut stays); a plain one only where shapes match."""
-        return self.residual or self.shape_preserving
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "name": self.name,
-            "stage": self.stage,
-            "position": self.position,
-            "residual": self.residual,
-            "shape_preserving": self.shape_preserving,
-            "deletable": self.deletable,
-            "in_shape": list(self.in_shape),
-            "out_shape": list(self.out_shape),
-        }
-
-
-def _is_block(module: nn.Module) -> bool:
-    return isinstance(module, _Block | Residual)
-
-
-def _named_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The outermost blocks, input to output (a block inside a block's branch is part of it)."""
-    found: list[tuple[str, nn.Module]] = []
-    for name, module in model.named_modules():
-        if _is_block(module) and not any(name.startswith(f"{n}.") for n, _ in found):
-            found.append((name, module))
-    if not found:
-        raise ModelError(
-            f"{type(model).__name__} has no residual or plain blocks to lesion: the lesions "
-            "need a network built from reslab.blocks (e.g. create_model('resnet20'))"
-        )
-    return found
-
-
-def _has_shortcut(block: nn.Module) -> bool:
-    return getattr(block, "shortcut", None) is not None
-
-
-def block_sites(model: nn.Module, sample: Tensor) -> list[BlockSite]:
-    """Every block of ``model`` with its stage and shapes, from one forward pass of ``sample``.
-
-    The shapes are recorded, not derived from the layout, so any net built from
-    :mod:`reslab.blocks` works; the pass runs in eval mode without gradients, and the model's
-    modes are restored after it.
-    """
-    blocks = _named_blocks(model)
-    shapes: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-
-    def hook(idx: int) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
-        def record(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            shapes.setdefault(idx, (tuple(args[0].shape[1:]), tuple(out.shape[1:])))
-
-        return record
-
-    handles = [b.register_forward_hook(hook(i)) for i, (_, b) in enumerate(blocks)]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(sample[:1])
-    finally:
-        for h in handles:
-            h.remove()
-        for m, was_training in modes:
-            m.training = was_training
-    missing = [name for i, (name, _) in enumerate(blocks) if i not in shapes]
-    if missing:
-        raise ModelError(f"blocks {', '.join(missing)} did not run in the model's forward pass")
-    parents: dict[str, int] = {}
-    positions: dict[int, int] = {}
-    sites = []
-    for i, (name, block) in enumerate(blocks):
-        stage = parents.setdefault(name.rpartition(".")[0], len(parents))
-        position = positions[stage] = positions.get(stage, -1) + 1
-        sites.append(BlockSite(i, name, stage, position, _has_shortcut(block), *shapes[i]))
-    return sites
-
-
-# --- deleting -----------------------------------------------------------------------------------
-
-
-def _zero(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    """F(x) = 0, as a scalar: ``0 + shortcut(x)`` broadcasts to the shortcut's own shape."""
-    return x.new_zeros(())
-
-
-def _identity(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    return x
-
-
-def _shadowed_names(block: nn.Module, residual: bool) -> tuple[str, ...]:
-    if not residual:
-        return ("forward",)
-    return tuple(n for n in _BRANCH_NAMES if hasattr(type(block), n) or n in block._modules)
-
-
-@contextmanager
-def delete_blocks(
-    model: nn.Module, sites: Sequence[BlockSite], indices: Iterable[int]
-) -> Iterator[nn.Module]:
-    """Within the ``with``, the blocks at ``indices`` (of ``sites``) are deleted.
-
-    A residual block then computes its shortcut path alone (F = 0, see the module docstring),
-    a plain block the identity. A plain block that changes the shape cannot be deleted: a
-    ModelError names it. The same model comes back, restored on exit.
-    """
-    chosen = sorted(set(indices))
-    blocks = dict(_named_blocks(model))
-    patches: list[tuple[nn.Module, tuple[str, ...]]] = []
-    for i in chosen:
-        site = _site(sites, i)
-        if not site.deletable:
-            raise ModelError(
-                f"block {site.name} is plain and changes the shape {site.in_shape} -> "
-                f"{site.out_shape}: without a shortcut nothing can stand in for it"
-            )
-        block = blocks[site.name]
-        if vars(block).get(_LESIONED):
-            raise ModelError(f"block {site.name} is already deleted by an open lesion")
-        patches.append((block, _shadowed_names(block, site.residual)))
-    try:
-        for block, shadowed in patches:
-            for name in shadowed:
-                vars(block)[name] = _identity if name == "forward" else _zero
-            vars(block)[_LESIONED] = True
-        yield model
-    finally:
-        for block, shadowed in patches:
-            for name in (*shadowed, _LESIONED):
-                vars(block).pop(name, None)
-
-
-def _site(sites: Sequence[BlockSite], index: int) -> BlockSite:
-    if not isinstance(index, int) or not 0 <= index < len(sites):
-        raise ModelError(f"block index {index!r} is not one of 0..{len(sites) - 1}")
-    return sites[index]
-
-
-def draw_deletions(
-    sites: Sequence[BlockSite], k: int, rng: random.Random, *, shape_changing: bool = False
-) -> tuple[int, ...]:
-    """``k`` distinct deletable blocks drawn at random (shape-preserving ones only by default).
-
-    The default keeps residual and plain nets comparable: both can lose exactly these blocks.
-    """
-    pool = [s.index for s in sites if s.deletable and (shape_changing or s.shape_preserving)]
-    if not 0 <= k <= len(pool):
-        raise ModelError(f"cannot delete {k} blocks at random: {len(pool)} can be deleted")
-    return tuple(sorted(rng.sample(pool, k)))
-
-
-# --- swapping -----------------------------------------------------------------------------------
-
-
-def swappable_pairs(sites: Sequence[BlockSite]) -> list[tuple[int, int]]:
-    """Every pair of shape-preserving blocks of the same stage, as (index, index)."""
-    pairs: list[tuple[int, int]] = []
-    for _, group in itertools.groupby(sites, key=lambda s: s.stage):
-        same = [s.index for s in group if s.shape_preserving]
-        pairs.extend(itertools.combinations(same, 2))
-    return pairs
-
-
-def draw_swaps(
-    sites: Sequence[BlockSite], k: int, rng: random.Random
-) -> tuple[tuple[int, int], ...]:
-    """``k`` distinct swappable pairs drawn at random, applied in the order drawn."""
-    pool = swappable_pairs(sites)
-    if not 0 <= k <= len(pool):
-        raise ModelError(f"cannot swap {k} pairs of blocks: there are {len(pool)} pairs")
-    return tuple(rng.sample(pool, k))
-
-
-@contextmanager
-def swap_blocks(
-    model: nn.Module, sites: Sequence[BlockSite], pairs: Iterable[tuple[int, int]]
-) -> Iterator[nn.Module]:
-    """Within the ``with``, each pair of blocks trades places, one transposition after another.
-
-    Only shape-preserving blocks of the same stage can swap (Veit et al. swap blocks of the
-    same dimensionality); anything else is a ModelError. Restored on exit.
-    """
-    slots: dict[int, tuple[nn.Module, str]] = {}  # site index -> (stage container, its key)
-    current: dict[int, nn.Module] = {}  # site index -> the block sitting there now
-    for a, b in pairs:
-        sa, sb = _site(sites, a), _site(sites, b)
-        for s in (sa, sb):
-            if not s.shape_preserving:
-                raise ModelError(
-                    f"block {s.name} changes the shape {s.in_shape} -> {s.out_shape}: "
-                    "only shape-preserving blocks can swap places"
-                )
-        if sa.stage != sb.stage:
-            raise ModelError(f"blocks {sa.name} and {sb.name} are in different stages")
-        for s in (sa, sb):
-            if s.index not in slots:
-                parent, _, key = s.name.rpartition(".")
-                container = model.get_submodule(parent)
-                slots[s.index] = (container, key)
-                current[s.index] = container._modules[key]  # type: ignore[assignment]
-        current[a], current[b] = current[b], current[a]
-    originals = {i: container._modules[key] for i, (container, key) in slots.items()}
-    try:
-        for i, (container, key) in slots.items():
-            container._modules[key] = current[i]
-        yield model
-    finally:
-        for i, (container, key) in slots.items():
-            container._modules[key] = originals[i]
-
 
 # --- the measurements of §4 ---------------------------------------------------------------------
 
@@ -308,42 +71,33 @@ ErrorFn = Callable[[nn.Module], float]  # the model as it stands (lesioned) -> t
 
 
 @dataclass(frozen=True)
-class Lesion:
-    """One lesion: blocks deleted (by site index), or pairs swapped in turn; neither: intact."""
-
-    deleted: tuple[int, ...] = ()
-    swapped: tuple[tuple[int, int], ...] = ()
-
-    @property
-    def first_block(self) -> int | None:
-        """The first block it changes: everything before computes what the intact net does."""
-        changed = [*self.deleted, *(i for pair in self.swapped for i in pair)]
-        return min(changed) if changed else None
-
-    @contextmanager
-    def applied(self, model: nn.Module, sites: Sequence[BlockSite]) -> Iterator[nn.Module]:
-        with delete_blocks(model, sites, self.deleted), swap_blocks(model, sites, self.swapped):
-            yield model
-
-
-@dataclass(frozen=True)
 class Top1Error:
     """Normalised test images and their labels: the top-1 error (%) of a net and its lesions.
 
-    Called on a model, the error of the model as it stands. :meth:`errors` measures many
-    lesions of one net together, batch by batch: one intact forward pass records the input of
-    every block (:mod:`reslab.measure.prefix`), and each lesion runs from its first changed
-    block on. ``cache_bytes`` bounds those recorded inputs, which sets the batch.
+    Called on a model, the error of the model as it stands, exactly. :meth:`errors` measures
+    many lesions of one net together, batch by batch: one intact forward pass records the input
+    of every block (:mod:`reslab.measure.prefix`), and each lesion runs from its first changed
+    block on. ``cache_bytes`` bounds those recorded inputs, which with ``batch_size`` sets the
+    batch. ``fast`` runs those passes on a copy of the net with every BN folded into its
+    convolution, weights and inputs channels_last (:mod:`reslab.measure.inference`): the same
+    function rounded differently, so a prediction can change only on a near-tie (the tests
+    bound both). ``precision``: fp32, or bf16 autocast for every pass.
     """
 
     images: Tensor
     labels: Tensor
     batch_size: int = 1000  # at most this many images a forward pass
     cache_bytes: int = 256 * 2**20  # the recorded block inputs of one batch, at most
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    fast: bool = True  # errors(): BN folded and channels_last, on a copy
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ModelError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
     def __call__(self, model: nn.Module) -> float:
         wrong = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.images.device, self.precision):
             for x, y in self._batches(self.batch_size):
                 wrong += int((model(x).argmax(1) != y).sum())
         return 100.0 * wrong / max(1, len(self.labels))
@@ -351,33 +105,66 @@ class Top1Error:
     def errors(
         self, model: nn.Module, sites: Sequence[BlockSite], lesions: Sequence[Lesion]
     ) -> list[float]:
-        """The error of each lesion of ``model``, equal to applying it and calling this."""
-        blocks = [b for _, b in _named_blocks(model)]
+        """The error of each lesion of ``model``: applying it and calling this, up to
+        near-ties where ``fast`` (exactly without)."""
+        wrong = (self.predictions(model, sites, lesions) != self.labels.cpu()).sum(1)
+        return [100.0 * int(w) / max(1, len(self.labels)) for w in wrong]
+
+    def predictions(
+        self, model: nn.Module, sites: Sequence[BlockSite], lesions: Sequence[Lesion]
+    ) -> Tensor:
+        """The top-1 class of every image under each lesion: (lesions, images), on the CPU."""
+        net = _fast_copy(model) if self.fast else model
+        blocks = [b for _, b in named_blocks(net)]
         per_image = sum(math.prod(s.in_shape) for s in sites) * self.images.element_size()
-        wrong, chain = [0] * len(lesions), True
-        with torch.inference_mode():
-            for n, (x, y) in enumerate(self._batches(max(1, self.cache_bytes // per_image))):
-                inputs, intact = prefix.block_inputs(model, blocks, x)
+        batch = max(1, min(self.batch_size, self.cache_bytes // per_image))
+        found = torch.empty(len(lesions), len(self.labels), dtype=torch.long)
+        chain, start = True, 0
+        with torch.inference_mode(), autocast(self.images.device, self.precision):
+            for n, (x, _) in enumerate(self._batches(batch)):
+                x = _channels_last(x) if self.fast else x
+                inputs, intact = prefix.block_inputs(net, blocks, x)
                 if n == 0:
-                    chain = prefix.runs_from_the_middle(model, blocks, inputs, intact, x)
+                    chain = prefix.runs_from_the_middle(net, blocks, inputs, intact, x)
                 for j, lesion in enumerate(lesions):
-                    first = lesion.first_block
-                    if first is None:
-                        logits = intact
-                    else:
-                        with lesion.applied(model, sites):
-                            block = _named_blocks(model)[first][1]  # a swap moved blocks
-                            logits = (
-                                prefix.run_from(model, block, inputs[first], x)
-                                if chain
-                                else model(x)
-                            )
-                    wrong[j] += int((logits.argmax(1) != y).sum())
-        return [100.0 * w / max(1, len(self.labels)) for w in wrong]
+                    logits = _lesioned(net, sites, lesion, inputs, intact, x, chain)
+                    found[j, start : start + len(x)] = logits.argmax(1).cpu()
+                start += len(x)
+        return found
 
     def _batches(self, size: int) -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(0, len(self.labels), size):
             yield self.images[i : i + size], self.labels[i : i + size]
+
+
+def _fast_copy(model: nn.Module) -> nn.Module:
+    """The net with its BNs folded, weights channels_last (measured faster: docs/PERFORMANCE.md)."""
+    return fold_batchnorm(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def _lesioned(
+    net: nn.Module,
+    sites: Sequence[BlockSite],
+    lesion: Lesion,
+    inputs: Sequence[Tensor],
+    intact: Tensor,
+    x: Tensor,
+    chain: bool,
+) -> Tensor:
+    """The logits of ``net`` with ``lesion`` applied: from its first changed block on where the
+    blocks form one chain, else a whole forward pass."""
+    first = lesion.first_block
+    if first is None:
+        return intact
+    with lesion.applied(net, sites):
+        if not chain:
+            return net(x)
+        block = named_blocks(net)[first][1]  # a swap moved blocks
+        return prefix.run_from(net, block, inputs[first], x)
 
 
 def measure_lesions(
@@ -510,9 +297,31 @@ def k_grid(n: int, ks: Sequence[int] = ()) -> list[int]:
     return sorted({round(1 + i * (n - 1) / (MAX_KS - 1)) for i in range(MAX_KS)})
 
 
-def top1_error(images: Tensor, labels: Tensor, batch_size: int = 1000) -> Top1Error:
-    """Top-1 error (%) on normalised ``images``: the model as it stands, in eval mode."""
-    return Top1Error(images, labels, batch_size)
+def top1_error(
+    images: Tensor, labels: Tensor, batch_size: int = 1000, precision: str = "fp32"
+) -> Top1Error:
+    """Top-1 error (%) on normalised ``images``: the model as it stands, in eval mode; its
+    lesions measured fast (:class:`Top1Error`) in ``precision`` (fp32 or bf16)."""
+    return Top1Error(images, labels, batch_size, precision=precision)
+
+
+def _k_grids(sites: Sequence[BlockSite], ks: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The k of the deletion curve and of the swap curve."""
+    return k_grid(sum(s.shape_preserving for s in sites), ks), k_grid(
+        len(swappable_pairs(sites)), ks
+    )
+
+
+def study_lesions(sites: Sequence[BlockSite], draws: int, ks: Sequence[int] = ()) -> list[Lesion]:
+    """Every lesion :func:`lesion_net` measures, in its order: intact, each block deleted
+    alone, then ``draws`` random deletions and ``draws`` random swaps for each k."""
+    k_delete, k_swap = _k_grids(sites, ks)
+    return [
+        Lesion(),
+        *_single_deletions(sites),
+        *_drawn_deletions(sites, k_delete, draws, 0),
+        *_drawn_swaps(sites, k_swap, draws, 0),
+    ]
 
 
 def lesion_net(
@@ -531,19 +340,18 @@ def lesion_net(
     """
     model.eval()
     sites = block_sites(model, sample)
-    k_delete = k_grid(sum(s.shape_preserving for s in sites), ks)
-    k_swap = k_grid(len(swappable_pairs(sites)), ks)
-    singles, deletions = _single_deletions(sites), _drawn_deletions(sites, k_delete, draws, 0)
-    swaps = _drawn_swaps(sites, k_swap, draws, 0)
+    k_delete, k_swap = _k_grids(sites, ks)
+    lesions = study_lesions(sites, draws, ks)
     # Every lesion of the net in one pass over the test images: their prefixes are shared.
-    errors = measure_lesions(model, sites, [Lesion(), *singles, *deletions, *swaps], error)
-    cut = [1, 1 + len(singles), 1 + len(singles) + len(deletions)]
+    errors = measure_lesions(model, sites, lesions, error)
+    singles = sum(s.deletable for s in sites)
+    cut = [1, 1 + singles, 1 + singles + len(k_delete) * draws]
     return {
         "intact_error": errors[0],
         "block": [s.name for s in sites],
         "stage": [s.stage for s in sites],
         "shape_preserving": [s.shape_preserving for s in sites],
         "deleted_error": _per_block(sites, errors[cut[0] : cut[1]]),
-        "deleted": _deletion_rows(k_delete, deletions, errors[cut[1] : cut[2]]),
-        "swapped": _swap_rows(k_swap, swaps, errors[cut[2] :]),
+        "deleted": _deletion_rows(k_delete, lesions[cut[1] : cut[2]], errors[cut[1] : cut[2]]),
+        "swapped": _swap_rows(k_swap, lesions[cut[2] :], errors[cut[2] :]),
     }
