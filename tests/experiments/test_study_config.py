@@ -8,7 +8,7 @@ import pytest
 
 from reslab.errors import ReslabError
 from reslab.experiments import StudyConfig, get_study
-from reslab.experiments.runner import precision_line, train_config
+from reslab.experiments.runner import BF16_CAVEAT, precision_line, train_config
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,4 @@ def test_the_precision_reaches_every_run_and_the_banner_says_it(precision: str) 
     line = precision_line(config)
     assert line.startswith(precision if precision != "auto" else ("fp32", "bf16"))
     assert ("(auto: " in line) == (precision == "auto")
+    assert (BF16_CAVEAT in line) == line.startswith("bf16")  # bf16 moved a plain-56's training
