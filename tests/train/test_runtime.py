@@ -249,6 +249,9 @@ def test_the_compile_note_says_what_it_costs_and_when_it_pays(
     assert "about 100 s" in pays and "depth-56" in pays
     assert "after about 1,000 steps (more than this run's 500)" in pays
     assert "(within this run's 5,000)" in runtime.compile_cost_note("resnet56", 5000)
+    monkeypatch.setattr(runtime, "CPU_COMPILE_COST", {56: (96.2, 178.9, 178.3)})
+    # 160,333 steps from two measured figures: said with the digits they carry
+    assert "after about 160,000 steps" in runtime.compile_cost_note("resnet56", 1100)
 
 
 def test_a_cpu_run_with_compile_prints_the_cost_before_compiling(

@@ -163,10 +163,9 @@ def resolve_runtime(config: TrainConfig, device: torch.device) -> Runtime:
 #: ``torch.compile`` on a CPU, measured by benchmarks/bench_compile.py on the digits' 1x8x8 at
 #: batch 128, one thread, fp32 (docs/PERFORMANCE.md, "--compile on a CPU"): depth -> (a cold
 #: compile's CPU seconds, eager ms per step, compiled ms per step, both CPU time). Approximate:
-#: one 2-core AVX2 EPYC, busy with other jobs (the compiles took 644 s and 1,787 s of wall time
-#: there); resnet56 did not finish, so other depths are looked up at the nearest measured one
-#: and the note says which.
-CPU_COMPILE_COST = {8: (41.0, 31.2, 35.8), 20: (64.8, 104.2, 70.1)}
+#: one 2-core AVX2 EPYC (depths 8 and 20 while it was busy with other jobs, 56 on it idle);
+#: other depths are looked up at the nearest measured one and the note says which.
+CPU_COMPILE_COST = {8: (41.0, 31.2, 35.8), 20: (64.8, 104.2, 70.1), 56: (96.2, 178.9, 178.3)}
 
 
 def compile_cost_note(model: str, total_steps: int) -> str:
@@ -183,7 +182,7 @@ def compile_cost_note(model: str, total_steps: int) -> str:
     )
     if compiled_ms >= eager_ms:
         return head + "; compiled steps measured no faster than eager there: it never pays off"
-    payoff = 1000 * seconds / (eager_ms - compiled_ms)
+    payoff = float(f"{1000 * seconds / (eager_ms - compiled_ms):.2g}")  # measured: 2 digits
     within = "more than" if payoff > total_steps else "within"
     return (
         f"{head}; it saved {eager_ms - compiled_ms:.0f} ms a step there, so it pays off only "
