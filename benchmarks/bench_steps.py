@@ -6,8 +6,9 @@
 `reslab bench` times each pipeline in its own process; this times the two steps side by side in
 one, so what differs between processes (allocator state, where the scheduler puts them) drops
 out and only the steps remain: reslab's (`DeviceLoader` with crop and flip, `build_optimizer`,
-`train_step`) and the hand-written loop's (`reslab.bench_peers`: an in-memory float tensor, a
-per-sample crop, a plain SGD), each on its own model from the same seed, with and without
+`train_step`: `reslab.bench.reslab_step`) and the hand-written loop's
+(`reslab.bench_peers.hand_written_step`: an in-memory float tensor, a per-sample crop, a plain
+SGD), each on its own model from the same seed, fp32, with and without
 `torch.set_flush_denormal` (which reslab's `setup` turns on). Blocks of ``--steps`` steps
 alternate, the order reversing each round; it prints the median wall and CPU ms per step.
 """
@@ -25,59 +26,31 @@ import reslab  # noqa: F401  (first: passive OpenMP waiting, as in every reslab 
 # isort: split
 
 import torch
-import torch.nn.functional as F
 
-from reslab.bench import BenchConfig, _forever, _stats, _synthetic
-from reslab.bench_peers import hand_crop_flip
+from reslab.bench import BenchConfig, reslab_step
+from reslab.bench_peers import hand_written_step
 from reslab.cpu import cpu_summary
-from reslab.data import DeviceLoader
-from reslab.models import create_model
-from reslab.train import TrainConfig, autocast_context, build_optimizer, train_step
+from reslab.train import TrainConfig, resolve_runtime
 
 Step = Callable[[], None]
 
 
-def reslab_step(cfg: BenchConfig) -> Step:
-    images, labels = _synthetic(cfg)
-    mean, std = _stats(cfg)
+def steps(cfg: BenchConfig) -> dict[str, tuple[Step, bool]]:
+    """The four variants: name -> (a step, whether denormals are flushed around it)."""
     device = torch.device("cpu")
-    loader = DeviceLoader(images, labels, batch_size=cfg.batch_size, mean=mean, std=std,
-                          device=device, augment="cifar", seed=0, channels_last=True)  # fmt: skip
-    torch.manual_seed(0)
-    model = create_model(cfg.model, in_channels=cfg.channels)
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = build_optimizer(TrainConfig(lr=0.05, weight_decay=1e-4), model, device)
-    stream, autocast, total = _forever(loader), autocast_context(device, None), torch.zeros(())
+    train_cfg = TrainConfig(model=cfg.model, dataset="synthetic", batch_size=cfg.batch_size,
+                            precision="fp32", device="cpu", threads=cfg.threads, lr=0.05,
+                            weight_decay=1e-4)  # fmt: skip
+    fast = resolve_runtime(train_cfg, device)  # what `reslab.train.setup` yields
 
-    def step() -> None:
-        x, y = next(stream)
-        loss, _ = train_step(model, optimizer, x, y, autocast)
-        total.add_(loss.detach())
+    def ours() -> Step:
+        return reslab_step(cfg, train_cfg, device, fast)[0]
 
-    return step
+    def hand() -> Step:
+        return hand_written_step(cfg, device, bf16=False)[0]
 
-
-def hand_step(cfg: BenchConfig) -> Step:
-    images, labels = _synthetic(cfg)
-    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in _stats(cfg))
-    data = ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-    torch.manual_seed(0)
-    model = create_model(cfg.model, in_channels=cfg.channels)
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(0)
-    n = cfg.dataset_size // cfg.batch_size * cfg.batch_size
-    batches = _forever(torch.randperm(cfg.dataset_size, generator=gen)[:n].view(-1, cfg.batch_size))
-
-    def step() -> None:
-        idx = next(batches)
-        x = hand_crop_flip(data[idx], gen)
-        loss = F.cross_entropy(model(x), labels[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return {"reslab, flush": (ours(), True), "hand-written": (hand(), False),
+            "hand-written, flush": (hand(), True), "reslab": (ours(), False)}  # fmt: skip
 
 
 def main() -> None:
@@ -90,13 +63,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     channels = 3 if args.size == 32 else 1
-    cfg = BenchConfig(model=args.model, image_size=args.size, channels=channels)
-    variants = {
-        "reslab, flush": (reslab_step(cfg), True),
-        "hand-written": (hand_step(cfg), False),
-        "hand-written, flush": (hand_step(cfg), True),
-        "reslab": (reslab_step(cfg), False),
-    }
+    cfg = BenchConfig(
+        model=args.model, image_size=args.size, channels=channels, threads=args.threads
+    )
+    variants = steps(cfg)
     for step, flush in variants.values():  # warm-up
         torch.set_flush_denormal(flush)
         step(), step()

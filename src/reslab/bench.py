@@ -209,9 +209,11 @@ def _reslab(cfg: BenchConfig) -> Measurement:
         return _reslab_steps(cfg, train_cfg, device, fast)
 
 
-def _reslab_steps(
+def reslab_step(
     cfg: BenchConfig, train_cfg: TrainConfig, device: torch.device, fast: Runtime
-) -> Measurement:
+) -> tuple[Callable[[], None], nn.Module, Tensor]:
+    """One training step of reslab's pipeline, ready to call (inside :func:`reslab.train.setup`,
+    whose runtime is ``fast``): its model, and the loss summed on the device."""
     from reslab.data import DeviceLoader
     from reslab.models import create_model
     from reslab.train import autocast_context, build_optimizer, compile_mode, train_step
@@ -248,6 +250,14 @@ def _reslab_steps(
         loss, _ = train_step(model, optimizer, x, y, autocast, cuda_graphs=fast.cuda_graphs)
         total.add_(loss.detach())  # on the device: no host sync inside the loop
 
+    return step, raw, total
+
+
+def _reslab_steps(
+    cfg: BenchConfig, train_cfg: TrainConfig, device: torch.device, fast: Runtime
+) -> Measurement:
+    step, raw, total = reslab_step(cfg, train_cfg, device, fast)
+    images, _ = _synthetic(cfg)
     warmup_s, elapsed, cpu_s = _time_steps(step, cfg, device)
     peak_mb = _peak_memory_mb(device)  # training's peak, before the inference pass
     if not torch.isfinite(total):

@@ -4,10 +4,12 @@ the benchmark is to compare reslab's trainer with them, not to tune them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from reslab.bench import (
     _MEAN,
@@ -24,7 +26,7 @@ from reslab.bench import (
     _time_steps,
 )
 
-__all__ = ["PerSampleCifar", "baseline", "hand_written"]
+__all__ = ["PerSampleCifar", "baseline", "hand_written", "hand_written_step"]
 
 # --- the hand-written loop ---------------------------------------------------------------------
 
@@ -47,14 +49,12 @@ def hand_crop_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def hand_written(cfg: BenchConfig) -> Measurement:
-    """The loop of the issue's author: data as one normalised in-memory tensor, channels_last,
-    eager, bf16 autocast when reslab trains in bf16, a plain SGD, no host sync."""
+def hand_written_step(
+    cfg: BenchConfig, device: torch.device, bf16: bool
+) -> tuple[Callable[[], None], nn.Module]:
+    """One training step of the hand-written loop (and its model), ready to call."""
     from reslab.models import create_model
-    from reslab.train import pick_device
 
-    device = pick_device(cfg.device, 0)
-    bf16 = _peer_bf16(cfg, device)
     images, labels = _synthetic(cfg)
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in _stats(cfg))
     data = ((images.float() / 255 - mean) / std).to(device)
@@ -81,9 +81,21 @@ def hand_written(cfg: BenchConfig) -> Measurement:
         loss.backward()
         optimizer.step()
 
+    return step, model
+
+
+def hand_written(cfg: BenchConfig) -> Measurement:
+    """The loop of the issue's author: data as one normalised in-memory tensor, channels_last,
+    eager, bf16 autocast when reslab trains in bf16, a plain SGD, no host sync."""
+    from reslab.train import pick_device
+
+    device = pick_device(cfg.device, 0)
+    bf16 = _peer_bf16(cfg, device)
+    step, model = hand_written_step(cfg, device, bf16)
     times = _time_steps(step, cfg, device)
     peak_mb = _peak_memory_mb(device)
     amp = torch.bfloat16 if bf16 else None
+    images, _ = _synthetic(cfg)
     infer = _inference(model, images, cfg, device, channels_last=True, amp_dtype=amp)
     settings = (
         f"{'bf16 autocast' if bf16 else 'fp32'}, channels_last, eager, in-memory float tensor"
