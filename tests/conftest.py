@@ -410,6 +410,18 @@ def fake_probes(depths: tuple[int, ...], seeds: tuple[int, ...] = (0,)) -> dict[
     }
 
 
+def random_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with random BN statistics and affine parameters (in place): a freshly built net's
+    BNs are identities, under which folding, prefixes and lesions would prove nothing."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
 def synthetic_results(
     depths: tuple[int, ...] = (20, 56), seeds: int = 2, epochs: int = 12
 ) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from conftest import random_bn
 from reslab.blocks import DiracConv2d
 from reslab.errors import ModelError
 from reslab.measure.inference import fold_batchnorm, foldable_pairs
@@ -65,12 +66,7 @@ def _net(name: str, **options: Any) -> nn.Module:
         model = cifar_resnet(11, block="bottleneck", preact=preact, num_classes=10, **options)
     else:
         model = create_model(name, num_classes=10, **options)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+    random_bn(model)
     return model.eval()
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from conftest import random_bn
 from reslab.blocks import (
     BasicBlock,
     Bottleneck,
@@ -59,12 +60,7 @@ def _net(name: str, seed: int = 0, **options: Any) -> ResNet:
     else:
         model = create_model(name, in_channels=1, **options)
     assert isinstance(model, ResNet)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+    random_bn(model)
     return model.double().eval()
 
 

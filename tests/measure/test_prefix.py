@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from conftest import random_bn
 from reslab.blocks import ResidualMLP
 from reslab.measure import prefix
 from reslab.measure.lesion import (
@@ -40,12 +41,7 @@ def _net(name: str, **options: Any) -> ResNet:
     """A net with random BN statistics and an output spread wide enough to have no near-ties."""
     torch.manual_seed(0)
     model = create_model(name, in_channels=1, num_classes=10, **options)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+    random_bn(model)
     assert isinstance(model, ResNet)
     return model.eval()
 
